@@ -1,0 +1,41 @@
+SHELL := /bin/bash
+
+PYTHON_BOOT := $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+RUFF := $(VENV)/bin/ruff
+STAMP := $(VENV)/.installed
+
+LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples)
+
+.PHONY: venv lint test demo bench format clean
+
+venv: $(STAMP)
+
+# Rebuilt only when pyproject.toml or constraints.txt change; a second run is a no-op.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e ".[dev,examples]"
+	touch $@
+
+lint: $(STAMP)
+	$(RUFF) check $(LINT_DIRS)
+	$(RUFF) format --check $(LINT_DIRS)
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m examples.core_demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.bench_core
+
+format: $(STAMP)
+	$(RUFF) format $(LINT_DIRS)
+	$(RUFF) check --fix $(LINT_DIRS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -1,0 +1,255 @@
+"""Dense backend: ``F.scaled_dot_product_attention`` with masks derived from the graph.
+
+Complete and causal graphs without padding or bias run the fused kernel with no mask at all.
+Other graphs become a boolean mask, or an additive float mask when edges are duplicated
+(``log(count)``, so that a duplicated edge counts as often as it appears) or a bias is given.
+A per-edge bias becomes a dense bias with ``logsumexp`` over duplicated edges.
+
+A batch of complete graphs given as an edge list (a PyG ``Batch``, one block per sample) is
+packed into ``(blocks, H, L, D)`` with a key padding mask and run as one fused call.
+
+Targets with no in-edge get a zero output and zero gradient: their mask row is opened (so the
+kernel never sees an all-masked row) and their output multiplied by zero.
+
+Axis legend: ``B`` batch, ``H`` heads, ``Nd`` targets, ``Ns`` sources, ``D`` head dim,
+``E`` edges, ``P`` packed blocks, ``L`` longest block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .graph import EdgeListGraph, Graph
+
+__all__ = ["dense_attention", "dense_reasons", "edge_bias_to_dense"]
+
+
+@dataclass
+class DenseResult:
+    out: Tensor  # (B, H, Nd, Dv)
+    weights: Tensor | None  # (B, H, Nd, Ns)
+
+
+def dense_reasons(graph: Graph, *, has_edge_values: bool, max_mask_elements: int) -> list[str]:
+    """Why the dense backend cannot serve this call (empty list: it can)."""
+    reasons = []
+    if has_edge_values:
+        reasons.append("dense: per-edge values (edge features) need the edge backend")
+    if not graph.mask_free and not _is_block_complete(graph):
+        size = graph.num_dst * graph.num_src
+        if size > max_mask_elements:
+            reasons.append(
+                f"dense: a {graph.num_dst} x {graph.num_src} mask ({size} elements) exceeds "
+                f"max_mask_elements={max_mask_elements}"
+            )
+    return reasons
+
+
+def _is_block_complete(graph: Graph) -> bool:
+    return isinstance(graph, EdgeListGraph) and graph.complete_blocks() is not None
+
+
+def edge_bias_to_dense(bias: Tensor, graph: Graph) -> Tensor:
+    """Scatter a per-edge additive bias into a dense one, log-mean-exp over duplicates
+    (the structure mask adds ``log(count)``, which makes it ``logsumexp``); absent edges
+    get ``-inf``.
+
+    Shapes:
+        - bias: ``(B, E, H)``
+        - returns ``(B, H, Nd, Ns)``
+    """
+    src, dst = graph.edge_index()
+    b, e, h = bias.shape
+    flat = dst * graph.num_src + src  # (E,)
+    size = graph.num_dst * graph.num_src
+    bt = bias.permute(0, 2, 1)  # (B, H, E)
+    with torch.no_grad():
+        m = bt.new_full((b, h, size), -math.inf)
+        m.scatter_reduce_(2, flat.expand(b, h, e), bt, "amax")
+        m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device))
+    ex = (bt - m.gather(2, flat.expand(b, h, e))).exp()  # (B, H, E)
+    total = bt.new_zeros(b, h, size).index_add(2, flat, ex)
+    counts = graph.edge_counts()
+    if counts is not None:  # dense_attention adds log(count) itself: keep the mean here
+        total = total / counts.view(-1).clamp_min(1).to(total.dtype)
+    dense = torch.where(total > 0, total.clamp_min(1e-38).log() + m, -math.inf)
+    return dense.view(b, h, graph.num_dst, graph.num_src)
+
+
+def _structure_bias(graph: Graph, dtype: torch.dtype) -> Tensor:
+    """Additive ``(Nd, Ns)`` mask: 0 for an edge, ``log(count)`` for duplicates, ``-inf``
+    for no edge."""
+    counts = graph.edge_counts()
+    if counts is None:
+        mask = graph.materialize_structure()
+        zero = torch.zeros((), dtype=dtype, device=mask.device)
+        return torch.where(mask, zero, -math.inf)
+    return torch.where(counts > 0, counts.to(dtype).log(), -math.inf)
+
+
+def _attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    *,
+    is_causal: bool,
+    scale: float,
+    dropout_p: float,
+    need_weights: bool,
+) -> DenseResult:
+    """Fused SDPA, or the explicit math when weights are requested."""
+    if not need_weights:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        )
+        return DenseResult(out, None)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Nd, Ns)
+    if is_causal:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, -math.inf)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    weights = torch.softmax(scores.float() if low else scores, dim=-1).to(q.dtype)
+    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    return DenseResult(torch.matmul(dropped, v), weights)
+
+
+def dense_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    graph: Graph,
+    *,
+    bias: Tensor | None,
+    scale: float,
+    dropout_p: float,
+    need_weights: bool,
+) -> DenseResult:
+    """Dense attention over ``graph``.
+
+    Shapes:
+        - q: ``(B, H, Nd, D)``; k: ``(B, H, Ns, D)``; v: ``(B, H, Ns, Dv)``
+        - bias: dense additive ``(B or 1, H or 1, Nd, Ns)`` (per-edge biases are converted
+          by the caller with :func:`edge_bias_to_dense`)
+        - returns out ``(B, H, Nd, Dv)`` and, if ``need_weights``, weights ``(B, H, Nd, Ns)``
+    """
+    blocks = graph.complete_blocks() if isinstance(graph, EdgeListGraph) else None
+    if blocks is not None and len(blocks) > 2 and graph.key_padding_mask is None:
+        return _packed_blocks(q, k, v, graph, blocks, bias, scale, dropout_p, need_weights)
+    is_complete = graph.is_complete
+    pad = graph.key_padding_mask  # (B, Ns) or None
+    is_causal = graph.kind == "causal" and pad is None and bias is None
+    mask: Tensor | None = None
+    if not is_complete and not is_causal:
+        mask = _structure_bias(graph, q.dtype) if graph.edge_counts() is not None else None
+        if mask is None:
+            mask = graph.materialize_structure()  # (Nd, Ns) bool
+    if bias is not None:
+        bias = bias.to(q.dtype)
+        if mask is None:
+            mask = bias
+        elif mask.dtype == torch.bool:
+            mask = bias.masked_fill(~mask, -math.inf)
+        else:
+            mask = mask + bias
+    if pad is not None:
+        keep = ~pad[:, None, None, :]  # (B, 1, 1, Ns)
+        if mask is None:
+            mask = keep
+        elif mask.dtype == torch.bool:
+            mask = mask & keep
+        else:
+            mask = mask.masked_fill(~keep, -math.inf)
+    empty = None
+    if mask is not None:
+        has_edge = mask.any(-1) if mask.dtype == torch.bool else (mask > -math.inf).any(-1)
+        if not bool(has_edge.all()):
+            empty = ~has_edge  # (…, Nd)
+            open_row = empty[..., None]
+            mask = mask | open_row if mask.dtype == torch.bool else mask.masked_fill(open_row, 0.0)
+    res = _attend(
+        q,
+        k,
+        v,
+        mask,
+        is_causal=is_causal,
+        scale=scale,
+        dropout_p=dropout_p,
+        need_weights=need_weights,
+    )
+    if empty is not None:
+        keep_row = (~empty).to(q.dtype)[..., None]  # (…, Nd, 1)
+        while keep_row.dim() < 4:
+            keep_row = keep_row.unsqueeze(0)
+        res.out = res.out * keep_row
+        if res.weights is not None:
+            res.weights = res.weights * keep_row
+    return res
+
+
+def _packed_blocks(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    graph: Graph,
+    ptr: Tensor,
+    bias: Tensor | None,
+    scale: float,
+    dropout_p: float,
+    need_weights: bool,
+) -> DenseResult:
+    """A disjoint union of complete graphs (blocks ``ptr``) as one padded fused call."""
+    b, h, n, d = q.shape
+    sizes = ptr[1:] - ptr[:-1]  # (P,)
+    nblocks, longest = len(sizes), int(sizes.max())
+    pos = torch.arange(longest, device=q.device)
+    valid = pos[None, :] < sizes[:, None]  # (P, L)
+    node = (ptr[:-1, None] + pos[None, :]).clamp_max(n - 1)  # (P, L) node id per slot
+    uniform = bool((sizes == longest).all())
+
+    def pack(x: Tensor) -> Tensor:  # (B, H, N, C) -> (B * P, H, L, C)
+        if uniform:
+            y = x.reshape(b, h, nblocks, longest, x.shape[-1])
+        else:
+            y = x[:, :, node.reshape(-1)].reshape(b, h, nblocks, longest, x.shape[-1])
+        return y.transpose(1, 2).reshape(b * nblocks, h, longest, x.shape[-1])
+
+    mask: Tensor | None = None
+    if not uniform:
+        mask = valid[:, None, None, :].repeat(b, 1, 1, 1)  # (B*P, 1, 1, L)
+    if bias is not None:  # dense (B', H', N, N) -> diagonal blocks (B*P, H', L, L)
+        bias = bias.expand(b, -1, n, n)
+        bblk = bias[:, :, node[:, :, None], node[:, None, :]]  # (B, H', P, L, L)
+        bblk = bblk.transpose(1, 2).reshape(b * nblocks, bias.shape[1], longest, longest)
+        mask = bblk if mask is None else bblk.masked_fill(~mask, -math.inf)
+    res = _attend(
+        pack(q),
+        pack(k),
+        pack(v),
+        mask,
+        is_causal=False,
+        scale=scale,
+        dropout_p=dropout_p,
+        need_weights=need_weights,
+    )
+    dv = v.shape[-1]
+    out = res.out.reshape(b, nblocks, h, longest, dv).transpose(1, 2)  # (B, H, P, L, Dv)
+    out = out.reshape(b, h, nblocks * longest, dv)
+    if not uniform:
+        out = out[:, :, valid.reshape(-1)]  # (B, H, N, Dv)
+    weights = None
+    if res.weights is not None:
+        weights = q.new_zeros(b, h, n, n)
+        w = res.weights.reshape(b, nblocks, h, longest, longest).transpose(1, 2)
+        rows = node[:, :, None].expand(-1, -1, longest)
+        cols = node[:, None, :].expand(-1, longest, -1)
+        sel = valid[:, :, None] & valid[:, None, :]  # (P, L, L)
+        weights[:, :, rows[sel], cols[sel]] = w[:, :, sel]
+    return DenseResult(out, weights)

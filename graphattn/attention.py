@@ -1,0 +1,347 @@
+"""``GraphAttention``: multi-head attention whose keys are the in-edges of a graph.
+
+On the complete graph it is ``nn.MultiheadAttention`` (same parameters, same numbers; see
+:meth:`GraphAttention.from_multihead_attention`); on an edge list it is PyG's
+``TransformerConv`` with an output projection and without the root weight.
+
+Axis legend: ``B`` batch, ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``H`` heads,
+``Dh`` head dim, ``C`` embed dim.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, overload
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .functional import AttentionOutput, BackendName, graph_attention
+from .graph import Graph, as_graph
+
+__all__ = ["GraphAttention"]
+
+
+class GraphAttention(nn.Module):
+    """Multi-head attention over the edges of a graph (self- or cross-attention).
+
+    Args:
+        embed_dim: model width ``C`` (queries and outputs).
+        num_heads: number of heads; must divide ``embed_dim``.
+        dropout: dropout on the attention weights during training.
+        bias: add biases to the input and output projections.
+        kdim: feature size of key inputs (default ``embed_dim``).
+        vdim: feature size of value inputs (default ``embed_dim``).
+        edge_dim: feature size of edge features ``edge_attr``; they are projected to
+            ``C`` and added to keys and values of their edge, like TransformerConv's
+            ``edge_dim`` (``None``: no edge features).
+        backend: ``"auto"``, ``"dense"`` or ``"edges"`` (see :func:`graph_attention`).
+
+    Shapes:
+        - x: ``(Nd, C)`` or ``(B, Nd, C)``; x_src: ``(Ns, kdim)`` or ``(B, Ns, kdim)``
+        - edge_attr: ``(E, edge_dim)``; key_padding_mask: ``(B, Ns)`` bool, True = padded
+        - output: same leading shape as ``x``, last dim ``C``
+
+    Example:
+        >>> import torch
+        >>> from graphattn import GraphAttention, Graph
+        >>> attn = GraphAttention(16, 4)
+        >>> x = torch.randn(2, 10, 16)
+        >>> attn(x, Graph.window(10, radius=2)).shape
+        torch.Size([2, 10, 16])
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        dropout: float = 0.0,
+        bias: bool = True,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        edge_dim: int | None = None,
+        backend: BackendName = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if backend not in ("auto", "dense", "edges"):
+            raise ValueError(f"backend must be 'auto', 'dense' or 'edges', got {backend!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self.edge_dim = edge_dim
+        self.dropout = dropout
+        self.backend: BackendName = backend
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        else:
+            self.register_parameter("in_proj_weight", None)
+            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.lin_edge = (
+            nn.Linear(edge_dim, embed_dim, bias=False, **factory) if edge_dim is not None else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``nn.MultiheadAttention`` does (Xavier-uniform projections, zero
+        biases)."""
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            nn.init.xavier_uniform_(self.q_proj_weight)
+            nn.init.xavier_uniform_(self.k_proj_weight)
+            nn.init.xavier_uniform_(self.v_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.zeros_(self.in_proj_bias)
+        self.out_proj.reset_parameters()
+        if self.out_proj.bias is not None:
+            nn.init.zeros_(self.out_proj.bias)
+        if self.lin_edge is not None:
+            self.lin_edge.reset_parameters()
+
+    @classmethod
+    def from_multihead_attention(
+        cls, mha: nn.MultiheadAttention, *, backend: BackendName = "auto"
+    ) -> GraphAttention:
+        """A ``GraphAttention`` with a copy of ``mha``'s weights: on the complete graph both
+        give the same output (``batch_first`` inputs)."""
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"mha must be an nn.MultiheadAttention, got {type(mha).__name__}")
+        if mha.bias_k is not None or mha.bias_v is not None:
+            raise ValueError("mha has add_bias_kv=True, which GraphAttention does not support")
+        if mha.add_zero_attn:
+            raise ValueError("mha has add_zero_attn=True, which GraphAttention does not support")
+        ref = mha.out_proj.weight
+        new = cls(
+            mha.embed_dim,
+            mha.num_heads,
+            dropout=mha.dropout,
+            bias=mha.in_proj_bias is not None,
+            kdim=mha.kdim,
+            vdim=mha.vdim,
+            backend=backend,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        with torch.no_grad():
+            for name, _ in new.named_parameters():
+                new.get_parameter(name).copy_(mha.get_parameter(name))
+        return new
+
+    def _project(self, x: Tensor, x_src: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Input projections; returns q, k, v as ``(B, N, C)``."""
+        c = self.embed_dim
+        b = self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else (b[:c], b[c : 2 * c], b[2 * c :])
+        if self._qkv_same_embed_dim:
+            w = self.in_proj_weight
+            if x_src is None:
+                return F.linear(x, w, b).chunk(3, dim=-1)  # 3 x (B, Nd, C)
+            kv_b = None if b is None else b[c:]
+            k, v = F.linear(x_src, w[c:], kv_b).chunk(2, dim=-1)  # 2 x (B, Ns, C)
+            return F.linear(x, w[:c], bq), k, v
+        src = x if x_src is None else x_src
+        return (
+            F.linear(x, self.q_proj_weight, bq),
+            F.linear(src, self.k_proj_weight, bk),
+            F.linear(src, self.v_proj_weight, bv),
+        )
+
+    def _check(self, x: Tensor, x_src: Tensor | None) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (2, 3):
+            raise ValueError(f"x must have shape (N, C) or (B, N, C), got {tuple(x.shape)}")
+        if x.shape[-1] != self.embed_dim:
+            raise ValueError(f"x has feature size {x.shape[-1]} but embed_dim is {self.embed_dim}")
+        if x_src is None:
+            if not self._qkv_same_embed_dim:
+                raise ValueError(
+                    f"self-attention needs kdim == vdim == embed_dim; this module has "
+                    f"kdim={self.kdim}, vdim={self.vdim}: pass x_src"
+                )
+            return
+        if not isinstance(x_src, Tensor):
+            raise TypeError(f"x_src must be a torch.Tensor, got {type(x_src).__name__}")
+        if x_src.dim() != x.dim():
+            raise ValueError(
+                f"x_src must have as many dims as x ({x.dim()}), got {tuple(x_src.shape)}"
+            )
+        if x.dim() == 3 and x_src.shape[0] != x.shape[0]:
+            raise ValueError(f"x has batch {x.shape[0]} but x_src has {x_src.shape[0]}")
+        if self.kdim != self.vdim:
+            raise ValueError(
+                f"kdim ({self.kdim}) != vdim ({self.vdim}) needs separate key and value "
+                "inputs, which this module does not take; use kdim == vdim"
+            )
+        if x_src.shape[-1] != self.kdim:
+            raise ValueError(f"x_src has feature size {x_src.shape[-1]} but kdim is {self.kdim}")
+        if x_src.dtype != x.dtype or x_src.device != x.device:
+            raise TypeError(
+                f"x_src ({x_src.dtype}, {x_src.device}) must match x ({x.dtype}, {x.device})"
+            )
+
+    @overload
+    def forward(
+        self,
+        x: Tensor,
+        graph: Graph | Tensor | None = ...,
+        *,
+        x_src: Tensor | None = ...,
+        edge_attr: Tensor | None = ...,
+        key_padding_mask: Tensor | None = ...,
+        bias: Tensor | None = ...,
+        return_attention: Literal[False] = ...,
+    ) -> Tensor: ...
+    @overload
+    def forward(
+        self,
+        x: Tensor,
+        graph: Graph | Tensor | None = ...,
+        *,
+        x_src: Tensor | None = ...,
+        edge_attr: Tensor | None = ...,
+        key_padding_mask: Tensor | None = ...,
+        bias: Tensor | None = ...,
+        return_attention: Literal[True],
+    ) -> AttentionOutput: ...
+    def forward(
+        self,
+        x: Tensor,
+        graph: Graph | Tensor | None = None,
+        *,
+        x_src: Tensor | None = None,
+        edge_attr: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | AttentionOutput:
+        """Attend from every target node to its in-edges' sources.
+
+        Args:
+            x: target (query) node features.
+            graph: a :class:`Graph`, a PyG ``edge_index`` or ``None`` (complete graph).
+            x_src: source node features for cross-attention (default: ``x``).
+            edge_attr: edge features ``(E, edge_dim)`` aligned with ``graph.edge_index()``.
+            key_padding_mask: ``(B, Ns)`` bool, True = padded source (as in
+                ``nn.MultiheadAttention``).
+            bias: additive score bias, see :func:`graph_attention`.
+            return_attention: also return the attention weights.
+
+        Shapes:
+            - x: ``([B,] Nd, C)``; x_src: ``([B,] Ns, kdim)``; returns ``([B,] Nd, C)``.
+
+        Returns:
+            The output, or an :class:`AttentionOutput` (``out``, ``attention``, ``backend``)
+            when ``return_attention=True``.
+        """
+        self._check(x, x_src)
+        batched = x.dim() == 3
+        if not batched:
+            x = x[None]
+            x_src = None if x_src is None else x_src[None]
+        bsz, nd, _ = x.shape
+        ns = nd if x_src is None else x_src.shape[1]
+        h, dh = self.num_heads, self.head_dim
+        graph = as_graph(graph, nd, ns)
+        if graph.device != x.device:
+            graph = graph.to(x.device)
+        if key_padding_mask is not None:
+            if not batched and key_padding_mask.dim() == 1:
+                key_padding_mask = key_padding_mask[None]
+            graph = graph.pad(key_padding_mask=key_padding_mask)
+        q, k, v = self._project(x, x_src)
+        q = q.view(bsz, nd, h, dh).transpose(1, 2)  # (B, H, Nd, Dh)
+        k = k.view(bsz, ns, h, dh).transpose(1, 2)  # (B, H, Ns, Dh)
+        v = v.view(bsz, ns, h, dh).transpose(1, 2)  # (B, H, Ns, Dh)
+        edge_values = None
+        if edge_attr is not None:
+            edge_values, edge_bias = self._edge_terms(edge_attr, graph, q)
+            bias = edge_bias if bias is None else _add_bias(bias, edge_bias)
+        elif self.lin_edge is not None:
+            raise ValueError("this module was built with edge_dim; pass edge_attr")
+        res = graph_attention(
+            q,
+            k,
+            v,
+            graph,
+            bias=bias,
+            edge_values=edge_values,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=return_attention,
+            backend=self.backend,
+        )
+        out = res.out if return_attention else res
+        out = out.transpose(1, 2).reshape(bsz, nd, self.embed_dim)  # (B, Nd, C)
+        out = self.out_proj(out)
+        if not batched:
+            out = out[0]
+        if not return_attention:
+            return out
+        if not batched:
+            res.attention.values = res.attention.values[0]
+            res.attention.batched = False
+        return AttentionOutput(out, res.attention, res.backend)
+
+    def _edge_terms(self, edge_attr: Tensor, graph: Graph, q: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected edge features as per-edge values ``(E, H, Dh)`` and the score term
+        ``<q_i, e_ij> * scale`` as a per-edge bias ``(B, E, H)``."""
+        if self.lin_edge is None:
+            raise ValueError("edge_attr was given but this module has edge_dim=None")
+        e, h, dh = graph.num_edges, self.num_heads, self.head_dim
+        if edge_attr.dim() != 2 or edge_attr.shape != (e, self.edge_dim):
+            raise ValueError(
+                f"edge_attr must have shape (E={e}, edge_dim={self.edge_dim}), "
+                f"got {tuple(edge_attr.shape)}"
+            )
+        ef = self.lin_edge(edge_attr).view(e, h, dh)  # (E, H, Dh)
+        dst = graph.edge_index()[1]
+        qe = q[:, :, dst]  # (B, H, E, Dh)
+        edge_bias = (qe * ef.transpose(0, 1)).sum(-1) / math.sqrt(dh)  # (B, H, E)
+        return ef, edge_bias.transpose(1, 2)  # (E, H, Dh), (B, E, H)
+
+    def extra_repr(self) -> str:
+        parts = [f"embed_dim={self.embed_dim}", f"num_heads={self.num_heads}"]
+        if self.dropout:
+            parts.append(f"dropout={self.dropout}")
+        if not self._qkv_same_embed_dim:
+            parts += [f"kdim={self.kdim}", f"vdim={self.vdim}"]
+        if self.edge_dim is not None:
+            parts.append(f"edge_dim={self.edge_dim}")
+        parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)
+
+
+def _add_bias(user: Tensor, edge_bias: Tensor) -> Tensor:
+    """Add the edge-feature score term ``(B, E, H)`` to a per-edge user bias."""
+    if user.dim() in (2, 3) and user.shape[-2:] == edge_bias.shape[-2:]:
+        return user + edge_bias
+    raise ValueError(
+        f"with edge_attr, bias must be per edge (E, H) or (B, E, H) = "
+        f"{tuple(edge_bias.shape)}, got {tuple(user.shape)}"
+    )

@@ -1,0 +1,556 @@
+"""Typed graph structures: who attends to whom.
+
+Attention is message passing: every target (destination, query) node ``i`` receives messages
+from its source (key/value) nodes ``j``, one per in-edge ``j -> i``. A :class:`Graph` states
+which in-edges exist. Edge lists follow PyG's convention: ``edge_index[0]`` holds sources,
+``edge_index[1]`` targets, and a duplicated edge counts as often as it appears.
+
+Axis legend used in shape comments: ``B`` batch, ``Nd`` target nodes, ``Ns`` source nodes,
+``E`` edges.
+
+Kinds:
+
+============  ==================================================  =======================
+kind          in-edges of target ``i``                            built with
+============  ==================================================  =======================
+complete      every source (self- or cross-attention)             :meth:`Graph.complete`
+causal        sources ``j <= i``                                  :meth:`Graph.causal`
+window        sources ``|i - j| <= radius`` (or ``0 <= i-j <= r``)  :meth:`Graph.window`
+grid          cells within ``radius`` on an ``h x w`` image grid  :meth:`Graph.grid`
+edges         an explicit edge list                               :meth:`Graph.from_edge_index`
+============  ==================================================  =======================
+
+Any graph can carry a key padding mask for batches (:meth:`Graph.pad`): padded source nodes
+send no messages in that sample.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Graph",
+    "CompleteGraph",
+    "CausalGraph",
+    "WindowGraph",
+    "GridGraph",
+    "EdgeListGraph",
+    "EdgeStructure",
+    "as_graph",
+]
+
+
+@dataclass(frozen=True)
+class EdgeStructure:
+    """Edges sorted by target node (CSR by destination), as the edge backend consumes them.
+
+    Attributes:
+        perm: position of each sorted edge in the original edge list, or ``None`` when the
+            original list is already sorted by target. Shape ``(E,)``.
+        src: source of each sorted edge. Shape ``(E,)``.
+        dst: target of each sorted edge (non-decreasing). Shape ``(E,)``.
+        ptr: ``ptr[i]:ptr[i+1]`` are the sorted edges of target ``i``. Shape ``(Nd + 1,)``.
+        max_in_degree: the largest number of in-edges of one target.
+    """
+
+    perm: Tensor | None
+    src: Tensor
+    dst: Tensor
+    ptr: Tensor
+    max_in_degree: int
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+class Graph:
+    """Base class of all graph kinds: the in-edges of ``num_dst`` targets from ``num_src``
+    sources, plus an optional key padding mask.
+
+    Subclasses describe structure; this class provides what every kind has: the edge count,
+    a dense boolean mask (:meth:`materialize`), an edge list (:meth:`edge_index`), device
+    moves (:meth:`to`) and padding (:meth:`pad`).
+
+    Shapes:
+        - ``key_padding_mask``: ``(B, Ns)`` bool, ``True`` marks a padded source node
+          (the convention of ``nn.MultiheadAttention``).
+    """
+
+    kind: str = "graph"
+    #: whether the dense backend can run this kind without materialising a mask.
+    mask_free: bool = False
+
+    def __init__(self, num_dst: int, num_src: int, device: torch.device | str | None = None):
+        self.num_dst = _check_count("num_dst", num_dst)
+        self.num_src = _check_count("num_src", num_src)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.key_padding_mask: Tensor | None = None
+        self._cache: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ constructors
+    @staticmethod
+    def complete(num_dst: int, num_src: int | None = None, *, device=None) -> CompleteGraph:
+        """Every target attends to every source: dense self-attention, or cross-attention
+        when ``num_src`` differs from ``num_dst``."""
+        return CompleteGraph(num_dst, num_dst if num_src is None else num_src, device=device)
+
+    @staticmethod
+    def causal(num_nodes: int, *, device=None) -> CausalGraph:
+        """Target ``i`` attends to sources ``0..i`` (autoregressive self-attention)."""
+        return CausalGraph(num_nodes, device=device)
+
+    @staticmethod
+    def window(num_nodes: int, radius: int, *, causal: bool = False, device=None) -> WindowGraph:
+        """1-D sliding window: ``|i - j| <= radius`` (``0 <= i - j <= radius`` if causal)."""
+        return WindowGraph(num_nodes, radius, causal=causal, device=device)
+
+    @staticmethod
+    def grid(height: int, width: int, radius: int = 1, *, device=None) -> GridGraph:
+        """2-D neighbourhood on a row-major ``height x width`` grid: cell ``(r, c)`` attends
+        to cells ``(r', c')`` with ``max(|r - r'|, |c - c'|) <= radius`` (itself included)."""
+        return GridGraph(height, width, radius, device=device)
+
+    @staticmethod
+    def from_edge_index(
+        edge_index: Tensor,
+        num_dst: int | None = None,
+        num_src: int | None = None,
+        *,
+        block_ptr: Tensor | None = None,
+    ) -> EdgeListGraph:
+        """An explicit edge list in PyG's convention (``edge_index[0]`` = source,
+        ``edge_index[1]`` = target). Sizes default to ``max index + 1``.
+
+        Args:
+            edge_index: integer tensor of shape ``(2, E)``.
+            num_dst: number of target nodes.
+            num_src: number of source nodes (defaults to ``num_dst`` when that is given).
+            block_ptr: optional node offsets ``(G + 1,)`` of the samples of a PyG ``Batch``;
+                a hint that speeds up recognising a batch of complete graphs.
+        """
+        return EdgeListGraph(edge_index, num_dst, num_src, block_ptr=block_ptr)
+
+    @staticmethod
+    def from_pyg(data: Any) -> EdgeListGraph:
+        """Build from a PyG ``Data`` or ``Batch`` (uses ``edge_index``, ``num_nodes`` and, for
+        a batch, ``ptr``)."""
+        edge_index = getattr(data, "edge_index", None)
+        if edge_index is None:
+            raise ValueError(f"data must have an edge_index attribute, got {type(data).__name__}")
+        num_nodes = data.num_nodes
+        ptr = getattr(data, "ptr", None)
+        return EdgeListGraph(edge_index, num_nodes, num_nodes, block_ptr=ptr)
+
+    # ------------------------------------------------------------------ padding / device
+    def pad(
+        self,
+        lengths: Tensor | list[int] | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+    ) -> Graph:
+        """Return a copy whose sources are padded per sample.
+
+        Args:
+            lengths: number of real source nodes per sample, ``(B,)``; nodes at positions
+                ``>= lengths[b]`` are padding.
+            key_padding_mask: ``(B, Ns)`` bool, ``True`` = padded. Give one of the two.
+        """
+        if (lengths is None) == (key_padding_mask is None):
+            raise ValueError("pad() takes exactly one of lengths or key_padding_mask")
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=self.device)
+            if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.is_complex():
+                raise ValueError(
+                    f"lengths must be a 1-D integer tensor, got shape {tuple(lengths.shape)} "
+                    f"and dtype {lengths.dtype}"
+                )
+            if bool((lengths < 0).any()) or bool((lengths > self.num_src).any()):
+                raise ValueError(
+                    f"lengths must lie in [0, num_src={self.num_src}], got {lengths.tolist()}"
+                )
+            pos = torch.arange(self.num_src, device=self.device)
+            mask = pos[None, :] >= lengths[:, None]  # (B, Ns)
+        else:
+            mask = key_padding_mask
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                raise TypeError(
+                    "key_padding_mask must be a bool tensor (True = padded), got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}"
+                )
+            if mask.dim() != 2 or mask.shape[1] != self.num_src:
+                raise ValueError(
+                    f"key_padding_mask must have shape (B, num_src={self.num_src}), "
+                    f"got {tuple(mask.shape)}"
+                )
+            mask = mask.to(self.device)
+        out = copy.copy(self)
+        out._cache = self._cache  # structure is shared; padding never enters the cache
+        out.key_padding_mask = mask
+        return out
+
+    def unpadded(self) -> Graph:
+        """A copy without the key padding mask."""
+        out = copy.copy(self)
+        out.key_padding_mask = None
+        return out
+
+    def to(self, device: torch.device | str) -> Graph:
+        """A copy of the graph with its tensors on ``device``."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        out = copy.copy(self)
+        out.device = device
+        out._cache = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and name != "_cache":
+                setattr(out, name, value.to(device))
+        return out
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def num_edges(self) -> int:
+        """Number of structural edges (duplicates counted, padding ignored)."""
+        raise NotImplementedError
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether every target has exactly one in-edge from every source."""
+        return False
+
+    def in_degree(self) -> Tensor:
+        """Number of in-edges of each target, ``(Nd,)`` int64 (padding ignored)."""
+        st = self.edge_structure()
+        return st.ptr[1:] - st.ptr[:-1]
+
+    def edge_index(self) -> Tensor:
+        """The edge list ``(2, E)`` (int64, PyG convention), built on demand and cached."""
+        if "edge_index" not in self._cache:
+            self._cache["edge_index"] = self._build_edge_index()
+        return self._cache["edge_index"]
+
+    def _build_edge_index(self) -> Tensor:
+        return self.materialize_structure().nonzero().t().flip(0).contiguous()
+
+    def edge_structure(self) -> EdgeStructure:
+        """Edges sorted by target, cached (see :class:`EdgeStructure`)."""
+        if "structure" not in self._cache:
+            self._cache["structure"] = _sort_by_target(self.edge_index(), self.num_dst)
+        return self._cache["structure"]
+
+    def materialize_structure(self) -> Tensor:
+        """Dense boolean ``(Nd, Ns)`` mask of the structure, ignoring padding."""
+        raise NotImplementedError
+
+    def edge_counts(self) -> Tensor | None:
+        """``(Nd, Ns)`` int64 number of copies of each edge, or ``None`` when no edge
+        appears twice (then :meth:`materialize_structure` says everything)."""
+        return None
+
+    def materialize(self) -> Tensor:
+        """Dense boolean mask, ``True`` where target ``i`` receives a message from ``j``.
+
+        Shapes:
+            ``(Nd, Ns)``, or ``(B, Nd, Ns)`` when the graph carries key padding.
+        """
+        mask = self.materialize_structure()  # (Nd, Ns)
+        if self.key_padding_mask is not None:
+            mask = mask[None] & ~self.key_padding_mask[:, None, :]  # (B, Nd, Ns)
+        return mask
+
+    def __repr__(self) -> str:
+        pad = (
+            "" if self.key_padding_mask is None else f", padded_batch={len(self.key_padding_mask)}"
+        )
+        return (
+            f"{type(self).__name__}(num_dst={self.num_dst}, num_src={self.num_src}, "
+            f"num_edges={self.num_edges}{self._extra_repr()}{pad}, device={self.device})"
+        )
+
+    def _extra_repr(self) -> str:
+        return ""
+
+
+class CompleteGraph(Graph):
+    """Every target attends to every source (dense self- or cross-attention)."""
+
+    kind = "complete"
+    mask_free = True
+
+    @property
+    def num_edges(self) -> int:
+        return self.num_dst * self.num_src
+
+    @property
+    def is_complete(self) -> bool:
+        return True
+
+    def materialize_structure(self) -> Tensor:
+        return torch.ones(self.num_dst, self.num_src, dtype=torch.bool, device=self.device)
+
+    def _build_edge_index(self) -> Tensor:
+        dst = torch.arange(self.num_dst, device=self.device).repeat_interleave(self.num_src)
+        src = torch.arange(self.num_src, device=self.device).repeat(self.num_dst)
+        return torch.stack([src, dst])
+
+
+class CausalGraph(Graph):
+    """Target ``i`` attends to sources ``0..i``."""
+
+    kind = "causal"
+    mask_free = True
+
+    def __init__(self, num_nodes: int, device=None):
+        super().__init__(num_nodes, num_nodes, device)
+
+    @property
+    def num_edges(self) -> int:
+        return self.num_dst * (self.num_dst + 1) // 2
+
+    def materialize_structure(self) -> Tensor:
+        n = self.num_dst
+        return torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+
+
+class WindowGraph(Graph):
+    """1-D sliding window of ``radius`` (symmetric, or causal: ``0 <= i - j <= radius``)."""
+
+    kind = "window"
+
+    def __init__(self, num_nodes: int, radius: int, *, causal: bool = False, device=None):
+        super().__init__(num_nodes, num_nodes, device)
+        self.radius = _check_count("radius", radius)
+        self.causal = bool(causal)
+
+    @property
+    def num_edges(self) -> int:
+        n, r = self.num_dst, min(self.radius, max(self.num_dst - 1, 0))
+        one_side = r * n - r * (r + 1) // 2  # pairs with 1 <= i - j <= r
+        return n + one_side * (1 if self.causal else 2)
+
+    def materialize_structure(self) -> Tensor:
+        pos = torch.arange(self.num_dst, device=self.device)
+        diff = pos[:, None] - pos[None, :]  # (Nd, Ns): i - j
+        if self.causal:
+            return (diff >= 0) & (diff <= self.radius)
+        return diff.abs() <= self.radius
+
+    def _extra_repr(self) -> str:
+        return f", radius={self.radius}, causal={self.causal}"
+
+
+class GridGraph(Graph):
+    """Neighbourhoods of radius ``radius`` (Chebyshev distance) on a row-major image grid."""
+
+    kind = "grid"
+
+    def __init__(self, height: int, width: int, radius: int = 1, device=None):
+        self.height = _check_count("height", height)
+        self.width = _check_count("width", width)
+        self.radius = _check_count("radius", radius)
+        super().__init__(height * width, height * width, device)
+
+    def _span(self, n: int) -> int:
+        r = min(self.radius, max(n - 1, 0))
+        return n + 2 * (r * n - r * (r + 1) // 2)
+
+    @property
+    def num_edges(self) -> int:
+        return self._span(self.height) * self._span(self.width)
+
+    def materialize_structure(self) -> Tensor:
+        rows = torch.arange(self.height, device=self.device).repeat_interleave(self.width)
+        cols = torch.arange(self.width, device=self.device).repeat(self.height)
+        near_r = (rows[:, None] - rows[None, :]).abs() <= self.radius
+        near_c = (cols[:, None] - cols[None, :]).abs() <= self.radius
+        return near_r & near_c  # (Nd, Ns)
+
+    def _extra_repr(self) -> str:
+        return f", height={self.height}, width={self.width}, radius={self.radius}"
+
+
+class EdgeListGraph(Graph):
+    """An explicit edge list in PyG's convention. Duplicated edges count as often as they
+    appear (as in PyG's ``softmax``/``scatter``), on every backend."""
+
+    kind = "edges"
+
+    def __init__(
+        self,
+        edge_index: Tensor,
+        num_dst: int | None = None,
+        num_src: int | None = None,
+        *,
+        block_ptr: Tensor | None = None,
+    ):
+        if not isinstance(edge_index, Tensor):
+            raise TypeError(f"edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
+        if (
+            edge_index.dtype.is_floating_point
+            or edge_index.is_complex()
+            or edge_index.dtype == (torch.bool)
+        ):
+            raise TypeError(f"edge_index must have an integer dtype, got {edge_index.dtype}")
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(
+                f"edge_index must have shape (2, E) (row 0 = sources, row 1 = targets), "
+                f"got {tuple(edge_index.shape)}"
+            )
+        edge_index = edge_index.long()
+        num_edges = edge_index.shape[1]
+        if num_src is None and num_dst is not None:
+            num_src = num_dst
+        if num_edges > 0:
+            lo = int(edge_index.min())
+            if lo < 0:
+                raise IndexError(f"edge_index has a negative index {lo}")
+        hi_src = int(edge_index[0].max()) + 1 if num_edges else 0
+        hi_dst = int(edge_index[1].max()) + 1 if num_edges else 0
+        if num_dst is None:
+            num_dst = max(hi_dst, hi_src) if num_src is None else hi_dst
+        if num_src is None:
+            num_src = max(hi_dst, hi_src)
+        _check_count("num_dst", num_dst)
+        _check_count("num_src", num_src)
+        if hi_src > num_src:
+            raise IndexError(
+                f"edge_index[0] (sources) has index {hi_src - 1}, out of range for "
+                f"num_src={num_src}"
+            )
+        if hi_dst > num_dst:
+            raise IndexError(
+                f"edge_index[1] (targets) has index {hi_dst - 1}, out of range for "
+                f"num_dst={num_dst}"
+            )
+        super().__init__(num_dst, num_src, edge_index.device)
+        self._edge_index = edge_index
+        self.block_ptr = None if block_ptr is None else torch.as_tensor(block_ptr).long()
+
+    @property
+    def num_edges(self) -> int:
+        return self._edge_index.shape[1]
+
+    def _build_edge_index(self) -> Tensor:
+        return self._edge_index
+
+    def edge_counts(self) -> Tensor | None:
+        if "counts" not in self._cache:
+            counts = torch.zeros(self.num_dst * self.num_src, dtype=torch.long, device=self.device)
+            src, dst = self._edge_index
+            counts.index_add_(0, dst * self.num_src + src, torch.ones_like(src))
+            counts = counts.view(self.num_dst, self.num_src)
+            self._cache["counts"] = counts if bool((counts > 1).any()) else None
+        return self._cache["counts"]
+
+    def materialize_structure(self) -> Tensor:
+        mask = torch.zeros(self.num_dst, self.num_src, dtype=torch.bool, device=self.device)
+        src, dst = self._edge_index
+        mask[dst, src] = True
+        return mask
+
+    def has_duplicates(self) -> bool:
+        """Whether any edge appears more than once."""
+        if "dups" not in self._cache:
+            key = self._edge_index[1] * self.num_src + self._edge_index[0]
+            self._cache["dups"] = key.numel() != torch.unique(key).numel()
+        return self._cache["dups"]
+
+    @property
+    def is_complete(self) -> bool:
+        return (
+            self.num_edges == self.num_dst * self.num_src
+            and self.num_edges > 0
+            and not self.has_duplicates()
+        )
+
+    def complete_blocks(self) -> Tensor | None:
+        """Node offsets ``(G + 1,)`` if this graph is a disjoint union of complete
+        self-attention graphs over contiguous node ranges (a PyG batch of complete graphs,
+        one block per sample), else ``None``. A single complete graph is one block."""
+        if "blocks" in self._cache:
+            return self._cache["blocks"]
+        self._cache["blocks"] = blocks = self._find_complete_blocks()
+        return blocks
+
+    def _find_complete_blocks(self) -> Tensor | None:
+        n, e = self.num_dst, self.num_edges
+        if n != self.num_src or e == 0 or n == 0:
+            return None
+        src, dst = self._edge_index
+        # In-edges of i must be exactly the range [lo_i, hi_i] containing i, without copies.
+        lo = torch.full((n,), n, dtype=torch.long, device=self.device)
+        lo.scatter_reduce_(0, dst, src, "amin")
+        hi = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        hi.scatter_reduce_(0, dst, src, "amax")
+        deg = torch.bincount(dst, minlength=n)
+        idx = torch.arange(n, device=self.device)
+        if not bool(((lo <= idx) & (idx <= hi) & (deg == hi - lo + 1)).all()):
+            return None
+        # Every node of a block shares its block's [lo, hi]; blocks tile 0..n-1.
+        starts = torch.unique(lo)
+        if not bool((lo[starts] == starts).all()):
+            return None
+        ptr = torch.cat([starts, torch.tensor([n], device=self.device)])
+        sizes = ptr[1:] - ptr[:-1]
+        block_of = torch.repeat_interleave(torch.arange(len(sizes), device=self.device), sizes)
+        if not bool((hi == ptr[1:][block_of] - 1).all()):
+            return None
+        if int((sizes * sizes).sum()) != e or self.has_duplicates():
+            return None
+        return ptr
+
+    def _extra_repr(self) -> str:
+        return ""
+
+
+def _sort_by_target(edge_index: Tensor, num_dst: int) -> EdgeStructure:
+    src, dst = edge_index[0], edge_index[1]
+    if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
+        perm = torch.sort(dst, stable=True).indices
+        src, dst = src[perm], dst[perm]
+    else:
+        perm = None
+    deg = torch.bincount(dst, minlength=num_dst)
+    ptr = torch.zeros(num_dst + 1, dtype=torch.long, device=dst.device)
+    torch.cumsum(deg, 0, out=ptr[1:])
+    max_deg = int(deg.max()) if num_dst > 0 else 0
+    return EdgeStructure(perm, src.contiguous(), dst.contiguous(), ptr, max_deg)
+
+
+def as_graph(graph: Graph | Tensor | None, num_dst: int, num_src: int) -> Graph:
+    """Normalise the ``graph`` argument of the attention calls.
+
+    ``None`` is the complete graph over ``num_dst x num_src``; a tensor is a PyG-style
+    ``edge_index`` with those sizes; a :class:`Graph` is checked against the sizes.
+    """
+    if graph is None:
+        return CompleteGraph(num_dst, num_src)
+    if isinstance(graph, Tensor):
+        return EdgeListGraph(graph, num_dst, num_src)
+    if not isinstance(graph, Graph):
+        raise TypeError(
+            "graph must be a graphattn.Graph, an edge_index tensor or None, "
+            f"got {type(graph).__name__}"
+        )
+    if graph.num_dst != num_dst or graph.num_src != num_src:
+        raise ValueError(
+            f"graph has num_dst={graph.num_dst}, num_src={graph.num_src} but the inputs have "
+            f"{num_dst} target and {num_src} source nodes"
+        )
+    return graph
+
+
+def _log_counts(counts: Tensor) -> Tensor:
+    """``log(count)`` with ``-inf`` for absent edges (duplicates as additive mask)."""
+    return torch.where(counts > 0, counts.double().log(), -math.inf)
