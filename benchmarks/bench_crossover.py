@@ -1,5 +1,5 @@
 """Where does a masked dense call beat the edge backend? Measures the crossover that
-``graphattn.AutoPolicy.density_crossover`` encodes.
+``graphattn.AutoPolicy`` encodes, and checks which backend ``auto`` picks for each case.
 
 For random graphs with ``N`` nodes and in-degree ``k`` (each target gets ``k`` random
 sources), times ``GraphAttention`` forward+backward with ``backend="dense"`` and
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import torch
 
-from graphattn import Graph, GraphAttention
+from graphattn import Graph, GraphAttention, choose_backend
 
 
 def random_graph(n: int, k: int, gen: torch.Generator) -> Graph:
@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     attn = GraphAttention(args.embed, args.heads)
     rows = []
     print(f"embed={args.embed} heads={args.heads} threads={torch.get_num_threads()}", flush=True)
-    print(f"{'N':>6} {'k':>5} {'density':>9} {'dense ms':>9} {'edges ms':>9} {'e/d':>6}")
+    print(
+        f"{'N':>6} {'k':>5} {'density':>9} {'dense ms':>9} {'edges ms':>9} {'e/d':>6} "
+        f"{'auto':>6} {'auto/best':>9}"
+    )
     for n in sizes:
         x = torch.randn(1, n, args.embed, requires_grad=True)
         for k in degrees:
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             repeats = 3 if args.quick else max(3, min(9, int(2e6 / (n * k + n * n / 8))))
             res = time_pair({"dense": lambda: run("dense"), "edges": lambda: run("edges")}, repeats)
             ratio = res["edges"] / res["dense"]
+            auto = choose_backend(graph, head_dim=args.embed // args.heads)
+            auto_loss = res[auto] / min(res.values())
             rows.append(
                 {
                     "N": n,
@@ -86,11 +91,13 @@ def main(argv: list[str] | None = None) -> None:
                     "dense_ms": res["dense"],
                     "edges_ms": res["edges"],
                     "edges_over_dense": ratio,
+                    "auto": auto,
+                    "auto_over_best": auto_loss,
                 }
             )
             print(
                 f"{n:>6} {k:>5} {k / n:>9.4f} {res['dense']:>9.1f} {res['edges']:>9.1f} "
-                f"{ratio:>6.2f}",
+                f"{ratio:>6.2f} {auto:>6} {auto_loss:>9.2f}",
                 flush=True,
             )
     crossover = {}
@@ -98,6 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         wins = [r["density"] for r in rows if r["N"] == n and r["edges_over_dense"] > 1.0]
         crossover[n] = min(wins) if wins else None
     print("smallest density at which dense wins, per N:", crossover)
+    losses = [r["auto_over_best"] for r in rows]
+    print(
+        f"auto picked the faster backend in {sum(x == 1.0 for x in losses)}/{len(losses)} "
+        f"cases; worst auto/best = {max(losses):.2f}"
+    )
     result = {
         "command": " ".join(
             [sys.executable, "-m", "benchmarks.bench_crossover", *(argv or sys.argv[1:])]

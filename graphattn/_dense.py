@@ -26,7 +26,13 @@ from torch import Tensor
 
 from .graph import EdgeListGraph, Graph
 
-__all__ = ["dense_attention", "dense_reasons", "edge_bias_to_dense"]
+__all__ = [
+    "dense_attention",
+    "dense_reasons",
+    "edge_bias_to_dense",
+    "packable_blocks",
+    "packed_block_attention",
+]
 
 
 @dataclass
@@ -51,7 +57,11 @@ def dense_reasons(graph: Graph, *, has_edge_values: bool, max_mask_elements: int
 
 
 def _is_block_complete(graph: Graph) -> bool:
-    return isinstance(graph, EdgeListGraph) and graph.complete_blocks() is not None
+    return (
+        isinstance(graph, EdgeListGraph)
+        and graph.key_padding_mask is None
+        and graph.complete_blocks() is not None
+    )
 
 
 def edge_bias_to_dense(bias: Tensor, graph: Graph) -> Tensor:
@@ -140,9 +150,6 @@ def dense_attention(
           by the caller with :func:`edge_bias_to_dense`)
         - returns out ``(B, H, Nd, Dv)`` and, if ``need_weights``, weights ``(B, H, Nd, Ns)``
     """
-    blocks = graph.complete_blocks() if isinstance(graph, EdgeListGraph) else None
-    if blocks is not None and len(blocks) > 2 and graph.key_padding_mask is None:
-        return _packed_blocks(q, k, v, graph, blocks, bias, scale, dropout_p, need_weights)
     is_complete = graph.is_complete
     pad = graph.key_padding_mask  # (B, Ns) or None
     is_causal = graph.kind == "causal" and pad is None and bias is None
@@ -194,25 +201,49 @@ def dense_attention(
     return res
 
 
-def _packed_blocks(
+def packable_blocks(graph: Graph) -> Tensor | None:
+    """Block offsets ``(P + 1,)`` when ``graph`` is an unpadded disjoint union of at least two
+    complete graphs (a PyG batch of complete graphs), else ``None``."""
+    if not isinstance(graph, EdgeListGraph) or graph.key_padding_mask is not None:
+        return None
+    blocks = graph.complete_blocks()
+    return blocks if blocks is not None and len(blocks) > 2 else None
+
+
+def packed_block_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     graph: Graph,
     ptr: Tensor,
-    bias: Tensor | None,
+    *,
+    edge_bias: Tensor | None,
+    dense_bias: Tensor | None,
     scale: float,
     dropout_p: float,
     need_weights: bool,
-) -> DenseResult:
-    """A disjoint union of complete graphs (blocks ``ptr``) as one padded fused call."""
-    b, h, n, d = q.shape
+) -> tuple[Tensor, Tensor | None]:
+    """A disjoint union of complete graphs (blocks ``ptr``) as one padded fused call.
+
+    Shapes:
+        - q: ``(B, H, N, D)``; k: ``(B, H, N, D)``; v: ``(B, H, N, Dv)``; ptr: ``(P + 1,)``
+        - edge_bias: ``(B, E, H)`` aligned with ``graph.edge_index()``
+        - dense_bias: broadcastable to ``(B, H, N, N)``
+        - returns out ``(B, H, N, Dv)`` and, if ``need_weights``, per-edge weights
+          ``(B, E, H)``
+    """
+    b, h, n, _ = q.shape
     sizes = ptr[1:] - ptr[:-1]  # (P,)
     nblocks, longest = len(sizes), int(sizes.max())
     pos = torch.arange(longest, device=q.device)
     valid = pos[None, :] < sizes[:, None]  # (P, L)
     node = (ptr[:-1, None] + pos[None, :]).clamp_max(n - 1)  # (P, L) node id per slot
     uniform = bool((sizes == longest).all())
+    block_of = torch.repeat_interleave(torch.arange(nblocks, device=q.device), sizes)  # (N,)
+    slot_of = torch.arange(n, device=q.device) - ptr[block_of]  # (N,) position in block
+    src, dst = graph.edge_index()
+    # flat index of each edge in the packed (B*P, H, L, L) score tensor, per sample and head
+    edge_slot = (block_of[dst] * longest + slot_of[dst]) * longest + slot_of[src]  # (E,)
 
     def pack(x: Tensor) -> Tensor:  # (B, H, N, C) -> (B * P, H, L, C)
         if uniform:
@@ -224,11 +255,16 @@ def _packed_blocks(
     mask: Tensor | None = None
     if not uniform:
         mask = valid[:, None, None, :].repeat(b, 1, 1, 1)  # (B*P, 1, 1, L)
-    if bias is not None:  # dense (B', H', N, N) -> diagonal blocks (B*P, H', L, L)
-        bias = bias.expand(b, -1, n, n)
-        bblk = bias[:, :, node[:, :, None], node[:, None, :]]  # (B, H', P, L, L)
-        bblk = bblk.transpose(1, 2).reshape(b * nblocks, bias.shape[1], longest, longest)
+    if dense_bias is not None:  # (B', H', N, N) -> diagonal blocks (B*P, H', L, L)
+        dense_bias = dense_bias.expand(b, -1, n, n)
+        bblk = dense_bias[:, :, node[:, :, None], node[:, None, :]]  # (B, H', P, L, L)
+        bblk = bblk.transpose(1, 2).reshape(b * nblocks, -1, longest, longest)
         mask = bblk if mask is None else bblk.masked_fill(~mask, -math.inf)
+    elif edge_bias is not None:  # (B, E, H) -> (B*P, H, L, L), -inf outside the blocks
+        flat = edge_bias.new_full((b, h, nblocks * longest * longest), -math.inf)
+        flat[:, :, edge_slot] = edge_bias.transpose(1, 2).to(flat.dtype)
+        bblk = flat.view(b, h, nblocks, longest, longest).transpose(1, 2)
+        mask = bblk.reshape(b * nblocks, h, longest, longest)
     res = _attend(
         pack(q),
         pack(k),
@@ -246,10 +282,7 @@ def _packed_blocks(
         out = out[:, :, valid.reshape(-1)]  # (B, H, N, Dv)
     weights = None
     if res.weights is not None:
-        weights = q.new_zeros(b, h, n, n)
-        w = res.weights.reshape(b, nblocks, h, longest, longest).transpose(1, 2)
-        rows = node[:, :, None].expand(-1, -1, longest)
-        cols = node[:, None, :].expand(-1, longest, -1)
-        sel = valid[:, :, None] & valid[:, None, :]  # (P, L, L)
-        weights[:, :, rows[sel], cols[sel]] = w[:, :, sel]
-    return DenseResult(out, weights)
+        w = res.weights.reshape(b, nblocks, h, longest * longest).transpose(1, 2)
+        w = w.reshape(b, h, nblocks * longest * longest)  # (B, H, P*L*L)
+        weights = w[:, :, edge_slot].transpose(1, 2)  # (B, E, H)
+    return out, weights

@@ -21,9 +21,15 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from ._dense import dense_attention, dense_reasons, edge_bias_to_dense
+from ._dense import (
+    dense_attention,
+    dense_reasons,
+    edge_bias_to_dense,
+    packable_blocks,
+    packed_block_attention,
+)
 from ._edges import edge_attention
-from .graph import EdgeListGraph, Graph, as_graph
+from .graph import Graph, as_graph
 
 __all__ = [
     "graph_attention",
@@ -52,22 +58,33 @@ class AutoPolicy:
 
     The rule, in order:
 
-    1. Complete and causal graphs, and a complete graph or a batch of complete graphs given
-       as an edge list, go to ``dense`` (the fused kernel, no mask or a padding mask).
+    1. Complete and causal graphs, and a complete graph or an unpadded batch of complete
+       graphs given as an edge list, go to ``dense`` (the fused kernel, with no mask or a
+       padding mask).
     2. Calls the dense backend cannot serve (per-edge values, masks above
        ``max_mask_elements``) go to ``edges``.
     3. Otherwise ``dense`` if the edge density ``E / (Nd * Ns)`` is at least
-       ``density_crossover``, else ``edges``.
+       :meth:`density_threshold` of the head dim ``D``, else ``edges``.
+
+    The threshold ``crossover_density * (1 + crossover_head_dim / D)`` fits the crossover
+    measured by ``python -m benchmarks.bench_crossover`` (forward + backward, fp32, 2 CPU
+    threads, random graphs, N = 256 .. 4096): the density at which dense wins is nearly
+    independent of ``N`` for ``N >= 512`` and is about 1/16 for ``D = 64`` and 1/8 for
+    ``D = 8``, because the dense kernel's per-score overhead matters more at small ``D``.
 
     Attributes:
-        density_crossover: edge density above which a masked dense call beats the edge
-            backend (forward + backward, fp32, 2 CPU threads). Measured with
-            ``python -m benchmarks.bench_crossover``: see the README.
+        crossover_density: the threshold for a large head dim.
+        crossover_head_dim: how much a small head dim raises the threshold.
         max_mask_elements: the largest ``Nd * Ns`` mask the dense backend materialises.
     """
 
-    density_crossover: float = 1.0 / 64
+    crossover_density: float = 0.054
+    crossover_head_dim: float = 11.0
     max_mask_elements: int = 1 << 26
+
+    def density_threshold(self, head_dim: int) -> float:
+        """Edge density above which ``auto`` runs the dense backend."""
+        return self.crossover_density * (1.0 + self.crossover_head_dim / max(1, head_dim))
 
 
 #: the process-wide auto rule; mutate its fields to override.
@@ -245,15 +262,20 @@ def _classify_bias(bias: Tensor, graph: Graph, b: int, h: int) -> Literal["edges
 
 
 def choose_backend(
-    graph: Graph, *, has_edge_values: bool = False, policy: AutoPolicy | None = None
+    graph: Graph,
+    *,
+    head_dim: int = 64,
+    has_edge_values: bool = False,
+    policy: AutoPolicy | None = None,
 ) -> Literal["dense", "edges"]:
-    """The backend ``"auto"`` picks for ``graph`` (see :class:`AutoPolicy`)."""
+    """The backend ``"auto"`` picks for ``graph`` and query/key head dim ``head_dim``
+    (see :class:`AutoPolicy`)."""
     policy = policy or auto_policy
     if has_edge_values:
         return "edges"
     if graph.mask_free or graph.is_complete:
         return "dense"
-    if isinstance(graph, EdgeListGraph) and graph.complete_blocks() is not None:
+    if packable_blocks(graph) is not None:
         return "dense"
     if dense_reasons(graph, has_edge_values=False, max_mask_elements=policy.max_mask_elements):
         return "edges"
@@ -261,7 +283,7 @@ def choose_backend(
     if size == 0:
         return "edges"
     density = graph.num_edges / size
-    return "dense" if density >= policy.density_crossover else "edges"
+    return "dense" if density >= policy.density_threshold(head_dim) else "edges"
 
 
 @overload
@@ -378,7 +400,7 @@ def graph_attention(
         "edges": [],
     }
     if backend == "auto":
-        chosen = choose_backend(graph, has_edge_values=edge_values is not None)
+        chosen = choose_backend(graph, head_dim=d, has_edge_values=edge_values is not None)
     else:
         chosen = backend
     if reasons[chosen]:
@@ -386,7 +408,26 @@ def graph_attention(
             f"backend {chosen!r} cannot serve this call: " + "; ".join(reasons[chosen])
         )
 
-    if chosen == "dense":
+    blocks = packable_blocks(graph) if chosen == "dense" else None
+    if blocks is not None:
+        eb = None
+        if bias_kind == "edges":
+            eb = (bias if bias.dim() == 3 else bias[None]).expand(b, -1, -1)
+        db = bias if bias_kind == "dense" else None
+        out, weights = packed_block_attention(
+            q,
+            k,
+            v,
+            graph,
+            blocks,
+            edge_bias=eb,
+            dense_bias=None if db is None else db.reshape((1,) * (4 - db.dim()) + db.shape),
+            scale=scale,
+            dropout_p=dropout_p,
+            need_weights=need_weights,
+        )
+        layout = "edges"
+    elif chosen == "dense":
         dense_bias = bias
         if bias_kind == "edges":
             eb = bias if bias.dim() == 3 else bias[None]
