@@ -250,7 +250,12 @@ class Graph:
         return self._cache["structure"]
 
     def materialize_structure(self) -> Tensor:
-        """Dense boolean ``(Nd, Ns)`` mask of the structure, ignoring padding."""
+        """Dense boolean ``(Nd, Ns)`` mask of the structure, ignoring padding (cached)."""
+        if "mask" not in self._cache:
+            self._cache["mask"] = self._build_mask()
+        return self._cache["mask"]
+
+    def _build_mask(self) -> Tensor:
         raise NotImplementedError
 
     def edge_counts(self) -> Tensor | None:
@@ -264,10 +269,10 @@ class Graph:
         Shapes:
             ``(Nd, Ns)``, or ``(B, Nd, Ns)`` when the graph carries key padding.
         """
-        mask = self.materialize_structure()  # (Nd, Ns)
+        mask = self.materialize_structure()  # (Nd, Ns), cached: never hand it out
         if self.key_padding_mask is not None:
-            mask = mask[None] & ~self.key_padding_mask[:, None, :]  # (B, Nd, Ns)
-        return mask
+            return mask[None] & ~self.key_padding_mask[:, None, :]  # (B, Nd, Ns)
+        return mask.clone()
 
     def __repr__(self) -> str:
         pad = (
@@ -296,7 +301,7 @@ class CompleteGraph(Graph):
     def is_complete(self) -> bool:
         return True
 
-    def materialize_structure(self) -> Tensor:
+    def _build_mask(self) -> Tensor:
         return torch.ones(self.num_dst, self.num_src, dtype=torch.bool, device=self.device)
 
     def _build_edge_index(self) -> Tensor:
@@ -318,7 +323,7 @@ class CausalGraph(Graph):
     def num_edges(self) -> int:
         return self.num_dst * (self.num_dst + 1) // 2
 
-    def materialize_structure(self) -> Tensor:
+    def _build_mask(self) -> Tensor:
         n = self.num_dst
         return torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
 
@@ -339,7 +344,7 @@ class WindowGraph(Graph):
         one_side = r * n - r * (r + 1) // 2  # pairs with 1 <= i - j <= r
         return n + one_side * (1 if self.causal else 2)
 
-    def materialize_structure(self) -> Tensor:
+    def _build_mask(self) -> Tensor:
         pos = torch.arange(self.num_dst, device=self.device)
         diff = pos[:, None] - pos[None, :]  # (Nd, Ns): i - j
         if self.causal:
@@ -369,7 +374,7 @@ class GridGraph(Graph):
     def num_edges(self) -> int:
         return self._span(self.height) * self._span(self.width)
 
-    def materialize_structure(self) -> Tensor:
+    def _build_mask(self) -> Tensor:
         rows = torch.arange(self.height, device=self.device).repeat_interleave(self.width)
         cols = torch.arange(self.width, device=self.device).repeat(self.height)
         near_r = (rows[:, None] - rows[None, :]).abs() <= self.radius
@@ -453,7 +458,7 @@ class EdgeListGraph(Graph):
             self._cache["counts"] = counts if bool((counts > 1).any()) else None
         return self._cache["counts"]
 
-    def materialize_structure(self) -> Tensor:
+    def _build_mask(self) -> Tensor:
         mask = torch.zeros(self.num_dst, self.num_src, dtype=torch.bool, device=self.device)
         src, dst = self._edge_index
         mask[dst, src] = True
@@ -462,8 +467,15 @@ class EdgeListGraph(Graph):
     def has_duplicates(self) -> bool:
         """Whether any edge appears more than once."""
         if "dups" not in self._cache:
-            key = self._edge_index[1] * self.num_src + self._edge_index[0]
-            self._cache["dups"] = key.numel() != torch.unique(key).numel()
+            key = self._edge_index[1] * self.num_src + self._edge_index[0]  # (E,)
+            size = self.num_dst * self.num_src
+            if key.numel() == 0:
+                dups = False
+            elif size <= max(4 * key.numel(), 1 << 22):  # counting beats sorting
+                dups = bool(torch.bincount(key, minlength=size).max() > 1)
+            else:
+                dups = key.numel() != torch.unique(key).numel()
+            self._cache["dups"] = dups
         return self._cache["dups"]
 
     @property
