@@ -24,6 +24,29 @@ from .graph import (
     GridGraph,
     WindowGraph,
 )
+from .layers import (
+    GraphTransformer,
+    GraphTransformerConfig,
+    GraphTransformerLayer,
+    LayerOutput,
+    TransformerOutput,
+)
+from .positional import (
+    AxialRotaryEmbedding,
+    LaplacianPE,
+    LearnedPositionalEncoding,
+    RelativePositionBias1D,
+    RelativePositionBias2D,
+    RotaryEmbedding,
+    ShortestPathBias,
+    SinusoidalPositionalEncoding,
+    laplacian_eigenvector_pe,
+    random_walk_pe,
+    shortest_path_distance,
+    sinusoidal_2d,
+    sinusoidal_encoding,
+    t5_relative_position_bucket,
+)
 
 __version__ = "0.1.0"
 
@@ -43,4 +66,25 @@ __all__ = [
     "choose_backend",
     "BackendNotSupportedError",
     "GraphAttention",
+    # layers
+    "GraphTransformerLayer",
+    "GraphTransformer",
+    "GraphTransformerConfig",
+    "LayerOutput",
+    "TransformerOutput",
+    # positional and structural encodings
+    "sinusoidal_encoding",
+    "sinusoidal_2d",
+    "SinusoidalPositionalEncoding",
+    "LearnedPositionalEncoding",
+    "RotaryEmbedding",
+    "AxialRotaryEmbedding",
+    "t5_relative_position_bucket",
+    "RelativePositionBias1D",
+    "RelativePositionBias2D",
+    "laplacian_eigenvector_pe",
+    "LaplacianPE",
+    "random_walk_pe",
+    "shortest_path_distance",
+    "ShortestPathBias",
 ]

@@ -11,6 +11,7 @@ Axis legend: ``B`` batch, ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``H`` hea
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal, overload
 
 import torch
@@ -20,7 +21,11 @@ from torch import Tensor, nn
 from .functional import AttentionOutput, BackendName, graph_attention
 from .graph import Graph, as_graph
 
-__all__ = ["GraphAttention"]
+__all__ = ["GraphAttention", "RotaryFn"]
+
+#: A rotary (or any query/key) transform: ``(q, k) -> (q, k)`` on ``(B, H, N, Dh)`` tensors,
+#: e.g. :class:`graphattn.RotaryEmbedding`.
+RotaryFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class GraphAttention(nn.Module):
@@ -216,6 +221,7 @@ class GraphAttention(nn.Module):
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
         bias: Tensor | None = ...,
+        rotary: RotaryFn | None = ...,
         return_attention: Literal[False] = ...,
     ) -> Tensor: ...
     @overload
@@ -228,6 +234,7 @@ class GraphAttention(nn.Module):
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
         bias: Tensor | None = ...,
+        rotary: RotaryFn | None = ...,
         return_attention: Literal[True],
     ) -> AttentionOutput: ...
     def forward(
@@ -239,6 +246,7 @@ class GraphAttention(nn.Module):
         edge_attr: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         bias: Tensor | None = None,
+        rotary: RotaryFn | None = None,
         return_attention: bool = False,
     ) -> Tensor | AttentionOutput:
         """Attend from every target node to its in-edges' sources.
@@ -251,6 +259,10 @@ class GraphAttention(nn.Module):
             key_padding_mask: ``(B, Ns)`` bool, True = padded source (as in
                 ``nn.MultiheadAttention``).
             bias: additive score bias, see :func:`graph_attention`.
+            rotary: a transform ``(q, k) -> (q, k)`` of the projected queries and keys
+                ``(B, H, N, Dh)``, applied right after the projections (before edge features
+                and attention), e.g. a :class:`~graphattn.RotaryEmbedding`. Use
+                ``functools.partial(rope, q_pos=..., k_pos=...)`` for explicit positions.
             return_attention: also return the attention weights.
 
         Shapes:
@@ -279,6 +291,8 @@ class GraphAttention(nn.Module):
         q = q.view(bsz, nd, h, dh).transpose(1, 2)  # (B, H, Nd, Dh)
         k = k.view(bsz, ns, h, dh).transpose(1, 2)  # (B, H, Ns, Dh)
         v = v.view(bsz, ns, h, dh).transpose(1, 2)  # (B, H, Ns, Dh)
+        if rotary is not None:
+            q, k = _apply_rotary(rotary, q, k)
         edge_values = None
         if edge_attr is not None:
             edge_values, edge_bias = self._edge_terms(edge_attr, graph, q)
@@ -335,6 +349,22 @@ class GraphAttention(nn.Module):
             parts.append(f"edge_dim={self.edge_dim}")
         parts.append(f"backend={self.backend!r}")
         return ", ".join(parts)
+
+
+def _apply_rotary(rotary: RotaryFn, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """``rotary(q, k)``, checked to return tensors of the shapes it was given."""
+    if not callable(rotary):
+        raise TypeError(f"rotary must be callable (q, k) -> (q, k), got {type(rotary).__name__}")
+    res = rotary(q, k)
+    if not (isinstance(res, tuple | list) and len(res) == 2):
+        raise TypeError(f"rotary must return a pair (q, k), got {type(res).__name__}")
+    q2, k2 = res
+    if q2.shape != q.shape or k2.shape != k.shape:
+        raise ValueError(
+            f"rotary must keep the shapes of q {tuple(q.shape)} and k {tuple(k.shape)}, "
+            f"got {tuple(q2.shape)} and {tuple(k2.shape)}"
+        )
+    return q2, k2
 
 
 def _add_bias(user: Tensor, edge_bias: Tensor) -> Tensor:

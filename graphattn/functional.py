@@ -69,8 +69,9 @@ class AutoPolicy:
     The threshold ``crossover_density * (1 + crossover_head_dim / D)`` fits the crossover
     measured by ``python -m benchmarks.bench_crossover`` (forward + backward, fp32, 2 CPU
     threads, random graphs, N = 256 .. 4096): the density at which dense wins is nearly
-    independent of ``N`` for ``N >= 512`` and is about 1/16 for ``D = 64`` and 1/8 for
-    ``D = 8``, because the dense kernel's per-score overhead matters more at small ``D``.
+    independent of ``N`` for ``N >= 512`` and lies between 1/32 and 1/16 for ``D = 64`` and
+    between 1/16 and 1/8 for ``D = 8`` (the defaults give 0.047 and 0.095), because the dense
+    kernel's per-score overhead matters more at small ``D``.
 
     Attributes:
         crossover_density: the threshold for a large head dim.
@@ -78,7 +79,7 @@ class AutoPolicy:
         max_mask_elements: the largest ``Nd * Ns`` mask the dense backend materialises.
     """
 
-    crossover_density: float = 0.054
+    crossover_density: float = 0.04
     crossover_head_dim: float = 11.0
     max_mask_elements: int = 1 << 26
 

@@ -1,10 +1,60 @@
 """Modality adapters: turn text, images, audio and RL observations into graph nodes.
 
-The adapters (``NodeSet``, ``TextAdapter``, ``PatchAdapter``, ``AudioFrameAdapter``,
-``RLStateEncoder``, fusion) are tracked in the project's "Modalities" issue. This package is
-installed beside :mod:`graphattn` so that adapters can be added without changing the
-distribution's layout. Note: an unrelated PyPI project also installs a top-level package
-named ``modalities``; the two cannot share one environment.
+Every adapter returns a :class:`NodeSet` (features ``(B, N, D)``, a mask of real nodes,
+positions, a modality label); :func:`fuse` / :class:`ModalityFusion` join node sets of several
+modalities into one graph for :class:`graphattn.GraphAttention` and the transformer layers.
+
+==========================  ===================================================  ============
+adapter                     input                                                module
+==========================  ===================================================  ============
+``TextAdapter``             strings (byte tokenizer or any tokenizer) or ids     ``text``
+``PatchAdapter``            images ``(B, C, H, W)``: ViT patches                 ``image``
+``CNNFeatureAdapter``       images: cells of a torchvision CNN feature map       ``image``
+``AudioFrameAdapter``       waveforms: log-mel frames or AST patches             ``audio``
+``RLStateEncoder``          vector or entity observations -> actor/critic        ``rl``
+==========================  ===================================================  ============
+
+This package is installed beside :mod:`graphattn`. Note: an unrelated PyPI project also
+installs a top-level package named ``modalities``; the two cannot share one environment.
 """
 
-__all__: list[str] = []
+from ._common import masked_mean
+from .audio import AudioFrameAdapter, load_wav
+from .fusion import LATENT, FusedGraph, FusionMode, ModalityFusion, fuse
+from .image import CNNFeatureAdapter, PatchAdapter, conv_stem
+from .nodes import GraphKind, NodeSet, PositionKind
+from .rl import EntitySpec, RLOutput, RLStateEncoder
+from .text import (
+    BatchEncoding,
+    ByteTokenizer,
+    TextAdapter,
+    Tokenizer,
+    TokenizerAdapter,
+    batch_encode,
+)
+
+__all__ = [
+    "NodeSet",
+    "PositionKind",
+    "GraphKind",
+    "masked_mean",
+    "Tokenizer",
+    "ByteTokenizer",
+    "TokenizerAdapter",
+    "BatchEncoding",
+    "batch_encode",
+    "TextAdapter",
+    "PatchAdapter",
+    "CNNFeatureAdapter",
+    "conv_stem",
+    "load_wav",
+    "AudioFrameAdapter",
+    "EntitySpec",
+    "RLOutput",
+    "RLStateEncoder",
+    "FusedGraph",
+    "FusionMode",
+    "fuse",
+    "ModalityFusion",
+    "LATENT",
+]

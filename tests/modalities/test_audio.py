@@ -1,0 +1,204 @@
+"""Audio: WAV loading, log-mel frames/patches checked against torchaudio, padding, errors."""
+
+from __future__ import annotations
+
+import os
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from graphattn import GraphAttention
+from graphattn.positional import sinusoidal_2d
+from modalities import AudioFrameAdapter, load_wav
+
+DATA = Path(
+    os.environ.get("GRAPHATTN_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
+)
+FSDD = DATA / "fsdd" / "recordings"
+
+
+def write_wav(path: Path, ints: np.ndarray, width: int, rate: int = 8000) -> None:
+    """Write integer samples ``(T, C)`` as PCM with ``width`` bytes per sample."""
+    frames = ints.shape[0]
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(ints.shape[1])
+        f.setsampwidth(width)
+        f.setframerate(rate)
+        if width == 3:
+            u = ints.astype(np.int64).reshape(-1) & 0xFFFFFF
+            raw = np.stack([u & 0xFF, (u >> 8) & 0xFF, (u >> 16) & 0xFF], -1).astype(np.uint8)
+            f.writeframes(raw.tobytes())
+        else:
+            dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
+            f.writeframes(ints.astype(dtype).tobytes())
+    assert frames > 0
+
+
+@pytest.mark.parametrize(
+    ("width", "ints", "scale", "offset"),
+    [
+        (1, np.array([[0, 255], [128, 64]]), 128.0, 128),
+        (2, np.array([[-32768, 32767], [0, -1]]), 32768.0, 0),
+        (3, np.array([[-(1 << 23), (1 << 23) - 1], [0, -5]]), float(1 << 23), 0),
+        (4, np.array([[-(1 << 31), (1 << 31) - 1], [0, 12345]]), float(1 << 31), 0),
+    ],
+)
+def test_load_wav_pcm_widths(tmp_path: Path, width: int, ints, scale: float, offset: int) -> None:
+    path = tmp_path / f"x{width}.wav"
+    write_wav(path, ints, width, rate=22050)
+    waveform, rate = load_wav(path)
+    assert rate == 22050 and waveform.dtype == torch.float32 and waveform.shape == (2, 2)
+    want = torch.tensor((ints.T.astype(np.float64) - offset) / scale, dtype=torch.float32)
+    torch.testing.assert_close(waveform, want)
+    assert waveform.min() >= -1.0 and waveform.max() <= 1.0
+
+
+def test_load_wav_refuses_float_wav(tmp_path: Path) -> None:
+    from scipy.io import wavfile
+
+    path = tmp_path / "float.wav"
+    wavfile.write(path, 8000, np.zeros(100, dtype=np.float32))
+    with pytest.raises(ValueError, match="not an integer PCM WAV file"):
+        load_wav(path)
+
+
+@pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD recordings not found at {FSDD}")
+def test_load_wav_real_fsdd_recording() -> None:
+    from scipy.io import wavfile
+
+    path = FSDD / "0_jackson_0.wav"
+    waveform, rate = load_wav(path)
+    ref_rate, ref = wavfile.read(path)  # independent reader: int16 samples
+    assert rate == ref_rate == 8000 and waveform.shape == (1, len(ref))
+    torch.testing.assert_close(waveform[0], torch.from_numpy(ref.astype(np.float32) / 32768))
+    adapter = AudioFrameAdapter(rate, 16, target_rate=16000, n_mels=32)
+    nodes = adapter(waveform)  # (C=1, T) read as a batch of one mono clip
+    assert torch.isfinite(nodes.features).all() and nodes.num_nodes > 10
+
+
+def test_log_mel_matches_torchaudio_directly() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3000) * 0.1
+    adapter = AudioFrameAdapter(8000, 8, n_mels=32, n_fft=256, hop_length=80)
+    ref = torchaudio.transforms.MelSpectrogram(
+        sample_rate=8000, n_fft=256, hop_length=80, n_mels=32, center=False
+    )(x)
+    spec, mask = adapter.log_mel(x)
+    torch.testing.assert_close(spec, torch.log(ref + 1e-6))
+    assert spec.shape == (2, 32, 1 + (3000 - 256) // 80) and mask.all()
+
+
+def test_resampling_matches_torchaudio_directly() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3001) * 0.1
+    adapter = AudioFrameAdapter(8000, 8, target_rate=16000, n_mels=40)
+    resampled = torchaudio.functional.resample(x, 8000, 16000)
+    ref = torchaudio.transforms.MelSpectrogram(
+        sample_rate=16000, n_fft=400, hop_length=160, n_mels=40, center=False
+    )(resampled)
+    spec, _ = adapter.log_mel(x)
+    torch.testing.assert_close(spec, torch.log(ref + 1e-6))
+
+
+def test_frame_nodes_shapes_and_time_positions() -> None:
+    adapter = AudioFrameAdapter(16000, 12, n_mels=16)
+    nodes = adapter(torch.randn(3, 1600))
+    frames = 1 + (1600 - 400) // 160
+    assert nodes.features.shape == (3, frames, 12) and nodes.mask.all()
+    assert nodes.position_kind == "time" and nodes.modality == "audio"
+    want = (torch.arange(frames) * 160 + 200) / 16000  # window centres in seconds
+    torch.testing.assert_close(nodes.positions[0], want)
+
+
+def test_stereo_is_downmixed_by_channel_mean() -> None:
+    torch.manual_seed(0)
+    adapter = AudioFrameAdapter(8000, 8, n_mels=16)
+    stereo = torch.randn(2, 2, 1000)
+    torch.testing.assert_close(adapter(stereo).features, adapter(stereo.mean(1)).features)
+
+
+@pytest.mark.parametrize("target_rate", [None, 16000])
+def test_lengths_mask_and_padding_invariance(target_rate: int | None) -> None:
+    """Garbage after ``lengths`` never changes real frames; batch equals one by one."""
+    torch.manual_seed(0)
+    adapter = AudioFrameAdapter(8000, 16, target_rate=target_rate, n_mels=16)
+    attn = GraphAttention(16, 2).eval()
+    clips = [torch.randn(1800) * 0.1, torch.randn(1200) * 0.1]
+    batch = torch.randn(2, 1800) * 5  # garbage padding
+    batch[0], batch[1, :1200] = clips[0], clips[1]
+    nodes = adapter(batch, lengths=torch.tensor([1800, 1200]))
+    out = attn(nodes.features, nodes.graph())
+    for i, clip in enumerate(clips):
+        single = adapter(clip[None])
+        n = single.num_nodes
+        assert int(nodes.mask[i].sum()) == n
+        torch.testing.assert_close(nodes.features[i, :n], single.features[0], atol=1e-4, rtol=1e-4)
+        ref = attn(single.features, single.graph())[0]
+        torch.testing.assert_close(out[i, :n], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_patch_nodes_ast_style() -> None:
+    adapter = AudioFrameAdapter(8000, 8, n_mels=16, patch=(4, 3))
+    x = torch.randn(2, 3000)
+    frames = 1 + (3000 - 400) // 160  # 17 -> 5 time patches, last 2 frames dropped
+    nodes = adapter(x, lengths=torch.tensor([3000, 1000]))
+    assert nodes.grid_shape == (4, 5) and nodes.features.shape == (2, 20, 8)
+    real_cols = (1 + (1000 - 400) // 160) // 3
+    assert nodes.mask[1].view(4, 5).sum(0).tolist() == [4] * real_cols + [0] * (5 - real_cols)
+    assert frames // 3 == 5
+    centre = (torch.arange(5) * 3 + 1.0) * 160 + 200
+    torch.testing.assert_close(nodes.positions[0, :5], centre / 8000)
+    torch.testing.assert_close(nodes.positions[0, 5:10], centre / 8000)  # row-major
+    # the patch conv sees exactly the log-mel blocks
+    spec, _ = adapter.log_mel(x)
+    block = spec[0, 4:8, 3:6].reshape(-1)  # mel rows 4..7, frames 3..5 -> node (1, 1)
+    w = adapter.proj.weight.reshape(8, -1)
+    want = w @ block + adapter.proj.bias + sinusoidal_2d(4, 5, 8)[6]
+    torch.testing.assert_close(nodes.features[0, 6], want)
+
+
+def test_too_short_audio_gives_minimum_length() -> None:
+    with pytest.raises(ValueError, match="399 samples, but one window .* at least 400 samples"):
+        AudioFrameAdapter(16000, 8)(torch.randn(1, 399))
+    up = AudioFrameAdapter(8000, 8, target_rate=16000)
+    assert up.min_samples == 200
+    up(torch.randn(1, 200))  # exactly enough: one frame
+    with pytest.raises(ValueError, match="at least 200 samples at sample_rate=8000 \\(resampled"):
+        up(torch.randn(1, 199))
+    with pytest.raises(ValueError, match="one patch .* at least 720 samples"):
+        AudioFrameAdapter(16000, 8, patch=(8, 3))(torch.randn(1, 719))
+    with pytest.raises(ValueError, match="300 samples, but one window"):
+        AudioFrameAdapter(16000, 8)(torch.randn(2, 1000), lengths=torch.tensor([1000, 300]))
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(
+        ValueError, match="sample_rate must be a positive whole number of Hz, got 0"
+    ):
+        AudioFrameAdapter(0, 8)
+    with pytest.raises(ValueError, match="target_rate must be a positive .* got -8000"):
+        AudioFrameAdapter(8000, 8, target_rate=-8000)
+    with pytest.raises(ValueError, match=r"n_mels \(64\) must be divisible .* \(5\)"):
+        AudioFrameAdapter(8000, 8, patch=(5, 2))
+    with pytest.raises(ValueError, match="dim must be divisible by 4 for patches .* got 10"):
+        AudioFrameAdapter(8000, 10, patch=(8, 2))
+    adapter = AudioFrameAdapter(8000, 8)
+    with pytest.raises(TypeError, match="floating point in \\[-1, 1\\], got torch.int16"):
+        adapter(torch.zeros(1, 1000, dtype=torch.int16))
+    with pytest.raises(ValueError, match=r"\(B, T\) or \(B, C, T\), got \(1000,\)"):
+        adapter(torch.zeros(1000))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=1000\]"):
+        adapter(torch.zeros(1, 1000), lengths=torch.tensor([1001]))
+    with pytest.raises(ValueError, match=r"lengths must be an integer tensor of shape \(B,\)"):
+        adapter(torch.zeros(2, 1000), lengths=torch.tensor([1000]))
+
+
+@pytest.mark.parametrize("patch", [None, (8, 2)])
+def test_every_parameter_gets_a_gradient(patch) -> None:
+    adapter = AudioFrameAdapter(8000, 8, n_mels=16, patch=patch)
+    adapter(torch.randn(2, 1200)).features.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.parameters())
