@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUFF := $(VENV)/bin/ruff
 STAMP := $(VENV)/.installed
 
-LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples)
+LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples docs)
 
 .PHONY: venv lint test demo bench format clean
 

@@ -6,6 +6,16 @@ edges. See :func:`graph_attention` and :class:`GraphAttention`.
 """
 
 from .attention import GraphAttention
+from .explain import (
+    HeadStatistics,
+    PerturbationResult,
+    attention_rollout,
+    force_dense_backend,
+    grad_attention,
+    head_statistics,
+    perturbation_check,
+    summarize_by_modality,
+)
 from .functional import (
     AttentionOutput,
     AttentionWeights,
@@ -47,6 +57,7 @@ from .positional import (
     sinusoidal_encoding,
     t5_relative_position_bucket,
 )
+from .structure import LearnedStructureBias, WeightedGraph, attention_to_graph
 
 __version__ = "0.1.0"
 
@@ -87,4 +98,17 @@ __all__ = [
     "random_walk_pe",
     "shortest_path_distance",
     "ShortestPathBias",
+    # learned structure (graphattn.plot holds the pictures; it needs matplotlib)
+    "attention_to_graph",
+    "WeightedGraph",
+    "LearnedStructureBias",
+    # explanations
+    "attention_rollout",
+    "grad_attention",
+    "force_dense_backend",
+    "head_statistics",
+    "HeadStatistics",
+    "perturbation_check",
+    "PerturbationResult",
+    "summarize_by_modality",
 ]
