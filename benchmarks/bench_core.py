@@ -110,16 +110,7 @@ def transformer_conv_pair(embed: int, heads: int, *, backend: str, seed: int):
 
     torch.manual_seed(seed)
     conv = TransformerConv(embed, embed // heads, heads=heads, root_weight=False)
-    ga = GraphAttention(embed, heads, backend=backend)
-    with torch.no_grad():
-        ga.in_proj_weight.copy_(
-            torch.cat([conv.lin_query.weight, conv.lin_key.weight, conv.lin_value.weight])
-        )
-        ga.in_proj_bias.copy_(
-            torch.cat([conv.lin_query.bias, conv.lin_key.bias, conv.lin_value.bias])
-        )
-        ga.out_proj.weight.copy_(torch.eye(embed))
-        ga.out_proj.bias.zero_()
+    ga = GraphAttention.from_transformer_conv(conv, backend=backend)
     return ga, conv
 
 

@@ -41,18 +41,6 @@ def fwd_bwd(module: nn.Module, *args, **kwargs) -> Callable[[], None]:
     return run
 
 
-def transformer_conv_twin(conv: nn.Module, embed: int, heads: int, backend: str) -> GraphAttention:
-    """A GraphAttention holding a copy of a PyG TransformerConv's weights."""
-    attn = GraphAttention(embed, heads, backend=backend)
-    with torch.no_grad():
-        lins = (conv.lin_query, conv.lin_key, conv.lin_value)
-        attn.in_proj_weight.copy_(torch.cat([lin.weight for lin in lins]))
-        attn.in_proj_bias.copy_(torch.cat([lin.bias for lin in lins]))
-        attn.out_proj.weight.copy_(torch.eye(embed))
-        attn.out_proj.bias.zero_()
-    return attn
-
-
 def section(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
@@ -87,7 +75,7 @@ def main() -> None:
     dst = torch.arange(n).repeat_interleave(k)
     edge_index = torch.stack([src, dst])[:, torch.randperm(n * k)]
     conv = TransformerConv(embed, embed // heads, heads=heads, root_weight=False)
-    attn = transformer_conv_twin(conv, embed, heads, backend="auto")
+    attn = GraphAttention.from_transformer_conv(conv)
     graph = Graph.from_edge_index(edge_index, n, n)
     xs = torch.randn(n, embed, requires_grad=True)
     res = attn(xs, graph, return_attention=True)
@@ -113,7 +101,7 @@ def main() -> None:
     n = 1024
     full = Graph.complete(n).edge_index()  # all N*N pairs as an edge list
     conv = TransformerConv(embed, embed // heads, heads=heads, root_weight=False)
-    attn = transformer_conv_twin(conv, embed, heads, backend="auto")
+    attn = GraphAttention.from_transformer_conv(conv)
     xc = torch.randn(n, embed, requires_grad=True)
     res = attn(xc, full, return_attention=True)
     diff = (res.out - conv(xc, full)).abs().max()

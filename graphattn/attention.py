@@ -130,6 +130,57 @@ class GraphAttention(nn.Module):
             self.lin_edge.reset_parameters()
 
     @classmethod
+    def from_transformer_conv(
+        cls, conv: nn.Module, *, backend: BackendName = "auto"
+    ) -> GraphAttention:
+        """A ``GraphAttention`` with a copy of a PyG ``TransformerConv``'s weights: on the same
+        ``edge_index`` (and ``edge_attr``) both give the same output. The output projection
+        is the identity, since TransformerConv has none.
+
+        The conv must have ``root_weight=False`` (no skip connection), ``concat=True``,
+        ``beta=False``, biased projections, and ``in_channels == heads * out_channels``.
+        """
+        for attr in ("lin_query", "lin_key", "lin_value", "heads", "out_channels"):
+            if not hasattr(conv, attr):
+                raise TypeError(
+                    f"conv must be a torch_geometric TransformerConv, got {type(conv).__name__}"
+                )
+        if getattr(conv, "root_weight", False):
+            raise ValueError(
+                "conv has root_weight=True (a skip connection GraphAttention does not have); "
+                "build it with root_weight=False"
+            )
+        if not getattr(conv, "concat", True) or getattr(conv, "beta", False):
+            raise ValueError("conv must have concat=True and beta=False")
+        embed = conv.heads * conv.out_channels
+        lins = (conv.lin_query, conv.lin_key, conv.lin_value)
+        for name, lin in zip(("lin_query", "lin_key", "lin_value"), lins, strict=True):
+            if lin.in_channels != embed or lin.bias is None:
+                raise ValueError(
+                    f"conv.{name} must map {embed} (= heads * out_channels) features with a "
+                    f"bias, got in_channels={lin.in_channels}, bias={lin.bias is not None}"
+                )
+        lin_edge = getattr(conv, "lin_edge", None)
+        ref = conv.lin_query.weight
+        new = cls(
+            embed,
+            conv.heads,
+            dropout=float(getattr(conv, "dropout", 0.0)),
+            edge_dim=None if lin_edge is None else lin_edge.in_channels,
+            backend=backend,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        with torch.no_grad():
+            new.in_proj_weight.copy_(torch.cat([lin.weight for lin in lins]))
+            new.in_proj_bias.copy_(torch.cat([lin.bias for lin in lins]))
+            new.out_proj.weight.copy_(torch.eye(embed, dtype=ref.dtype, device=ref.device))
+            new.out_proj.bias.zero_()
+            if lin_edge is not None:
+                new.lin_edge.weight.copy_(lin_edge.weight)
+        return new
+
+    @classmethod
     def from_multihead_attention(
         cls, mha: nn.MultiheadAttention, *, backend: BackendName = "auto"
     ) -> GraphAttention:

@@ -155,15 +155,7 @@ def test_batched_equals_one_by_one(backend, gen):
 def _conv_and_copy(edge_dim=None, seed=0):
     torch.manual_seed(seed)
     conv = TransformerConv(C, C // H, heads=H, root_weight=False, edge_dim=edge_dim)
-    ga = GraphAttention(C, H, edge_dim=edge_dim, backend="edges")
-    with torch.no_grad():
-        lins = (conv.lin_query, conv.lin_key, conv.lin_value)
-        ga.in_proj_weight.copy_(torch.cat([lin.weight for lin in lins]))
-        ga.in_proj_bias.copy_(torch.cat([lin.bias for lin in lins]))
-        ga.out_proj.weight.copy_(torch.eye(C))
-        ga.out_proj.bias.zero_()
-        if edge_dim is not None:
-            ga.lin_edge.weight.copy_(conv.lin_edge.weight)
+    ga = GraphAttention.from_transformer_conv(conv, backend="edges")
     return conv, ga
 
 
@@ -378,3 +370,12 @@ def test_reset_parameters_changes_weights():
             assert (p == 0).all(), name  # nn.MultiheadAttention initialises biases to 0
         else:
             assert not (p == 0.5).any(), name
+
+
+def test_from_transformer_conv_refuses_what_it_cannot_copy():
+    with pytest.raises(ValueError, match="root_weight=True"):
+        GraphAttention.from_transformer_conv(TransformerConv(C, C // H, heads=H))
+    with pytest.raises(ValueError, match="in_channels=5"):
+        GraphAttention.from_transformer_conv(TransformerConv(5, C // H, heads=H, root_weight=False))
+    with pytest.raises(TypeError, match="TransformerConv"):
+        GraphAttention.from_transformer_conv(torch.nn.Linear(2, 2))
