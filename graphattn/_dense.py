@@ -18,6 +18,7 @@ Axis legend: ``B`` batch, ``H`` heads, ``Nd`` targets, ``Ns`` sources, ``D`` hea
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,10 @@ __all__ = [
     "packable_blocks",
     "packed_block_attention",
 ]
+
+
+#: maps dense weights to (weights handed back, dense weights the output is computed from)
+Reparam = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -112,13 +117,20 @@ def _attend(
     scale: float,
     dropout_p: float,
     need_weights: bool,
+    row_keep: Tensor | None = None,
+    reparam: Reparam | None = None,
 ) -> DenseResult:
-    """Fused SDPA, or the explicit math when weights are requested."""
+    """Fused SDPA, or the explicit math when weights are requested.
+
+    ``row_keep`` (broadcastable to ``(B, H, Nd, 1)``) zeroes the output and weights of rows
+    without in-edges. ``reparam`` maps the dense weights to the weights handed back and the
+    dense weights the output is computed from (see :func:`dense_attention`).
+    """
     if not need_weights:
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
         )
-        return DenseResult(out, None)
+        return DenseResult(out if row_keep is None else out * row_keep, None)
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Nd, Ns)
     if is_causal:
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
@@ -127,8 +139,13 @@ def _attend(
         scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
     low = q.dtype in (torch.float16, torch.bfloat16)
     weights = torch.softmax(scores.float() if low else scores, dim=-1).to(q.dtype)
+    if row_keep is not None:
+        weights = weights * row_keep
+    returned = weights
+    if reparam is not None:
+        returned, weights = reparam(weights)
     dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
-    return DenseResult(torch.matmul(dropped, v), weights)
+    return DenseResult(torch.matmul(dropped, v), returned)
 
 
 def dense_attention(
@@ -141,8 +158,13 @@ def dense_attention(
     scale: float,
     dropout_p: float,
     need_weights: bool,
+    reparam: Reparam | None = None,
 ) -> DenseResult:
     """Dense attention over ``graph``.
+
+    With ``need_weights``, ``reparam`` may turn the dense weights into another layout (per
+    edge) and back; the output is then computed from the rebuilt dense weights, so that the
+    returned weights lie on the output's autograd path.
 
     Shapes:
         - q: ``(B, H, Nd, D)``; k: ``(B, H, Ns, D)``; v: ``(B, H, Ns, Dv)``
@@ -181,7 +203,12 @@ def dense_attention(
             empty = ~has_edge  # (…, Nd)
             open_row = empty[..., None]
             mask = mask | open_row if mask.dtype == torch.bool else mask.masked_fill(open_row, 0.0)
-    res = _attend(
+    row_keep = None
+    if empty is not None:
+        row_keep = (~empty).to(q.dtype)[..., None]  # (…, Nd, 1)
+        while row_keep.dim() < 4:
+            row_keep = row_keep.unsqueeze(0)
+    return _attend(
         q,
         k,
         v,
@@ -190,15 +217,9 @@ def dense_attention(
         scale=scale,
         dropout_p=dropout_p,
         need_weights=need_weights,
+        row_keep=row_keep,
+        reparam=reparam,
     )
-    if empty is not None:
-        keep_row = (~empty).to(q.dtype)[..., None]  # (…, Nd, 1)
-        while keep_row.dim() < 4:
-            keep_row = keep_row.unsqueeze(0)
-        res.out = res.out * keep_row
-        if res.weights is not None:
-            res.weights = res.weights * keep_row
-    return res
 
 
 def packable_blocks(graph: Graph) -> Tensor | None:
@@ -265,6 +286,15 @@ def packed_block_attention(
         flat[:, :, edge_slot] = edge_bias.transpose(1, 2).to(flat.dtype)
         bblk = flat.view(b, h, nblocks, longest, longest).transpose(1, 2)
         mask = bblk.reshape(b * nblocks, h, longest, longest)
+
+    def per_edge(w: Tensor) -> tuple[Tensor, Tensor]:  # (B*P, H, L, L) -> (B, E, H), same
+        flat = w.reshape(b, nblocks, h, longest * longest).transpose(1, 2)
+        edges = flat.reshape(b, h, nblocks * longest * longest)[:, :, edge_slot]  # (B, H, E)
+        rebuilt = edges.new_zeros(b, h, nblocks * longest * longest)
+        rebuilt = rebuilt.index_add(2, edge_slot, edges)  # the output's weights, from edges
+        rebuilt = rebuilt.view(b, h, nblocks, longest * longest).transpose(1, 2)
+        return edges.transpose(1, 2), rebuilt.reshape(w.shape)
+
     res = _attend(
         pack(q),
         pack(k),
@@ -274,15 +304,11 @@ def packed_block_attention(
         scale=scale,
         dropout_p=dropout_p,
         need_weights=need_weights,
+        reparam=per_edge,
     )
     dv = v.shape[-1]
     out = res.out.reshape(b, nblocks, h, longest, dv).transpose(1, 2)  # (B, H, P, L, Dv)
     out = out.reshape(b, h, nblocks * longest, dv)
     if not uniform:
         out = out[:, :, valid.reshape(-1)]  # (B, H, N, Dv)
-    weights = None
-    if res.weights is not None:
-        w = res.weights.reshape(b, nblocks, h, longest * longest).transpose(1, 2)
-        w = w.reshape(b, h, nblocks * longest * longest)  # (B, H, P*L*L)
-        weights = w[:, :, edge_slot].transpose(1, 2)  # (B, E, H)
-    return out, weights
+    return out, res.weights  # weights: (B, E, H) or None

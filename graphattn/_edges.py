@@ -4,10 +4,11 @@ Per edge ``e = (j -> i)`` and attention group ``g`` (a batch sample and a head):
 ``s[e, g] = <q[i, g], k[j, g]> * scale + bias[e, g]``, ``alpha = softmax(s)`` over the
 in-edges of ``i`` (max subtracted), ``out[i, g] = sum_e alpha[e, g] * (v[j, g] + ev[e, g])``.
 
-Memory: a custom autograd function keeps only ``alpha`` ``(E, G)`` (and a dropout mask) for
-backward, where PyG keeps the gathered per-edge queries, keys and values ``(E, H, D)`` each.
-The gathers are recomputed in backward, chunk by chunk, into buffers allocated once per call
-(``CHUNK_ELEMENTS`` floats each), so peak memory beyond inputs and outputs is
+Memory: two custom autograd functions (scores + softmax -> ``alpha``; ``alpha`` + values ->
+output) keep only ``alpha`` ``(E, G)`` (and a dropout mask) for backward, where PyG keeps the
+gathered per-edge queries, keys and values ``(E, H, D)`` each. The gathers are recomputed
+in backward, chunk by chunk, into buffers allocated once per call (``CHUNK_ELEMENTS``
+floats each), so peak memory beyond inputs and outputs is
 ``O(E * G + CHUNK_ELEMENTS)``, with ``G = B * H``. Writing into already-resident buffers is
 what makes this fast on CPU: freshly allocated ``E x D`` temporaries cost page faults.
 
@@ -60,27 +61,30 @@ def segment_softmax_sorted(scores: Tensor, st: EdgeStructure) -> Tensor:
     return scores.div_(z.index_select(0, st.dst))
 
 
-class _EdgeAttention(torch.autograd.Function):
-    """Custom autograd: saves alpha ``(E, G)``; recomputes per-edge gathers in backward."""
+def _alloc_buffers(ref: Tensor, num_edges: int, g: int, dim: int) -> tuple[int, Tensor, Tensor]:
+    """Chunk size and two flat gather buffers, allocated once per call and reused."""
+    chunk = _chunk_edges(g, dim)
+    size = min(chunk, num_edges) * g * dim
+    return chunk, ref.new_empty(size), ref.new_empty(size)
+
+
+class _EdgeSoftmax(torch.autograd.Function):
+    """``alpha = segment_softmax(<q[dst], k[src]> * scale + bias)``; saves alpha ``(E, G)``
+    and recomputes the per-edge gathers of q and k in backward."""
 
     @staticmethod
     def forward(
         ctx: Any,
         q: Tensor,  # (Nd, G, D)
         k: Tensor,  # (Ns, G, D)
-        v: Tensor,  # (Ns, G, Dv)
         bias: Tensor | None,  # (E, G), sorted edge order
-        edge_values: Tensor | None,  # (E, G, Dv), sorted edge order
         st: EdgeStructure,
         scale: float,
-        dropout_p: float,
-    ) -> tuple[Tensor, Tensor]:
-        num_edges, (nd, g, d), dv = st.src.numel(), q.shape, v.shape[-1]
+    ) -> Tensor:
+        num_edges, (_, g, d) = st.src.numel(), q.shape
         src, dst = st.src, st.dst
         scores = q.new_empty(num_edges, g)  # (E, G)
-        chunk = _chunk_edges(g, max(d, dv))
-        buf_a = q.new_empty(min(chunk, num_edges) * g * max(d, dv))
-        buf_b = q.new_empty(min(chunk, num_edges) * g * d)
+        chunk, buf_a, buf_b = _alloc_buffers(q, num_edges, g, d)
         for a in range(0, num_edges, chunk):
             b = min(a + chunk, num_edges)
             kb = torch.index_select(k, 0, src[a:b], out=_view(buf_a, b - a, g, d))  # (n, G, D)
@@ -90,63 +94,27 @@ class _EdgeAttention(torch.autograd.Function):
         if bias is not None:
             scores.add_(bias)
         alpha = segment_softmax_sorted(scores, st)  # (E, G), in place
-        keep = None
-        alpha_d = alpha
-        if dropout_p > 0.0:
-            keep = torch.rand_like(alpha) >= dropout_p  # (E, G)
-            alpha_d = alpha * keep / (1.0 - dropout_p)
-        out = q.new_zeros(nd, g, dv)  # (Nd, G, Dv)
-        for a in range(0, num_edges, chunk):
-            b = min(a + chunk, num_edges)
-            vb = torch.index_select(v, 0, src[a:b], out=_view(buf_a, b - a, g, dv))  # (n, G, Dv)
-            if edge_values is not None:
-                vb.add_(edge_values[a:b])
-            vb.mul_(alpha_d[a:b, :, None])
-            out.index_add_(0, dst[a:b], vb)
-        ctx.save_for_backward(q, k, v, edge_values, alpha, keep, out)
-        ctx.st, ctx.scale, ctx.dropout_p = st, scale, dropout_p
-        ctx.mark_non_differentiable(alpha)
-        return out, alpha
+        ctx.save_for_backward(q, k, alpha)
+        ctx.st, ctx.scale = st, scale
+        return alpha
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor, _grad_alpha: Tensor | None):
-        q, k, v, edge_values, alpha, keep, out = ctx.saved_tensors
-        st, scale, p = ctx.st, ctx.scale, ctx.dropout_p
+    def backward(ctx: Any, dalpha: Tensor):
+        q, k, alpha = ctx.saved_tensors
+        st, scale = ctx.st, ctx.scale
         src, dst = st.src, st.dst
-        num_edges, (_, g, d), dv = src.numel(), q.shape, v.shape[-1]
-        grad_out = grad_out.contiguous()
-        need_q, need_k, need_v, need_bias, need_ev = ctx.needs_input_grad[:5]
-        alpha_d = alpha if keep is None else alpha * keep / (1.0 - p)
+        num_edges, (_, g, d) = src.numel(), q.shape
+        need_q, need_k, need_bias = ctx.needs_input_grad[:3]
+        # softmax backward: ds = alpha * (dalpha - sum over the target's in-edges of alpha*dalpha)
+        ds = alpha * dalpha  # (E, G)
+        delta = torch.segment_reduce(ds, "sum", offsets=st.ptr, axis=0) if num_edges else None
+        ds = torch.addcmul(ds, alpha, delta.index_select(0, dst), value=-1) if num_edges else ds
+        d_bias = ds.clone() if need_bias else None
         dq = torch.zeros_like(q) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
-        dv_ = torch.zeros_like(v) if need_v else None
-        d_ev = q.new_empty(edge_values.shape) if need_ev else None
-        dalpha = alpha.new_empty(num_edges, g)  # (E, G)
-        chunk = _chunk_edges(g, max(d, dv))
-        buf_a = q.new_empty(min(chunk, num_edges) * g * max(d, dv))
-        buf_b = q.new_empty(min(chunk, num_edges) * g * max(d, dv))
-        for a in range(0, num_edges, chunk):
-            b = min(a + chunk, num_edges)
-            gb = torch.index_select(grad_out, 0, dst[a:b], out=_view(buf_a, b - a, g, dv))
-            vb = torch.index_select(v, 0, src[a:b], out=_view(buf_b, b - a, g, dv))
-            if edge_values is not None:
-                vb.add_(edge_values[a:b])
-            _rowdot(gb, vb, dalpha[a:b])  # dL/d(alpha after dropout)
-            if need_v or need_ev:
-                gb.mul_(alpha_d[a:b, :, None])  # (n, G, Dv)
-                if need_ev:
-                    d_ev[a:b] = gb
-                if need_v:
-                    dv_.index_add_(0, src[a:b], gb)
-        if keep is not None:
-            dalpha.mul_(keep).div_(1.0 - p)
-        # softmax backward: ds = alpha * (dalpha - sum_e' alpha dalpha), and the row sum equals
-        # <grad_out_i, out_i> because out_i = sum_e alpha_d (v + ev).
-        delta = (grad_out * out).sum(-1)  # (Nd, G)
-        ds = dalpha.sub_(delta.index_select(0, dst)).mul_(alpha)  # (E, G), d loss / d score
-        d_bias = ds.clone() if need_bias else None
         if need_q or need_k:
             ds.mul_(scale)
+            chunk, buf_a, buf_b = _alloc_buffers(q, num_edges, g, d)
             for a in range(0, num_edges, chunk):
                 b = min(a + chunk, num_edges)
                 w = ds[a:b, :, None]  # (n, G, 1)
@@ -156,7 +124,73 @@ class _EdgeAttention(torch.autograd.Function):
                 if need_k:
                     qb = torch.index_select(q, 0, dst[a:b], out=_view(buf_b, b - a, g, d))
                     dk.index_add_(0, src[a:b], qb.mul_(w))
-        return dq, dk, dv_, d_bias, d_ev, None, None, None
+        return dq, dk, d_bias, None, None
+
+
+class _EdgeAggregate(torch.autograd.Function):
+    """``out[i] = sum_e dropout(alpha)[e] * (v[src[e]] + ev[e])`` over the in-edges of ``i``;
+    recomputes the per-edge gathers of v and the output gradient in backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        alpha: Tensor,  # (E, G)
+        v: Tensor,  # (Ns, G, Dv)
+        edge_values: Tensor | None,  # (E, G, Dv), sorted edge order
+        st: EdgeStructure,
+        num_dst: int,
+        dropout_p: float,
+    ) -> Tensor:
+        num_edges, g, dv = st.src.numel(), v.shape[1], v.shape[-1]
+        src, dst = st.src, st.dst
+        keep = None
+        alpha_d = alpha
+        if dropout_p > 0.0:
+            keep = torch.rand_like(alpha) >= dropout_p  # (E, G)
+            alpha_d = alpha * keep / (1.0 - dropout_p)
+        out = v.new_zeros(num_dst, g, dv)  # (Nd, G, Dv)
+        chunk, buf_a, _ = _alloc_buffers(v, num_edges, g, dv)
+        for a in range(0, num_edges, chunk):
+            b = min(a + chunk, num_edges)
+            vb = torch.index_select(v, 0, src[a:b], out=_view(buf_a, b - a, g, dv))  # (n, G, Dv)
+            if edge_values is not None:
+                vb.add_(edge_values[a:b])
+            vb.mul_(alpha_d[a:b, :, None])
+            out.index_add_(0, dst[a:b], vb)
+        ctx.save_for_backward(alpha, v, edge_values, keep)
+        ctx.st, ctx.dropout_p = st, dropout_p
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):
+        alpha, v, edge_values, keep = ctx.saved_tensors
+        st, p = ctx.st, ctx.dropout_p
+        src, dst = st.src, st.dst
+        num_edges, g, dv = src.numel(), v.shape[1], v.shape[-1]
+        grad_out = grad_out.contiguous()
+        need_alpha, need_v, need_ev = ctx.needs_input_grad[:3]
+        alpha_d = alpha if keep is None else alpha * keep / (1.0 - p)
+        dv_ = torch.zeros_like(v) if need_v else None
+        d_ev = v.new_empty(edge_values.shape) if need_ev else None
+        dalpha = alpha.new_empty(num_edges, g) if need_alpha else None  # (E, G)
+        chunk, buf_a, buf_b = _alloc_buffers(v, num_edges, g, dv)
+        for a in range(0, num_edges, chunk):
+            b = min(a + chunk, num_edges)
+            gb = torch.index_select(grad_out, 0, dst[a:b], out=_view(buf_a, b - a, g, dv))
+            if need_alpha:
+                vb = torch.index_select(v, 0, src[a:b], out=_view(buf_b, b - a, g, dv))
+                if edge_values is not None:
+                    vb.add_(edge_values[a:b])
+                _rowdot(gb, vb, dalpha[a:b])  # dL/d(alpha after dropout)
+            if need_v or need_ev:
+                gb.mul_(alpha_d[a:b, :, None])  # (n, G, Dv)
+                if need_ev:
+                    d_ev[a:b] = gb
+                if need_v:
+                    dv_.index_add_(0, src[a:b], gb)
+        if need_alpha and keep is not None:
+            dalpha.mul_(keep).div_(1.0 - p)
+        return dalpha, dv_, d_ev, None, None, None
 
 
 def edge_attention(
@@ -169,7 +203,8 @@ def edge_attention(
     edge_values: Tensor | None = None,
     scale: float,
     dropout_p: float = 0.0,
-) -> tuple[Tensor, Tensor]:
+    aggregate: bool = True,
+) -> tuple[Tensor | None, Tensor]:
     """Attention over the edges of ``st`` (sorted by target), node-major layout.
 
     Args:
@@ -181,12 +216,14 @@ def edge_attention(
         edge_values: added to the value of each sorted edge (edge features).
         scale: multiplies ``<q, k>`` before the bias.
         dropout_p: dropout on the attention weights.
+        aggregate: ``False`` stops after the weights (``out`` is then ``None``).
 
     Shapes:
         - q: ``(Nd, G, D)``; k: ``(Ns, G, D)``; v: ``(Ns, G, Dv)``
         - bias: ``(E, G)``; edge_values: ``(E, G, Dv)``
         - returns ``out (Nd, G, Dv)`` and the attention weights ``alpha (E, G)`` in sorted
-          edge order (before dropout; not differentiable).
+          edge order (before dropout). ``out`` is computed from ``alpha``, so gradients can be
+          taken with respect to the weights (gradient x attention explanations).
 
     Half-precision inputs are computed in float32 and the output cast back.
     """
@@ -195,14 +232,8 @@ def edge_attention(
         q, k, v = q.float(), k.float(), v.float()
         bias = None if bias is None else bias.float()
         edge_values = None if edge_values is None else edge_values.float()
-    out, alpha = _EdgeAttention.apply(
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        bias,
-        edge_values,
-        st,
-        float(scale),
-        float(dropout_p),
-    )
+    alpha = _EdgeSoftmax.apply(q.contiguous(), k.contiguous(), bias, st, float(scale))
+    if not aggregate:
+        return None, alpha
+    out = _EdgeAggregate.apply(alpha, v.contiguous(), edge_values, st, q.shape[0], float(dropout_p))
     return out.to(dtype), alpha

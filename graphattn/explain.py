@@ -210,9 +210,9 @@ def force_dense_backend(module: nn.Module) -> Iterator[nn.Module]:
     """Run every :class:`~graphattn.GraphAttention` inside ``module`` on the dense backend
     for the duration of the ``with`` block (then restore each one's backend).
 
-    On a complete or causal graph the dense backend returns dense weights computed by an
-    explicit softmax that the output is computed from, so :func:`grad_attention` can
-    differentiate through them.
+    Every backend returns weights the output is computed from, so :func:`grad_attention`
+    works without this; it remains useful to compare backends, or to get the dense layout
+    of the weights of complete graphs given as edge lists.
     """
     saved = [(m, m.backend) for m in module.modules() if isinstance(m, GraphAttention)]
     try:
@@ -226,13 +226,9 @@ def force_dense_backend(module: nn.Module) -> Iterator[nn.Module]:
 
 _NOT_DIFFERENTIABLE = (
     "the attention weights of layer {layer} are not part of the autograd graph that "
-    "computed the score ({why}). Gradient x attention needs weights the output was computed "
-    "from: run the model with batched inputs (B, N, D), on a complete or causal graph "
-    "(complete bipartite for cross-attention), with the dense backend (wrap the forward "
-    "pass in `with graphattn.force_dense_backend(model):`), and not under torch.no_grad(). "
-    "The edge backend returns weights that are not differentiable, and on a sparse graph "
-    "the dense backend returns a per-edge copy of its weights; express a sparse structure "
-    "as a dense -inf bias on the complete graph instead."
+    "computed the score ({why}). Gradient x attention needs the weights returned by the "
+    "same forward pass that computed the score (return_attention=True), not under "
+    "torch.no_grad() and not detached."
 )
 
 
@@ -279,9 +275,9 @@ def grad_attention(
     Row ``i`` of ``R_xy`` is the relevance of every node of ``y`` for output node ``i`` of
     ``x`` (e.g. the row of a CLS node).
 
-    The weights must be part of the autograd graph that computed ``score``: use the dense
-    backend on a complete or causal graph (see :func:`force_dense_backend`); a clear error
-    says so otherwise. ``score`` may be a vector over the batch: its sum is differentiated,
+    The weights must be part of the autograd graph that computed ``score`` (every backend
+    returns weights the output is computed from, dense or per edge); a clear error says so
+    otherwise. ``score`` may be a vector over the batch: its sum is differentiated,
     which gives per-sample gradients when the samples do not interact.
 
     Args:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._dense import (
@@ -436,6 +437,16 @@ def graph_attention(
         elif bias_kind == "dense":
             while dense_bias.dim() < 4:
                 dense_bias = dense_bias[None]
+        per_edge_layout = graph.kind in ("edges", "window", "grid")
+
+        def to_edges(dense_w: Tensor) -> tuple[Tensor, Tensor]:
+            """(B, H, Nd, Ns) -> per-edge (B, E, H), and the dense weights rebuilt from them
+            (the output is computed from those, so the per-edge weights are differentiable)."""
+            per_edge = AttentionWeights(dense_w, graph, "dense").to_edges()  # (B, E, H)
+            if bias_kind == "edges" and graph.edge_counts() is not None:
+                per_edge = _split_by_bias(per_edge, bias, graph, b)
+            return per_edge, AttentionWeights(per_edge, graph, "edges").to_dense()
+
         res = dense_attention(
             q,
             k,
@@ -445,21 +456,18 @@ def graph_attention(
             scale=scale,
             dropout_p=dropout_p,
             need_weights=need_weights,
+            reparam=to_edges if per_edge_layout else None,
         )
         out, weights = res.out, res.weights
-        layout: Literal["edges", "dense"] = "dense"
-        if weights is not None and graph.kind in ("edges", "window", "grid"):
-            weights = AttentionWeights(weights, graph, "dense").to_edges()  # (B, E, H)
-            layout = "edges"
-            if bias_kind == "edges" and graph.edge_counts() is not None:
-                weights = _split_by_bias(weights, bias, graph, b)
+        layout: Literal["edges", "dense"] = "edges" if per_edge_layout else "dense"
     else:
         out, weights = _run_edges(
             q, k, v, graph, bias, bias_kind, edge_values, scale, dropout_p, need_weights
         )
         layout = "edges"
         if weights is not None and graph.kind in ("complete", "causal"):
-            weights = AttentionWeights(weights, graph, "edges").to_dense()
+            if weights.dim() == 3:  # with edge values: a dense copy, off the output's path
+                weights = AttentionWeights(weights, graph, "edges").to_dense()
             layout = "dense"
     if not batched:
         out = out[0]
@@ -542,10 +550,22 @@ def _run_edges(
     if st.perm is not None:
         edge_bias = None if edge_bias is None else edge_bias[st.perm]
         ev = None if ev is None else ev[st.perm]
+    # Dense-layout weights (complete, causal graphs) are returned as (B, H, Nd, Ns); the
+    # output is then computed from them, so that they lie on its autograd path.
+    dense_out = need_weights and graph.kind in ("complete", "causal") and ev is None
     out, alpha = edge_attention(
-        qn, kn, vn, st, bias=edge_bias, edge_values=ev, scale=scale, dropout_p=dropout_p
+        qn,
+        kn,
+        vn,
+        st,
+        bias=edge_bias,
+        edge_values=ev,
+        scale=scale,
+        dropout_p=dropout_p,
+        aggregate=not dense_out,
     )
-    out = out.view(nd, b, h, dv).permute(1, 2, 0, 3)  # (B, H, Nd, Dv)
+    if out is not None:
+        out = out.view(nd, b, h, dv).permute(1, 2, 0, 3)  # (B, H, Nd, Dv)
     if not need_weights:
         return out, None
     if st.perm is not None:
@@ -553,4 +573,8 @@ def _run_edges(
         unsorted[st.perm] = alpha
         alpha = unsorted
     weights = alpha.view(e, b, h).permute(1, 0, 2).to(q.dtype)  # (B, E, H)
+    if dense_out:
+        weights = AttentionWeights(weights, graph, "edges").to_dense()  # (B, H, Nd, Ns)
+        dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+        out = torch.matmul(dropped, v)  # (B, H, Nd, Dv)
     return out, weights

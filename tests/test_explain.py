@@ -251,15 +251,26 @@ def test_grad_attention_roles_follow_detr_generator(gen):
     torch.testing.assert_close(rel["q", "i"], r_qi)
 
 
-def test_grad_attention_refuses_edge_backend_weights(gen):
+@pytest.mark.parametrize("graph", [None, Graph.window(N, 1)], ids=["complete", "window"])
+def test_grad_attention_is_the_same_on_every_backend(graph, gen):
+    """The edge backend's weights and the dense backend's per-edge weights on a sparse graph
+    lie on the output's autograd path, and give the dense result."""
+    x = torch.randn(2, N, C, generator=gen)
+    relevance = {}
+    for backend in ("dense", "edges"):
+        stack = Stack(_random_layer(0, backend=backend), _random_layer(1, backend=backend))
+        out, atts = stack(x, graph)
+        relevance[backend] = grad_attention(out[:, 0].sum(), atts)
+    torch.testing.assert_close(relevance["edges"], relevance["dense"], rtol=1e-5, atol=1e-6)
+    assert bool((relevance["dense"] >= 0).all())
+
+
+def test_grad_attention_refuses_detached_weights(gen):
     stack = Stack(_random_layer(0, backend="edges"))
     out, atts = stack(torch.randn(2, N, C, generator=gen))
-    with pytest.raises(ValueError, match="force_dense_backend"):
-        grad_attention(out.sum(), atts)
-    stack = Stack(_random_layer(0, backend="dense"))
-    out, atts = stack(torch.randn(2, N, C, generator=gen), Graph.window(N, 1))
+    detached = [AttentionWeights(a.values.detach(), a.graph, a.layout) for a in atts]
     with pytest.raises(ValueError, match="not part of the autograd graph"):
-        grad_attention(out.sum(), atts)
+        grad_attention(out.sum(), detached)
 
 
 # ---------------------------------------------------------------------- head statistics
@@ -415,18 +426,18 @@ def _transformer(backend="edges"):
     return GraphTransformer(3, C, H, dim_feedforward=16, dropout=0.0, backend=backend)
 
 
-def test_transformer_grad_attention_needs_dense_weights(gen):
+def test_transformer_grad_attention_on_both_backends(gen):
     model = _transformer("edges")
     x = torch.randn(2, N, C, generator=gen)
     res = model(x, return_attention=True)
-    with pytest.raises(ValueError, match="force_dense_backend"):
-        grad_attention(res.out[:, 0].sum(), res.attentions)
+    rel_edges = grad_attention(res.out[:, 0].sum(), res.attentions)
     with force_dense_backend(model):
         res = model(x, return_attention=True)
     assert all(layer.self_attn.backend == "edges" for layer in model.layers)
     rel = grad_attention(res.out[:, 0].sum(), res.attentions)
     assert rel.shape == (2, N, N) and torch.isfinite(rel).all()
     assert bool((rel >= 0).all()) and bool((rel.diagonal(dim1=1, dim2=2) >= 1).all())
+    torch.testing.assert_close(rel_edges, rel, rtol=1e-5, atol=1e-6)
 
 
 def test_transformer_attention_records_explain_on_both_layouts(gen):
