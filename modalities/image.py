@@ -57,7 +57,12 @@ def _check_image(
     return x
 
 
-def _check_sincos_dim(dim: int, pos_embed: str) -> None:
+def _check_adapter_args(in_channels: int, dim: int, pos_embed: str) -> None:
+    """Checks shared by the image adapters."""
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+    if pos_embed not in ("sincos", "none"):
+        raise ValueError(f"pos_embed must be 'sincos' or 'none', got {pos_embed!r}")
     if pos_embed == "sincos" and isinstance(dim, int) and dim % 4:
         raise ValueError(
             f"dim must be divisible by 4 for the 2-D sin-cos position encoding, got {dim}; "
@@ -131,11 +136,7 @@ class PatchAdapter(nn.Module):
         pos_embed: PosEmbed = "sincos",
     ) -> None:
         super().__init__()
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
-        if pos_embed not in ("sincos", "none"):
-            raise ValueError(f"pos_embed must be 'sincos' or 'none', got {pos_embed!r}")
-        _check_sincos_dim(dim, pos_embed)
+        _check_adapter_args(in_channels, dim, pos_embed)
         self.in_channels = in_channels
         self.patch_size = pair("patch_size", patch_size)
         self.dim = check_positive_int("dim", dim)
@@ -260,11 +261,7 @@ class CNNFeatureAdapter(nn.Module):
         pos_embed: PosEmbed = "sincos",
     ) -> None:
         super().__init__()
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
-        if pos_embed not in ("sincos", "none"):
-            raise ValueError(f"pos_embed must be 'sincos' or 'none', got {pos_embed!r}")
-        _check_sincos_dim(dim, pos_embed)
+        _check_adapter_args(in_channels, dim, pos_embed)
         self.dim = check_positive_int("dim", dim)
         self.in_channels = in_channels
         self.grid_radius = (
