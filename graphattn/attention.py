@@ -21,6 +21,18 @@ from torch import Tensor, nn
 from .functional import AttentionOutput, BackendName, graph_attention
 from .graph import Graph, as_graph
 
+#: source features: one tensor for keys and values, or a ``(keys, values)`` pair
+SourceInput = Tensor | tuple[Tensor, Tensor]
+
+
+def _split_source(x_src: SourceInput) -> tuple[Tensor, Tensor]:
+    return (x_src, x_src) if isinstance(x_src, Tensor) else x_src
+
+
+def _map_source(x_src: SourceInput, fn: Callable[[Tensor], Tensor]) -> SourceInput:
+    return fn(x_src) if isinstance(x_src, Tensor) else (fn(x_src[0]), fn(x_src[1]))
+
+
 __all__ = ["GraphAttention", "RotaryFn"]
 
 #: A rotary (or any query/key) transform: ``(q, k) -> (q, k)`` on ``(B, H, N, Dh)`` tensors,
@@ -209,7 +221,7 @@ class GraphAttention(nn.Module):
                 new.get_parameter(name).copy_(mha.get_parameter(name))
         return new
 
-    def _project(self, x: Tensor, x_src: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _project(self, x: Tensor, x_src: SourceInput | None) -> tuple[Tensor, Tensor, Tensor]:
         """Input projections; returns q, k, v as ``(B, N, C)``."""
         c = self.embed_dim
         b = self.in_proj_bias
@@ -218,17 +230,17 @@ class GraphAttention(nn.Module):
             w = self.in_proj_weight
             if x_src is None:
                 return F.linear(x, w, b).chunk(3, dim=-1)  # 3 x (B, Nd, C)
-            kv_b = None if b is None else b[c:]
-            k, v = F.linear(x_src, w[c:], kv_b).chunk(2, dim=-1)  # 2 x (B, Ns, C)
-            return F.linear(x, w[:c], bq), k, v
-        src = x if x_src is None else x_src
-        return (
-            F.linear(x, self.q_proj_weight, bq),
-            F.linear(src, self.k_proj_weight, bk),
-            F.linear(src, self.v_proj_weight, bv),
-        )
+            if isinstance(x_src, Tensor):
+                kv_b = None if b is None else b[c:]
+                k, v = F.linear(x_src, w[c:], kv_b).chunk(2, dim=-1)  # 2 x (B, Ns, C)
+                return F.linear(x, w[:c], bq), k, v
+            wq, wk, wv = w[:c], w[c : 2 * c], w[2 * c :]
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        key_in, value_in = (x, x) if x_src is None else _split_source(x_src)
+        return F.linear(x, wq, bq), F.linear(key_in, wk, bk), F.linear(value_in, wv, bv)
 
-    def _check(self, x: Tensor, x_src: Tensor | None) -> None:
+    def _check(self, x: Tensor, x_src: SourceInput | None) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (2, 3):
@@ -242,24 +254,40 @@ class GraphAttention(nn.Module):
                     f"kdim={self.kdim}, vdim={self.vdim}: pass x_src"
                 )
             return
-        if not isinstance(x_src, Tensor):
-            raise TypeError(f"x_src must be a torch.Tensor, got {type(x_src).__name__}")
-        if x_src.dim() != x.dim():
-            raise ValueError(
-                f"x_src must have as many dims as x ({x.dim()}), got {tuple(x_src.shape)}"
+        if isinstance(x_src, Tensor):
+            if self.kdim != self.vdim:
+                raise ValueError(
+                    f"kdim ({self.kdim}) != vdim ({self.vdim}): pass x_src=(keys, values)"
+                )
+            pairs = (("x_src", x_src, "kdim", self.kdim),)
+        elif isinstance(x_src, tuple) and len(x_src) == 2:
+            pairs = (
+                ("x_src[0] (keys)", x_src[0], "kdim", self.kdim),
+                ("x_src[1] (values)", x_src[1], "vdim", self.vdim),
             )
-        if x.dim() == 3 and x_src.shape[0] != x.shape[0]:
-            raise ValueError(f"x has batch {x.shape[0]} but x_src has {x_src.shape[0]}")
-        if self.kdim != self.vdim:
-            raise ValueError(
-                f"kdim ({self.kdim}) != vdim ({self.vdim}) needs separate key and value "
-                "inputs, which this module does not take; use kdim == vdim"
-            )
-        if x_src.shape[-1] != self.kdim:
-            raise ValueError(f"x_src has feature size {x_src.shape[-1]} but kdim is {self.kdim}")
-        if x_src.dtype != x.dtype or x_src.device != x.device:
+        else:
             raise TypeError(
-                f"x_src ({x_src.dtype}, {x_src.device}) must match x ({x.dtype}, {x.device})"
+                f"x_src must be a tensor or a (keys, values) pair, got {type(x_src).__name__}"
+            )
+        for name, t, dim_name, dim in pairs:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != x.dim():
+                raise ValueError(
+                    f"{name} must have as many dims as x ({x.dim()}), got {tuple(t.shape)}"
+                )
+            if x.dim() == 3 and t.shape[0] != x.shape[0]:
+                raise ValueError(f"x has batch {x.shape[0]} but {name} has {t.shape[0]}")
+            if t.shape[-1] != dim:
+                raise ValueError(f"{name} has feature size {t.shape[-1]} but {dim_name} is {dim}")
+            if t.dtype != x.dtype or t.device != x.device:
+                raise TypeError(
+                    f"{name} ({t.dtype}, {t.device}) must match x ({x.dtype}, {x.device})"
+                )
+        if len(pairs) == 2 and pairs[0][1].shape[-2] != pairs[1][1].shape[-2]:
+            raise ValueError(
+                f"keys and values must have the same number of nodes, got "
+                f"{pairs[0][1].shape[-2]} and {pairs[1][1].shape[-2]}"
             )
 
     @overload
@@ -268,7 +296,7 @@ class GraphAttention(nn.Module):
         x: Tensor,
         graph: Graph | Tensor | None = ...,
         *,
-        x_src: Tensor | None = ...,
+        x_src: SourceInput | None = ...,
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
         bias: Tensor | None = ...,
@@ -281,7 +309,7 @@ class GraphAttention(nn.Module):
         x: Tensor,
         graph: Graph | Tensor | None = ...,
         *,
-        x_src: Tensor | None = ...,
+        x_src: SourceInput | None = ...,
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
         bias: Tensor | None = ...,
@@ -293,7 +321,7 @@ class GraphAttention(nn.Module):
         x: Tensor,
         graph: Graph | Tensor | None = None,
         *,
-        x_src: Tensor | None = None,
+        x_src: SourceInput | None = None,
         edge_attr: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         bias: Tensor | None = None,
@@ -305,7 +333,9 @@ class GraphAttention(nn.Module):
         Args:
             x: target (query) node features.
             graph: a :class:`Graph`, a PyG ``edge_index`` or ``None`` (complete graph).
-            x_src: source node features for cross-attention (default: ``x``).
+            x_src: source node features for cross-attention (default: ``x``), or a pair
+                ``(keys, values)`` of source features (``kdim`` and ``vdim`` wide), as the
+                separate ``key`` and ``value`` of ``nn.MultiheadAttention``.
             edge_attr: edge features ``(E, edge_dim)`` aligned with ``graph.edge_index()``.
             key_padding_mask: ``(B, Ns)`` bool, True = padded source (as in
                 ``nn.MultiheadAttention``).
@@ -327,9 +357,9 @@ class GraphAttention(nn.Module):
         batched = x.dim() == 3
         if not batched:
             x = x[None]
-            x_src = None if x_src is None else x_src[None]
+            x_src = None if x_src is None else _map_source(x_src, lambda t: t[None])
         bsz, nd, _ = x.shape
-        ns = nd if x_src is None else x_src.shape[1]
+        ns = nd if x_src is None else _split_source(x_src)[0].shape[1]
         h, dh = self.num_heads, self.head_dim
         graph = as_graph(graph, nd, ns)
         if graph.device != x.device:

@@ -108,6 +108,29 @@ def test_cross_attention_kdim_vdim(backend, gen):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dims", [(C, C), (6, 5)], ids=["packed", "kdim_vdim"])
+def test_separate_keys_and_values_match_multihead_attention(dims, backend, gen):
+    kdim, vdim = dims
+    mha = _mha(kdim=kdim, vdim=vdim)
+    ga = GraphAttention.from_multihead_attention(mha, backend=backend)
+    x = torch.randn(2, 3, C, generator=gen, requires_grad=True)
+    key = torch.randn(2, 5, kdim, generator=gen, requires_grad=True)
+    value = torch.randn(2, 5, vdim, generator=gen, requires_grad=True)
+    kpm = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    ref, _ = mha(x, key, value, key_padding_mask=kpm, need_weights=False)
+    out = ga(x, x_src=(key, value), key_padding_mask=kpm)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    _assert_grads_close(
+        torch.autograd.grad(out.sum(), (x, key, value)),
+        torch.autograd.grad(ref.sum(), (x, key, value)),
+    )
+    with pytest.raises(ValueError, match="keys and values must have the same number of nodes"):
+        ga(x, x_src=(key, value[:, :4]))
+    with pytest.raises(ValueError, match=r"x_src\[1\] \(values\) has feature size 7 but vdim"):
+        ga(x, x_src=(key, torch.randn(2, 5, 7)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("padded", [False, True])
 def test_unbatched_matches_multihead_attention(backend, padded, gen):
     mha = _mha()
