@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples docs)
 
-.PHONY: venv lint test demo bench format clean
+.PHONY: venv lint test demo bench examples format clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_core
+
+# Full example runs (minutes each, not in CI); results go to examples/results/*.json.
+examples: $(STAMP)
+	$(PY) -m examples.vision_hybrid --seeds 5
+	$(PY) -m examples.citation_graph
+	$(PY) -m examples.sentiment --seeds 5
+	$(PY) -m examples.char_lm --graph causal
+	$(PY) -m examples.char_lm --graph window
 
 format: $(STAMP)
 	$(RUFF) format $(LINT_DIRS)

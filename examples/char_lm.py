@@ -1,0 +1,410 @@
+"""A character language model on a causal graph: tiny-shakespeare with nanoGPT's CPU budget.
+
+Every character is a node; the causal graph (``Graph.causal``) lets node ``i`` attend to
+nodes ``0..i``, which is GPT's masked self-attention. The sliding-window variant
+(``Graph.window(64, 16, causal=True)``) lets each node see only its 16 predecessors.
+
+The budget is nanoGPT's ``config/train_shakespeare_char.py`` with its "CPU" overrides
+(README, "I only have a macbook"): 4 layers, 4 heads, 128 dims, context 64, batch 12,
+2000 steps, dropout 0, lr 1e-3 decayed (cosine) to 1e-4 at step 2000, 100 warm-up steps,
+AdamW with beta2 0.99 and weight decay 0.1, gradient clip 1, ``eval_iters=20``. nanoGPT's
+README reports a validation loss of 1.88 for that run.
+
+Run: ``python -m examples.char_lm [--graph causal|window] [--steps 2000] [--quick]``
+
+Axis legend: ``B`` batch, ``N`` nodes (characters in the context), ``C`` embed dim,
+``V`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from graphattn import Graph, GraphTransformer
+from graphattn.training import (
+    TrainConfig,
+    Trainer,
+    add_data_dir_argument,
+    ensure_dataset,
+    plot_curves,
+    seed_everything,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class CharLMConfig:
+    """One run. The defaults are nanoGPT's shakespeare_char budget for CPUs."""
+
+    graph: str = "causal"  # "causal" (GPT) or "window" (causal sliding window)
+    window_radius: int = 16  # "window": each node attends to itself and 16 predecessors
+    num_layers: int = 4  # nanoGPT CPU: n_layer=4
+    num_heads: int = 4  # n_head=4
+    embed_dim: int = 128  # n_embd=128
+    context: int = 64  # block_size=64
+    batch_size: int = 12  # batch_size=12
+    steps: int = 2000  # max_iters=2000
+    dropout: float = 0.0  # dropout=0.0
+    lr: float = 1e-3  # learning_rate=1e-3
+    min_lr: float = 1e-4  # min_lr = learning_rate / 10
+    warmup_steps: int = 100  # warmup_iters=100
+    weight_decay: float = 0.1  # nanoGPT's default for 2-D weights
+    beta2: float = 0.99  # "make a bit bigger because number of tokens per iter is small"
+    grad_clip: float = 1.0  # grad_clip=1.0
+    eval_every: int = 250  # eval_interval=250
+    eval_iters: int = 20  # eval_iters=20: batches per loss estimate (nanoGPT's noise level)
+    final_eval_iters: int = 200  # a less noisy final estimate, reported next to the above
+    val_fraction: float = 0.1  # the last 10% of the text, as nanoGPT's prepare.py
+    train_chars: int | None = None  # use only the first this many characters (smoke tests)
+    sample_chars: int = 300  # characters to generate after training
+    seed: int = 1337  # nanoGPT's seed
+    threads: int | None = None  # torch.set_num_threads; None: leave torch's default
+    data_dir: str | None = None  # see graphattn.training.resolve_data_dir
+    out_dir: str = "runs/char_lm"  # metrics, checkpoints, curves
+    progress: bool = True  # tqdm bar
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class CharData:
+    """The text as ids of its distinct characters, split 90/10 (train first)."""
+
+    chars: list[str]
+    train: Tensor  # (T_train,) int64
+    val: Tensor  # (T_val,) int64
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+
+def load_shakespeare(
+    data_dir: str | os.PathLike | None, val_fraction: float = 0.1, limit: int | None = None
+) -> CharData:
+    """tiny-shakespeare as character ids; the vocabulary is the characters of the whole text
+    (65), as in nanoGPT's ``data/shakespeare_char/prepare.py``."""
+    root = ensure_dataset("tinyshakespeare", data_dir)
+    text = (root / "input.txt").read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    if limit is not None:
+        text = text[:limit]
+    ids = torch.tensor([index[c] for c in text], dtype=torch.long)  # (T,)
+    n_train = int(len(ids) * (1 - val_fraction))
+    return CharData(chars, ids[:n_train], ids[n_train:])
+
+
+class RandomWindows:
+    """Endless random contexts ``(x, y)``, y shifted by one (nanoGPT's ``get_batch``).
+
+    Each "epoch" is ``batches_per_epoch`` batches drawn from a generator seeded with
+    ``seed + epoch``, so a resumed :class:`~graphattn.training.Trainer` sees the same data.
+    """
+
+    def __init__(
+        self, ids: Tensor, context: int, batch_size: int, seed: int, batches_per_epoch: int = 500
+    ) -> None:
+        if len(ids) <= context + 1:
+            raise ValueError(f"text of {len(ids)} ids is too short for context {context}")
+        self.ids, self.context, self.batch_size = ids, context, batch_size
+        self.seed, self.batches_per_epoch, self.epoch = seed, batches_per_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        for _ in range(self.batches_per_epoch):
+            yield get_batch(self.ids, self.context, self.batch_size, g)
+
+
+def get_batch(
+    ids: Tensor, context: int, batch_size: int, g: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``batch_size`` random windows: inputs ``(B, N)`` and next-character targets ``(B, N)``."""
+    start = torch.randint(len(ids) - context - 1, (batch_size,), generator=g)  # (B,)
+    offsets = torch.arange(context)  # (N,)
+    x = ids[start[:, None] + offsets]  # (B, N)
+    y = ids[start[:, None] + offsets + 1]  # (B, N)
+    return x, y
+
+
+# ----------------------------------------------------------------------------- model
+class CharLM(nn.Module):
+    """Token + learned position embeddings -> :class:`~graphattn.GraphTransformer` on a
+    causal graph -> LayerNorm -> linear head tied to the token embedding (as nanoGPT)."""
+
+    def __init__(self, vocab: int, cfg: CharLMConfig) -> None:
+        super().__init__()
+        self.context = cfg.context
+        self.token = nn.Embedding(vocab, cfg.embed_dim)
+        self.position = nn.Embedding(cfg.context, cfg.embed_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.body = GraphTransformer(
+            cfg.num_layers,
+            cfg.embed_dim,
+            cfg.num_heads,
+            dim_feedforward=4 * cfg.embed_dim,
+            dropout=cfg.dropout,
+            activation="gelu",
+            norm_first=True,
+            final_norm=True,
+        )
+        self.head = nn.Linear(cfg.embed_dim, vocab, bias=False)
+        self.head.weight = self.token.weight  # weight tying
+        if cfg.graph == "causal":
+            self.graph: Graph = Graph.causal(cfg.context)
+        elif cfg.graph == "window":
+            self.graph = Graph.window(cfg.context, cfg.window_radius, causal=True)
+        else:
+            raise ValueError(f"graph must be 'causal' or 'window', got {cfg.graph!r}")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: normal(0, 0.02) embeddings and linear weights."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+
+    def graph_for(self, n: int) -> Graph:
+        if n == self.context:
+            return self.graph
+        if self.graph.kind == "causal":
+            return Graph.causal(n)
+        return Graph.window(n, self.graph.radius, causal=True)
+
+    def forward(self, ids: Tensor, *, return_attention: bool = False) -> Any:
+        """Logits ``(B, N, V)`` of the next character for ids ``(B, N)``, ``N <= context``."""
+        n = ids.shape[1]
+        x = self.token(ids) + self.position.weight[:n]  # (B, N, C)
+        res = self.body(self.drop(x), self.graph_for(n), return_attention=return_attention)
+        h = res.out if return_attention else res  # (B, N, C)
+        logits = self.head(h)  # (B, N, V)
+        return (logits, res.attentions) if return_attention else logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        ids: Tensor,
+        new: int,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Append ``new`` sampled characters to ``ids`` ``(B, N0)`` (nanoGPT's sampler)."""
+        for _ in range(new):
+            logits = self(ids[:, -self.context :])[:, -1] / temperature  # (B, V)
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, -math.inf)
+            nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)  # (B, 1)
+            ids = torch.cat([ids, nxt], 1)
+        return ids
+
+
+def make_optimizer(model: nn.Module, cfg: CharLMConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (nanoGPT's ``configure_optimizers``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+
+
+def lr_factor(step: int, cfg: CharLMConfig) -> float:
+    """nanoGPT's ``get_lr`` as a multiple of ``cfg.lr``: linear warm-up, cosine to min_lr."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    if step > cfg.steps:
+        return cfg.min_lr / cfg.lr
+    ratio = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return (cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)) / cfg.lr
+
+
+@torch.no_grad()
+def estimate_loss(model: CharLM, ids: Tensor, cfg: CharLMConfig, iters: int, seed: int) -> float:
+    """Mean loss over ``iters`` random batches drawn with a fixed seed (nanoGPT's
+    ``estimate_loss``; the same batches at every evaluation)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(iters):
+        x, y = get_batch(ids, cfg.context, cfg.batch_size, g)
+        logits = model(x)  # (B, N, V)
+        losses.append(F.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+# ----------------------------------------------------------------------------- run
+def run(cfg: CharLMConfig) -> dict[str, Any]:
+    """Train one model and return (and write) its results."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    data = load_shakespeare(cfg.data_dir, cfg.val_fraction, cfg.train_chars)
+    model = CharLM(len(data.chars), cfg)
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    loader = RandomWindows(data.train, cfg.context, cfg.batch_size, cfg.seed)
+    out_dir = Path(cfg.out_dir)
+
+    def step_fn(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        logits = model(x)  # (B, N, V)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    eval_seconds = 0.0
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        nonlocal eval_seconds
+        t0 = time.perf_counter()
+        out = {
+            "loss": estimate_loss(model, data.val, cfg, cfg.eval_iters, seed=0),
+            "train_loss": estimate_loss(model, data.train, cfg, cfg.eval_iters, seed=0),
+        }
+        eval_seconds += time.perf_counter() - t0
+        return out
+
+    config = TrainConfig(
+        max_steps=cfg.steps,
+        eval_every=cfg.eval_every,
+        log_every=max(1, min(50, cfg.steps // 10)),
+        grad_clip=cfg.grad_clip,
+        out_dir=out_dir,
+        resume=False,
+        progress=cfg.progress,
+    )
+    first_loss = estimate_loss(model, data.val, cfg, cfg.eval_iters, seed=0)
+    result = Trainer(model, opt, step_fn, loader, config, scheduler=sched, eval_fn=eval_fn).fit()
+    train_s = result.elapsed_s - eval_seconds
+    t0 = time.perf_counter()
+    final_val = estimate_loss(model, data.val, cfg, cfg.final_eval_iters, seed=1)
+    final_train = estimate_loss(model, data.train, cfg, cfg.final_eval_iters, seed=1)
+    final_eval_s = time.perf_counter() - t0
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    start = torch.tensor([[data.chars.index("\n")]])  # (1, 1)
+    model.eval()
+    sample = data.decode(model.generate(start, cfg.sample_chars, generator=g)[0, 1:].tolist())
+    curves = plot_curves(
+        out_dir / "metrics.jsonl",
+        out_dir / f"curves_{cfg.graph}.png",
+        names=["loss"],
+        title=f"char LM, {cfg.graph} graph",
+    )
+    tokens = cfg.steps * cfg.batch_size * cfg.context
+    summary = {
+        "example": "char_lm",
+        "graph": cfg.graph,
+        "graph_edges": model.graph.num_edges,
+        "initial_val_loss": first_loss,
+        "val_loss": result.eval["loss"],  # eval_iters=20, nanoGPT's estimate
+        "train_loss": result.eval["train_loss"],
+        "val_loss_200": final_val,  # final_eval_iters batches, less noisy
+        "train_loss_200": final_train,
+        "steps": result.step,
+        "train_s": train_s,
+        "ms_per_step": 1e3 * train_s / result.step,
+        "tokens_per_s": tokens / train_s,
+        "elapsed_s": result.elapsed_s + final_eval_s,
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "sample": sample,
+        "curves": str(curves),
+        "config": asdict(cfg),
+        "anchor": {"nanoGPT README, shakespeare_char CPU budget, val loss": 1.88},
+    }
+    with open(out_dir / f"char_lm_{cfg.graph}.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    print(
+        f"\n{'graph':<8} {'edges':>6} {'val(20)':>8} {'val(200)':>9} {'train(200)':>10} "
+        f"{'ms/step':>8} {'tokens/s':>9} {'wall s':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['graph']:<8} {r['graph_edges']:>6} {r['val_loss']:>8.4f} "
+            f"{r['val_loss_200']:>9.4f} "
+            f"{r['train_loss_200']:>10.4f} {r['ms_per_step']:>8.1f} {r['tokens_per_s']:>9.0f} "
+            f"{r['elapsed_s']:>7.0f}"
+        )
+    print("anchor: nanoGPT README, same budget: val loss 1.88; goal <= 1.70")
+
+
+def merge_results(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Keep one entry per graph kind in ``examples/results/char_lm.json``."""
+    merged: dict[str, Any] = {}
+    if path.exists():
+        try:
+            merged = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            merged = {}
+    merged.setdefault("runs", {})[summary["graph"]] = summary
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return merged
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--graph", choices=("causal", "window"), default="causal")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--out-dir", default=None, help="default: runs/char_lm_<graph>")
+    parser.add_argument("--results", default=str(RESULTS / "char_lm.json"))
+    parser.add_argument("--quick", action="store_true", help="200 steps on 200k characters")
+    parser.add_argument("--no-progress", action="store_true")
+    add_data_dir_argument(parser)
+    args = parser.parse_args(argv)
+    cfg = CharLMConfig(
+        graph=args.graph,
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+        data_dir=args.data_dir,
+        out_dir=args.out_dir or f"runs/char_lm_{args.graph}",
+        progress=not args.no_progress,
+    )
+    if args.quick:
+        cfg.steps, cfg.train_chars, cfg.eval_every, cfg.final_eval_iters = 200, 200_000, 50, 20
+    summary = run(cfg)
+    print_table([summary])
+    print(f"\nsample ({cfg.graph} graph, {cfg.sample_chars} characters):\n{summary['sample']}")
+    if not args.quick:
+        merge_results(Path(args.results), summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Smoke test of ``examples.char_lm``: a few steps on the start of tiny-shakespeare."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+if str(ROOT) not in sys.path:  # `examples` is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from examples import char_lm  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (DATA / "text" / "tinyshakespeare" / "input.txt").is_file(),
+    reason=f"tiny-shakespeare not found under {DATA} (tests never download)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: the tiny models run fastest so, and CI machines are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny(graph: str, out_dir: Path) -> char_lm.CharLMConfig:
+    return char_lm.CharLMConfig(
+        graph=graph,
+        window_radius=4,
+        num_layers=2,
+        num_heads=2,
+        embed_dim=32,
+        context=16,
+        batch_size=8,
+        steps=60,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=30,
+        eval_iters=4,
+        final_eval_iters=4,
+        train_chars=20_000,
+        sample_chars=20,
+        data_dir=str(DATA),
+        out_dir=str(out_dir),
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("graph", ["causal", "window"])
+def test_char_lm_trains_and_writes(graph: str, tmp_path: Path) -> None:
+    summary = char_lm.run(_tiny(graph, tmp_path))
+    assert summary["val_loss"] < summary["initial_val_loss"] - 0.3
+    assert summary["steps"] == 60 and summary["ms_per_step"] > 0
+    assert len(summary["sample"]) == 20
+    written = json.loads((tmp_path / f"char_lm_{graph}.json").read_text())
+    assert written["val_loss"] == summary["val_loss"]
+    assert (tmp_path / f"curves_{graph}.png").stat().st_size > 0
+    merged = char_lm.merge_results(tmp_path / "char_lm.json", summary)
+    assert graph in merged["runs"]
+
+
+def test_window_graph_sees_only_radius() -> None:
+    cfg = char_lm.CharLMConfig(graph="window", context=8, window_radius=2)
+    model = char_lm.CharLM(10, cfg)
+    mask = model.graph.materialize()  # (N, N): target i, source j
+    assert mask[5].nonzero().flatten().tolist() == [3, 4, 5]

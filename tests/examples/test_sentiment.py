@@ -1,0 +1,89 @@
+"""Smoke test of ``examples.sentiment``: a few epochs on 200 real sentences."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+if str(ROOT) not in sys.path:  # `examples` is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from examples import sentiment  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (DATA / "text" / "rt-polarity" / "rt-polarity.pos").is_file(),
+    reason=f"rt-polarity not found under {DATA} (tests never download)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: the tiny models run fastest so, and CI machines are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny(out_dir: Path) -> sentiment.SentimentConfig:
+    return sentiment.SentimentConfig(
+        max_bytes=96,
+        byte_dim=16,
+        embed_dim=32,
+        num_layers=2,
+        num_heads=2,
+        dropout=0.0,
+        epochs=6,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        label_smoothing=0.0,
+        limit=100,
+        data_dir=str(DATA),
+        out_dir=str(out_dir),
+        progress=False,
+    )
+
+
+def test_split_is_stratified_and_fixed() -> None:
+    train, test = sentiment.load_rt_polarity(DATA, 64, limit=100)
+    assert len(train.labels) == 180 and len(test.labels) == 20
+    assert int(test.labels.sum()) == 10
+    again, _ = sentiment.load_rt_polarity(DATA, 64, limit=100)
+    assert train.texts == again.texts
+    assert not set(train.texts) & set(test.texts)
+
+
+def test_sentiment_trains_and_writes(tmp_path: Path) -> None:
+    results = tmp_path / "results" / "sentiment.json"
+    summary = sentiment.run(_tiny(tmp_path / "run"), [0], results)
+    first, last = summary["runs"][0]["first_loss"], summary["runs"][0]["last_loss"]
+    assert last < first - 0.1
+    assert 0.0 <= summary["mean_test_acc"] <= 1.0
+    assert json.loads(results.read_text())["seeds_done"] == 1
+    for kind in ("correct", "incorrect"):
+        if kind in summary["pictures"]:
+            assert Path(summary["pictures"][kind]["path"]).stat().st_size > 0
+    assert summary["pictures"], "no heatmap written"
+    assert (tmp_path / "run" / "sentiment_curves.png").stat().st_size > 0
+
+
+def test_padding_does_not_change_logits() -> None:
+    cfg = sentiment.SentimentConfig(byte_dim=8, embed_dim=16, num_layers=2, num_heads=2)
+    model = sentiment.ByteClassifier(cfg).eval()
+    tok = sentiment.ByteTokenizer()
+    enc = tok.batch_encode(["a fine film .", "a dull, overlong and tedious mess of a film ."])
+    with torch.no_grad():
+        batched = model(enc.ids, enc.mask)  # (2, 2)
+        n = int(enc.mask[0].sum())
+        alone = model(enc.ids[:1, :n], enc.mask[:1, :n])  # (1, 2)
+    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
