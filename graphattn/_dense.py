@@ -96,14 +96,12 @@ def edge_bias_to_dense(bias: Tensor, graph: Graph) -> Tensor:
     return dense.view(b, h, graph.num_dst, graph.num_src)
 
 
-def _structure_bias(graph: Graph, dtype: torch.dtype) -> Tensor:
-    """Additive ``(Nd, Ns)`` mask: 0 for an edge, ``log(count)`` for duplicates, ``-inf``
-    for no edge."""
+def _structure_mask(graph: Graph, dtype: torch.dtype) -> Tensor:
+    """``(Nd, Ns)`` mask of the structure: boolean, or additive (``log(count)``, ``-inf``
+    for no edge) when an edge appears more than once."""
     counts = graph.edge_counts()
     if counts is None:
-        mask = graph.materialize_structure()
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        return torch.where(mask, zero, -math.inf)
+        return graph.materialize_structure()
     return torch.where(counts > 0, counts.to(dtype).log(), -math.inf)
 
 
@@ -177,9 +175,7 @@ def dense_attention(
     is_causal = graph.kind == "causal" and pad is None and bias is None
     mask: Tensor | None = None
     if not is_complete and not is_causal:
-        mask = _structure_bias(graph, q.dtype) if graph.edge_counts() is not None else None
-        if mask is None:
-            mask = graph.materialize_structure()  # (Nd, Ns) bool
+        mask = _structure_mask(graph, q.dtype)  # (Nd, Ns)
     if bias is not None:
         bias = bias.to(q.dtype)
         if mask is None:

@@ -27,7 +27,6 @@ send no messages in that sample.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -522,9 +521,6 @@ class EdgeListGraph(Graph):
             return None
         return ptr
 
-    def _extra_repr(self) -> str:
-        return ""
-
 
 def _sort_by_target(edge_index: Tensor, num_dst: int) -> EdgeStructure:
     src, dst = edge_index[0], edge_index[1]
@@ -561,8 +557,3 @@ def as_graph(graph: Graph | Tensor | None, num_dst: int, num_src: int) -> Graph:
             f"{num_dst} target and {num_src} source nodes"
         )
     return graph
-
-
-def _log_counts(counts: Tensor) -> Tensor:
-    """``log(count)`` with ``-inf`` for absent edges (duplicates as additive mask)."""
-    return torch.where(counts > 0, counts.double().log(), -math.inf)
