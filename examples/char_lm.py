@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphattn import Graph, GraphTransformer
+from graphattn import Graph, GraphTransformer, RotaryEmbedding
 from graphattn.training import (
     TrainConfig,
     Trainer,
@@ -58,6 +58,7 @@ class CharLMConfig:
     batch_size: int = 12  # batch_size=12
     steps: int = 2000  # max_iters=2000
     dropout: float = 0.0  # dropout=0.0
+    positions: str = "learned"  # "learned" (nanoGPT's wpe) or "rotary" (RoPE in every layer)
     lr: float = 1e-3  # learning_rate=1e-3
     min_lr: float = 1e-4  # min_lr = learning_rate / 10
     warmup_steps: int = 100  # warmup_iters=100
@@ -153,7 +154,14 @@ class CharLM(nn.Module):
         super().__init__()
         self.context = cfg.context
         self.token = nn.Embedding(vocab, cfg.embed_dim)
-        self.position = nn.Embedding(cfg.context, cfg.embed_dim)
+        if cfg.positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be 'learned' or 'rotary', got {cfg.positions!r}")
+        self.position = (
+            nn.Embedding(cfg.context, cfg.embed_dim) if cfg.positions == "learned" else None
+        )
+        self.rotary = (
+            RotaryEmbedding(cfg.embed_dim // cfg.num_heads) if cfg.positions == "rotary" else None
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.body = GraphTransformer(
             cfg.num_layers,
@@ -195,8 +203,12 @@ class CharLM(nn.Module):
     def forward(self, ids: Tensor, *, return_attention: bool = False) -> Any:
         """Logits ``(B, N, V)`` of the next character for ids ``(B, N)``, ``N <= context``."""
         n = ids.shape[1]
-        x = self.token(ids) + self.position.weight[:n]  # (B, N, C)
-        res = self.body(self.drop(x), self.graph_for(n), return_attention=return_attention)
+        x = self.token(ids)  # (B, N, C)
+        if self.position is not None:
+            x = x + self.position.weight[:n]
+        res = self.body(
+            self.drop(x), self.graph_for(n), rotary=self.rotary, return_attention=return_attention
+        )
         h = res.out if return_attention else res  # (B, N, C)
         logits = self.head(h)  # (B, N, V)
         return (logits, res.attentions) if return_attention else logits
@@ -380,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--graph", choices=("causal", "window"), default="causal")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--min-lr", type=float, default=None, help="final learning rate")
+    parser.add_argument("--positions", choices=("learned", "rotary"), default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out-dir", default=None, help="default: runs/char_lm_<graph>")
     parser.add_argument("--results", default=str(RESULTS / "char_lm.json"))
@@ -396,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out_dir=args.out_dir or f"runs/char_lm_{args.graph}",
         progress=not args.no_progress,
     )
+    for name in ("lr", "min_lr", "positions"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     if args.quick:
         cfg.steps, cfg.train_chars, cfg.eval_every, cfg.final_eval_iters = 200, 200_000, 50, 20
     summary = run(cfg)

@@ -334,24 +334,32 @@ def run(cfg: CitationConfig) -> dict[str, Any]:
                 flush=True,
             )
             runs.append(r)
+            _write_results(cfg, runs, t_start, final=False)  # a cut-short run keeps its seeds
+    result = _write_results(cfg, runs, t_start, final=True)
+    print(result["table"], flush=True)
+    print(f"wrote {cfg.results_path}", flush=True)
+    return result
+
+
+def _write_results(
+    cfg: CitationConfig, runs: list[dict[str, Any]], t_start: float, final: bool
+) -> dict[str, Any]:
+    """Summarise the runs so far and write the JSON atomically."""
     rows = summarize(runs, cfg.variants)
-    table = format_table(rows)
-    print(table, flush=True)
     result = {
         "example": "citation_graph",
         "data": "Cora, Planetoid public split (140 train / 500 val / 1000 test)",
+        "complete": final,
         "threads": torch.get_num_threads(),
         "total_wall_s": time.perf_counter() - t_start,
         "config": asdict(cfg),
         "summary": rows,
         "runs": runs,
-        "table": table,
+        "table": format_table(rows),
     }
-    path = Path(cfg.results_path)
-    with atomic_write(path, "w") as f:
+    with atomic_write(Path(cfg.results_path), "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
-    print(f"wrote {path}", flush=True)
     return result
 
 

@@ -30,6 +30,7 @@ from .distributed import (
     wrap_ddp,
 )
 from .loop import NonFiniteLossError, TrainConfig, Trainer, TrainResult, train
+from .optim import LazyAdamW
 from .plots import load_metrics, plot_curves
 from .seed import rng_state, seed_everything, set_rng_state
 
@@ -49,6 +50,7 @@ __all__ = [
     "train",
     "NonFiniteLossError",
     "BatchLoader",
+    "LazyAdamW",
     # curves
     "plot_curves",
     "load_metrics",

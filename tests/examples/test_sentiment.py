@@ -37,7 +37,7 @@ def _one_thread():
 def _tiny(out_dir: Path) -> sentiment.SentimentConfig:
     return sentiment.SentimentConfig(
         max_bytes=96,
-        byte_dim=16,
+        hash_buckets=4096,
         embed_dim=32,
         num_layers=2,
         num_heads=2,
@@ -78,7 +78,7 @@ def test_sentiment_trains_and_writes(tmp_path: Path) -> None:
 
 
 def test_padding_does_not_change_logits() -> None:
-    cfg = sentiment.SentimentConfig(byte_dim=8, embed_dim=16, num_layers=2, num_heads=2)
+    cfg = sentiment.SentimentConfig(hash_buckets=512, embed_dim=16, num_layers=2, num_heads=2)
     model = sentiment.ByteClassifier(cfg).eval()
     tok = sentiment.ByteTokenizer()
     enc = tok.batch_encode(["a fine film .", "a dull, overlong and tedious mess of a film ."])
@@ -87,3 +87,17 @@ def test_padding_does_not_change_logits() -> None:
         n = int(enc.mask[0].sum())
         alone = model(enc.ids[:1, :n], enc.mask[:1, :n])  # (1, 2)
     torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_ngram_buckets_depend_only_on_the_bytes() -> None:
+    tok = sentiment.ByteTokenizer()
+    enc = tok.batch_encode(["good film", "a good film !"])
+    grams = sentiment.byte_ngram_buckets(enc.ids, enc.mask, 5, 1000)  # (2, T, 5)
+    assert grams.shape == (*enc.ids.shape, 5)
+    # "good " ends at byte 5 of the first (BOS at 0) and byte 7 of the second sentence
+    assert torch.equal(grams[0, 5], grams[1, 7])
+    assert grams[0, 5].unique().numel() == 5  # n = 1..5 land in different buckets here
+    assert (grams[enc.mask] >= 0).all() and (grams < 1000).all()
+    assert (grams[0, :4, 4] == 0).all() and (grams[0, 4, 4] > 0)  # 5-grams need 5 bytes
+    assert (grams[~enc.mask] == 0).all()  # padding: the embedding's zero row
+    assert (grams[enc.mask][:, 0] > 0).all()  # every real byte has its 1-gram

@@ -1,0 +1,121 @@
+"""An AdamW that also takes sparse gradients (``nn.Embedding(..., sparse=True)``).
+
+Large hashed embedding tables (byte n-grams, feature hashing) touch a few hundred rows per
+step. Dense AdamW reads and writes all of their moments every step; ``torch.optim.SparseAdam``
+updates only the touched rows but refuses dense parameters, so a model with both needs two
+optimizers, which :class:`~graphattn.training.Trainer` and the learning-rate schedulers do not
+take. :class:`LazyAdamW` is one optimizer for both: dense gradients get exactly
+``torch.optim.AdamW``'s update, sparse gradients ``torch.optim.SparseAdam``'s lazy one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["LazyAdamW"]
+
+
+class LazyAdamW(Optimizer):
+    """AdamW for dense gradients, lazy Adam for sparse ones, in one optimizer.
+
+    Dense parameters: decoupled weight decay ``p -= lr * wd * p``, then Adam with bias
+    correction (``torch.optim.AdamW``, ``amsgrad=False``). Sparse gradients (rows of an
+    embedding with ``sparse=True``): only the rows present in the gradient have their moments
+    and values updated, as ``torch.optim.SparseAdam`` does; rows that were not looked up stay
+    untouched and get no weight decay. The bias correction uses the parameter's step count.
+
+    Args:
+        params: parameters or parameter groups (each group may set ``lr``, ``betas``, ``eps``,
+            ``weight_decay``).
+        lr: learning rate (> 0).
+        betas: Adam's moment decay rates, each in ``[0, 1)``.
+        eps: added to the denominator (> 0).
+        weight_decay: decoupled weight decay for dense parameters (>= 0).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must each be in [0, 1), got {betas}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2) = group["lr"], group["betas"]
+            eps, wd = group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = float(state["step"])
+                bias1 = 1.0 - beta1**step
+                bias2_sqrt = math.sqrt(1.0 - beta2**step)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                if p.grad.is_sparse:
+                    _sparse_update(p, p.grad, m, v, lr, beta1, beta2, eps, bias1, bias2_sqrt)
+                else:
+                    grad = p.grad
+                    p.mul_(1.0 - lr * wd)
+                    m.lerp_(grad, 1.0 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                    denom = (v.sqrt() / bias2_sqrt).add_(eps)
+                    p.addcdiv_(m, denom, value=-lr / bias1)
+        return loss
+
+
+def _sparse_update(
+    p: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    bias1: float,
+    bias2_sqrt: float,
+) -> None:
+    """SparseAdam's update of the rows present in ``grad`` (duplicates summed first).
+
+    Shapes:
+        p, m, v: ``(R, *F)``; grad: sparse ``(R, *F)`` with ``K`` distinct rows.
+    """
+    grad = grad.coalesce()
+    rows = grad.indices()[0]  # (K,)
+    g = grad.values()  # (K, *F)
+    m_rows = m[rows].lerp_(g, 1.0 - beta1)  # (K, *F)
+    v_rows = v[rows].mul_(beta2).addcmul_(g, g, value=1.0 - beta2)  # (K, *F)
+    m[rows] = m_rows
+    v[rows] = v_rows
+    denom = v_rows.sqrt().add_(eps)  # (K, *F); SparseAdam puts eps here, unscaled
+    p.index_add_(0, rows, m_rows / denom * (-lr * bias2_sqrt / bias1))

@@ -1,0 +1,85 @@
+"""``LazyAdamW`` = ``torch.optim.AdamW`` on dense gradients and ``torch.optim.SparseAdam`` on
+sparse ones, in one optimizer that the schedulers and ``Trainer`` accept."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from graphattn.training import LazyAdamW
+
+
+def _model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.ModuleDict({"emb": nn.Embedding(50, 6, sparse=True), "lin": nn.Linear(6, 3)}).double()
+
+
+def _loss(model: nn.Module, step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(step)
+    ids = torch.randint(0, 12, (7, 4), generator=g)  # repeated ids: duplicate sparse rows
+    target = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    h = model["emb"](ids).sum(1)  # (7, 6)
+    return ((model["lin"](h) - target) ** 2).mean()
+
+
+def test_matches_adamw_dense_and_sparseadam_sparse() -> None:
+    ours, ref = _model(0), _model(0)
+    opt = LazyAdamW(ours.parameters(), lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    ref_dense = torch.optim.AdamW(
+        ref["lin"].parameters(), lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1
+    )
+    ref_sparse = torch.optim.SparseAdam(
+        list(ref["emb"].parameters()), lr=0.05, betas=(0.8, 0.95), eps=1e-6
+    )
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    ref_scheds = [torch.optim.lr_scheduler.StepLR(o, 3, 0.5) for o in (ref_dense, ref_sparse)]
+    untouched = ours["emb"].weight[12:].clone()
+    for step in range(8):
+        for model, opts in ((ours, [opt]), (ref, [ref_dense, ref_sparse])):
+            for o in opts:
+                o.zero_grad()
+            _loss(model, step).backward()
+            assert model["emb"].weight.grad.is_sparse
+            for o in opts:
+                o.step()
+        sched.step()
+        for s in ref_scheds:
+            s.step()
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.equal(ours["emb"].weight[12:], untouched)  # rows never looked up: unchanged
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    a, b = _model(1), _model(1)
+    opt_a = LazyAdamW(a.parameters(), lr=0.02)
+    for step in range(3):
+        opt_a.zero_grad()
+        _loss(a, step).backward()
+        opt_a.step()
+    b.load_state_dict(a.state_dict())
+    opt_b = LazyAdamW(b.parameters(), lr=0.02)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as through torch.save/load
+    for model, o in ((a, opt_a), (b, opt_b)):
+        o.zero_grad()
+        _loss(model, 3).backward()
+        o.step()
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"betas": (1.0, 0.9)}, "betas"),
+        ({"eps": 0.0}, "eps"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+    ],
+)
+def test_bad_hyperparameters(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LazyAdamW(nn.Linear(2, 2).parameters(), **kwargs)
