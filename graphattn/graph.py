@@ -343,6 +343,16 @@ class WindowGraph(Graph):
         one_side = r * n - r * (r + 1) // 2  # pairs with 1 <= i - j <= r
         return n + one_side * (1 if self.causal else 2)
 
+    def _build_edge_index(self) -> Tensor:
+        # O(N * radius) memory (the dense mask would be N x N); same order as mask.nonzero():
+        # by target, then by source.
+        n, r = self.num_dst, min(self.radius, max(self.num_dst - 1, 0))
+        offsets = torch.arange(-r, 1 if self.causal else r + 1, device=self.device)  # (W,)
+        dst = torch.arange(n, device=self.device)[:, None].expand(n, len(offsets))  # (N, W)
+        src = dst + offsets  # (N, W)
+        valid = (src >= 0) & (src < n)  # (N, W)
+        return torch.stack([src[valid], dst[valid]])  # (2, E)
+
     def _build_mask(self) -> Tensor:
         pos = torch.arange(self.num_dst, device=self.device)
         diff = pos[:, None] - pos[None, :]  # (Nd, Ns): i - j

@@ -305,3 +305,14 @@ def test_size_validation(make, exc, match):
 def test_repr_shows_sizes():
     r = repr(Graph.window(5, 1).pad(lengths=[2, 3]))
     assert "WindowGraph" in r and "num_dst=5" in r and "radius=1" in r and "padded_batch=2" in r
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])
+@pytest.mark.parametrize("radius", [0, 3, 60])
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_edge_index_without_dense_mask(n: int, radius: int, causal: bool) -> None:
+    g = Graph.window(n, radius, causal=causal)
+    ei = g.edge_index()
+    assert "mask" not in g._cache  # built in O(N * radius), not from an N x N mask
+    expected = g.materialize_structure().nonzero().t().flip(0)  # by target, then source
+    assert torch.equal(ei, expected) and ei.shape[1] == g.num_edges

@@ -75,3 +75,23 @@ def test_window_graph_sees_only_radius() -> None:
     model = char_lm.CharLM(10, cfg)
     mask = model.graph.materialize()  # (N, N): target i, source j
     assert mask[5].nonzero().flatten().tolist() == [3, 4, 5]
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_future_characters_do_not_change_past_logits(positions: str) -> None:
+    cfg = char_lm.CharLMConfig(
+        context=12, num_layers=2, num_heads=2, embed_dim=16, positions=positions
+    )
+    model = char_lm.CharLM(10, cfg).eval()
+    ids = torch.randint(0, 10, (2, 12), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 10
+    with torch.no_grad():
+        a, b = model(ids), model(changed)  # (2, 12, 10)
+    torch.testing.assert_close(a[:, :7], b[:, :7], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_bad_positions_argument() -> None:
+    with pytest.raises(ValueError, match="positions must be"):
+        char_lm.CharLM(10, char_lm.CharLMConfig(positions="sinusoidal"))
