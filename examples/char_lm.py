@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphattn import Graph, GraphTransformer, RotaryEmbedding
+from graphattn.functional import choose_backend
 from graphattn.training import (
     TrainConfig,
     Trainer,
@@ -359,6 +360,46 @@ def run(cfg: CharLMConfig) -> dict[str, Any]:
     return summary
 
 
+def compare_speed(cfg: CharLMConfig, steps: int = 40, rounds: int = 5) -> dict[str, Any]:
+    """Training-step time of the causal and the window model, measured in one process.
+
+    Both models (same weights) take ``rounds`` turns of ``steps`` optimizer steps each on the
+    same batches, alternating causal / window, so that a busy machine slows both alike; the
+    result is the median per-step time of each and their ratio.
+    """
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    data = load_shakespeare(cfg.data_dir, cfg.val_fraction, cfg.train_chars)
+    models, opts = {}, {}
+    for graph in ("causal", "window"):
+        seed_everything(cfg.seed)
+        models[graph] = CharLM(len(data.chars), CharLMConfig(**{**asdict(cfg), "graph": graph}))
+        opts[graph] = make_optimizer(models[graph], cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    batches = [get_batch(data.train, cfg.context, cfg.batch_size, g) for _ in range(steps)]
+    per_step: dict[str, list[float]] = {"causal": [], "window": []}
+    for _ in range(rounds + 1):  # the first round warms up and is dropped
+        for graph in ("causal", "window"):
+            model, opt = models[graph], opts[graph]
+            t0 = time.perf_counter()
+            for x, y in batches:
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+                opt.step()
+            per_step[graph].append(1e3 * (time.perf_counter() - t0) / steps)
+    out: dict[str, Any] = {"steps_per_round": steps, "rounds": rounds}
+    for graph, times in per_step.items():
+        times = sorted(times[1:])
+        out[graph] = {
+            "ms_per_step": times[len(times) // 2],
+            "edges": models[graph].graph.num_edges,
+            "backend": choose_backend(models[graph].graph, head_dim=cfg.embed_dim // cfg.num_heads),
+        }
+    out["window_over_causal"] = out["window"]["ms_per_step"] / out["causal"]["ms_per_step"]
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print(
         f"\n{'graph':<8} {'edges':>6} {'val(20)':>8} {'val(200)':>9} {'train(200)':>10} "
@@ -374,15 +415,19 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print("anchor: nanoGPT README, same budget: val loss 1.88; goal <= 1.70")
 
 
-def merge_results(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Keep one entry per graph kind in ``examples/results/char_lm.json``."""
+def merge_results(path: Path, summary: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """Keep one entry per graph kind in ``examples/results/char_lm.json`` (or store
+    ``summary`` under a top-level ``key``)."""
     merged: dict[str, Any] = {}
     if path.exists():
         try:
             merged = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             merged = {}
-    merged.setdefault("runs", {})[summary["graph"]] = summary
+    if key is not None:
+        merged[key] = summary
+    else:
+        merged.setdefault("runs", {})[summary["graph"]] = summary
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
@@ -402,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", default=None, help="default: runs/char_lm_<graph>")
     parser.add_argument("--results", default=str(RESULTS / "char_lm.json"))
     parser.add_argument("--quick", action="store_true", help="200 steps on 200k characters")
+    parser.add_argument(
+        "--compare-speed",
+        action="store_true",
+        help="only time training steps of the causal and window models, alternating, in one "
+        "process; stored under 'speed' in the results JSON",
+    )
     parser.add_argument("--no-progress", action="store_true")
     add_data_dir_argument(parser)
     args = parser.parse_args(argv)
@@ -417,6 +468,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in ("lr", "min_lr", "positions"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.compare_speed:
+        speed = compare_speed(cfg)
+        c, w = speed["causal"], speed["window"]
+        print(
+            f"causal: {c['ms_per_step']:.1f} ms/step ({c['edges']} edges, {c['backend']}); "
+            f"window: {w['ms_per_step']:.1f} ms/step ({w['edges']} edges, {w['backend']}); "
+            f"window/causal {speed['window_over_causal']:.2f}, {speed['threads']} thread(s)"
+        )
+        merge_results(Path(args.results), speed, key="speed")
+        return speed
     if args.quick:
         cfg.steps, cfg.train_chars, cfg.eval_every, cfg.final_eval_iters = 200, 200_000, 50, 20
     summary = run(cfg)

@@ -95,3 +95,12 @@ def test_future_characters_do_not_change_past_logits(positions: str) -> None:
 def test_bad_positions_argument() -> None:
     with pytest.raises(ValueError, match="positions must be"):
         char_lm.CharLM(10, char_lm.CharLMConfig(positions="sinusoidal"))
+
+
+def test_compare_speed_times_both_graphs(tmp_path: Path) -> None:
+    cfg = _tiny("causal", tmp_path)
+    speed = char_lm.compare_speed(cfg, steps=2, rounds=1)
+    assert speed["causal"]["ms_per_step"] > 0 and speed["window"]["ms_per_step"] > 0
+    assert speed["window"]["edges"] < speed["causal"]["edges"]
+    merged = char_lm.merge_results(tmp_path / "char_lm.json", speed, key="speed")
+    assert merged["speed"]["window_over_causal"] == speed["window_over_causal"]
