@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from graphattn import Graph, GraphTransformer, RotaryEmbedding
 from graphattn.functional import choose_backend
 from graphattn.training import (
+    Muon,
     TrainConfig,
     Trainer,
     add_data_dir_argument,
@@ -67,6 +68,8 @@ class CharLMConfig:
     min_lr: float = 3e-4  # min_lr = learning_rate / 10
     warmup_steps: int = 100  # warmup_iters=100
     weight_decay: float = 0.1  # nanoGPT's default for 2-D weights
+    optimizer: str = "adamw"  # "adamw" (nanoGPT) or "muon" (Muon on hidden matrices + AdamW)
+    muon_lr: float = 0.02  # Muon's peak learning rate (hidden matrices), same schedule
     beta2: float = 0.99  # "make a bit bigger because number of tokens per iter is small"
     grad_clip: float = 1.0  # grad_clip=1.0
     eval_every: int = 250  # eval_interval=250
@@ -237,11 +240,28 @@ class CharLM(nn.Module):
         return ids
 
 
-def make_optimizer(model: nn.Module, cfg: CharLMConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (nanoGPT's ``configure_optimizers``)."""
+def make_optimizer(model: nn.Module, cfg: CharLMConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (nanoGPT's ``configure_optimizers``), or
+    :class:`~graphattn.training.Muon` on the transformer's hidden matrices and AdamW on the
+    embedding (tied to the head), biases and norms."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
+    if cfg.optimizer == "muon":
+        hidden = [p for p in model.body.parameters() if p.dim() == 2]
+        ids = {id(p) for p in hidden}
+        groups = [
+            {"params": hidden, "use_muon": True, "lr": cfg.muon_lr, "weight_decay": 0.0},
+            {
+                "params": [p for p in decay if id(p) not in ids],
+                "use_muon": False,
+                "weight_decay": cfg.weight_decay,
+            },
+            {"params": no_decay, "use_muon": False, "weight_decay": 0.0},
+        ]
+        return Muon(groups, adam_lr=cfg.lr, adam_betas=(0.9, cfg.beta2))
+    if cfg.optimizer != "adamw":
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -443,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--min-lr", type=float, default=None, help="final learning rate")
     parser.add_argument("--positions", choices=("learned", "rotary"), default=None)
+    parser.add_argument("--optimizer", choices=("adamw", "muon"), default=None)
+    parser.add_argument("--muon-lr", type=float, default=None, help="Muon's peak learning rate")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out-dir", default=None, help="default: runs/char_lm_<graph>")
     parser.add_argument("--results", default=str(RESULTS / "char_lm.json"))
@@ -465,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out_dir=args.out_dir or f"runs/char_lm_{args.graph}",
         progress=not args.no_progress,
     )
-    for name in ("lr", "min_lr", "positions"):
+    for name in ("lr", "min_lr", "positions", "optimizer", "muon_lr"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.compare_speed:

@@ -30,7 +30,7 @@ from .distributed import (
     wrap_ddp,
 )
 from .loop import NonFiniteLossError, TrainConfig, Trainer, TrainResult, train
-from .optim import LazyAdamW
+from .optim import LazyAdamW, Muon, orthogonalize
 from .plots import load_metrics, plot_curves
 from .seed import rng_state, seed_everything, set_rng_state
 
@@ -51,6 +51,8 @@ __all__ = [
     "NonFiniteLossError",
     "BatchLoader",
     "LazyAdamW",
+    "Muon",
+    "orthogonalize",
     # curves
     "plot_curves",
     "load_metrics",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphattn.training import LazyAdamW
+from graphattn.training import LazyAdamW, Muon, orthogonalize
 
 
 def _model(seed: int) -> nn.Module:
@@ -83,3 +83,61 @@ def test_state_dict_round_trip_continues_identically() -> None:
 def test_bad_hyperparameters(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LazyAdamW(nn.Linear(2, 2).parameters(), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (40, 12), (12, 40)])
+def test_orthogonalize_flattens_the_spectrum(shape: tuple[int, int]) -> None:
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    g = g * torch.logspace(-0.5, 0.5, shape[1])  # columns of different scales
+    x = orthogonalize(g)
+    assert x.shape == g.shape
+    s = torch.linalg.svdvals(x)
+    assert s.min() > 0.5 and s.max() < 1.3, s  # U V^T has all singular values 1
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    cos = (x * (u @ vh)).sum() / (x.norm() * (u @ vh).norm())
+    assert cos > 0.95  # points along U V^T
+
+
+def test_muon_matrix_update_and_adamw_groups() -> None:
+    torch.manual_seed(0)
+    hidden, head = nn.Linear(8, 6, bias=False), nn.Linear(6, 2)
+    ref_hidden, ref_head = copy.deepcopy(hidden), copy.deepcopy(head)
+    opt = Muon(
+        [
+            {"params": [hidden.weight], "use_muon": True, "weight_decay": 0.1},
+            {"params": list(head.parameters()), "use_muon": False, "weight_decay": 0.01},
+        ],
+        lr=0.05,
+        momentum=0.9,
+        adam_lr=0.01,
+        adam_betas=(0.8, 0.95),
+    )
+    ref_adam = torch.optim.AdamW(
+        ref_head.parameters(), lr=0.01, betas=(0.8, 0.95), weight_decay=0.01
+    )
+    buf = torch.zeros_like(hidden.weight)
+    x, y = torch.randn(5, 8), torch.randn(5, 2)
+    for _ in range(3):
+        for h, o in ((hidden, head), (ref_hidden, ref_head)):
+            h.zero_grad()
+            o.zero_grad()
+            ((o(torch.tanh(h(x))) - y) ** 2).mean().backward()
+        opt.step()
+        ref_adam.step()
+        with torch.no_grad():  # Muon by hand: Nesterov momentum, orthogonalized, decayed
+            g = ref_hidden.weight.grad
+            buf.lerp_(g, 0.1)
+            ref_hidden.weight.mul_(1 - 0.05 * 0.1)
+            ref_hidden.weight.add_(orthogonalize(g.lerp(buf, 0.9)), alpha=-0.05)
+    torch.testing.assert_close(hidden.weight, ref_hidden.weight)
+    for a, b in zip(head.parameters(), ref_head.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_muon_bad_groups() -> None:
+    with pytest.raises(ValueError, match="use_muon"):
+        Muon([{"params": [nn.Parameter(torch.zeros(2, 2))]}])
+    with pytest.raises(ValueError, match=r"only matrices.*|shape \(3,\)"):
+        Muon([{"params": [nn.Parameter(torch.zeros(3))], "use_muon": True}])
+    with pytest.raises(ValueError, match="momentum"):
+        Muon([{"params": [nn.Parameter(torch.zeros(2, 2))], "use_muon": True}], momentum=1.0)
