@@ -8,10 +8,12 @@ The budget is nanoGPT's ``config/train_shakespeare_char.py`` with its "CPU" over
 (README, "I only have a macbook"): 4 layers, 4 heads, 128 dims, context 64, batch 12,
 2000 steps, dropout 0, 100 warm-up steps, AdamW with beta2 0.99 and weight decay 0.1,
 gradient clip 1, ``eval_iters=20``. nanoGPT's README reports a validation loss of 1.88 for
-that run. Two changes inside the same budget (same model size, tokens and steps): rotary
-position embeddings in every layer instead of a learned position table, and a peak learning
-rate of 3e-3 (cosine to 3e-4) instead of 1e-3 (to 1e-4). ``--positions learned --lr 1e-3
---min-lr 1e-4`` is nanoGPT's configuration exactly.
+that run. Three changes inside the same budget (same model size, tokens and steps): rotary
+position embeddings in every layer instead of a learned position table; the hidden weight
+matrices trained with :class:`graphattn.training.Muon` (peak lr 0.02) and the rest with AdamW
+at a peak lr of 3e-3 (cosine to a tenth) instead of AdamW at 1e-3 throughout.
+``--positions learned --optimizer adamw --lr 1e-3 --min-lr 1e-4`` is nanoGPT's
+configuration exactly.
 
 Run: ``python -m examples.char_lm [--graph causal|window] [--steps 2000] [--quick]``
 
@@ -68,7 +70,7 @@ class CharLMConfig:
     min_lr: float = 3e-4  # min_lr = learning_rate / 10
     warmup_steps: int = 100  # warmup_iters=100
     weight_decay: float = 0.1  # nanoGPT's default for 2-D weights
-    optimizer: str = "adamw"  # "adamw" (nanoGPT) or "muon" (Muon on hidden matrices + AdamW)
+    optimizer: str = "muon"  # "muon" (Muon on hidden matrices + AdamW) or "adamw" (nanoGPT)
     muon_lr: float = 0.02  # Muon's peak learning rate (hidden matrices), same schedule
     beta2: float = 0.99  # "make a bit bigger because number of tokens per iter is small"
     grad_clip: float = 1.0  # grad_clip=1.0
