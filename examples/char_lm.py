@@ -44,6 +44,7 @@ from graphattn.training import (
     TrainConfig,
     Trainer,
     add_data_dir_argument,
+    atomic_write,
     ensure_dataset,
     plot_curves,
     seed_everything,
@@ -450,10 +451,8 @@ def merge_results(path: Path, summary: dict[str, Any], key: str | None = None) -
         merged[key] = summary
     else:
         merged.setdefault("runs", {})[summary["graph"]] = summary
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(merged, indent=2) + "\n")
     return merged
 
 

@@ -45,10 +45,10 @@ from graphattn.training import (
     TrainConfig,
     Trainer,
     add_data_dir_argument,
+    atomic_write,
     ensure_dataset,
     seed_everything,
 )
-from graphattn.training._atomic import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results" / "citation_graph.json"
 VARIANTS = ("gat", "complete")

@@ -70,11 +70,11 @@ from graphattn.training import (
     TrainConfig,
     Trainer,
     add_data_dir_argument,
+    atomic_write,
     plot_curves,
     resolve_data_dir,
     seed_everything,
 )
-from graphattn.training._atomic import atomic_write
 from modalities import (
     AudioFrameAdapter,
     ByteTokenizer,

@@ -48,8 +48,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from torch import Tensor, nn
 
 from graphattn.explain import attention_rollout
-from graphattn.training import save_checkpoint, seed_everything
-from graphattn.training._atomic import atomic_write
+from graphattn.training import atomic_write, save_checkpoint, seed_everything
 from modalities import RLStateEncoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl_cartpole.json"

@@ -43,6 +43,7 @@ from graphattn.training import (
     TrainConfig,
     Trainer,
     add_data_dir_argument,
+    atomic_write,
     ensure_dataset,
     plot_curves,
     seed_everything,
@@ -421,10 +422,8 @@ def run(cfg: SentimentConfig, seeds: Sequence[int], results_path: Path | None = 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
 
 
 def print_table(summary: dict[str, Any]) -> None:

@@ -60,9 +60,9 @@ from graphattn.training import (
     TrainConfig,
     Trainer,
     add_data_dir_argument,
+    atomic_write,
     seed_everything,
 )
-from graphattn.training._atomic import atomic_write
 from modalities import AudioFrameAdapter, masked_mean
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spoken_digits.json"

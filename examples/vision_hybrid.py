@@ -36,8 +36,7 @@ from torch import Tensor, nn
 from graphattn import Graph, GraphTransformer
 from graphattn.explain import attention_rollout
 from graphattn.plot import plot_image_attention
-from graphattn.training import BatchLoader, TrainConfig, Trainer, seed_everything
-from graphattn.training._atomic import atomic_write
+from graphattn.training import BatchLoader, TrainConfig, Trainer, atomic_write, seed_everything
 from modalities import CNNFeatureAdapter, PatchAdapter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision_hybrid.json"

@@ -55,8 +55,7 @@ from graphattn import (
     choose_backend,
     graph_attention,
 )
-from graphattn.training import TrainConfig, Trainer, seed_everything
-from graphattn.training._atomic import atomic_write
+from graphattn.training import TrainConfig, Trainer, atomic_write, seed_everything
 
 MODULE = "examples.why_attention"
 RESULTS = Path(__file__).resolve().parent / "results" / "why_attention.json"

@@ -7,6 +7,7 @@ matplotlib and the progress bar tqdm (``pip install graphattn[examples]``); both
 imported only when used.
 """
 
+from ._atomic import atomic_write
 from .batches import BatchLoader
 from .checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
 from .data import (
@@ -39,6 +40,8 @@ __all__ = [
     "seed_everything",
     "rng_state",
     "set_rng_state",
+    # files
+    "atomic_write",
     # checkpoints
     "save_checkpoint",
     "load_checkpoint",
