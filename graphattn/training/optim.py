@@ -66,31 +66,33 @@ class LazyAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2) = group["lr"], group["betas"]
-            eps, wd = group["eps"], group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = float(state["step"])
-                bias1 = 1.0 - beta1**step
-                bias2_sqrt = math.sqrt(1.0 - beta2**step)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                if p.grad.is_sparse:
-                    _sparse_update(p, p.grad, m, v, lr, beta1, beta2, eps, bias1, bias2_sqrt)
-                else:
-                    grad = p.grad
-                    p.mul_(1.0 - lr * wd)
-                    m.lerp_(grad, 1.0 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                    denom = (v.sqrt() / bias2_sqrt).add_(eps)
-                    p.addcdiv_(m, denom, value=-lr / bias1)
+                if p.grad is not None:
+                    _adam_update(p, self.state[p], group)
         return loss
+
+
+def _adam_update(p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Adam step of ``p`` with the group's ``lr``, ``betas``, ``eps``, ``weight_decay``:
+    ``torch.optim.AdamW``'s update for a dense gradient, ``SparseAdam``'s for a sparse one."""
+    lr, (beta1, beta2) = group["lr"], group["betas"]
+    if not state:
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["step"] += 1
+    step = float(state["step"])
+    bias1 = 1.0 - beta1**step
+    bias2_sqrt = math.sqrt(1.0 - beta2**step)
+    m, v, grad = state["exp_avg"], state["exp_avg_sq"], p.grad
+    if grad.is_sparse:
+        _sparse_update(p, grad, m, v, lr, beta1, beta2, group["eps"], bias1, bias2_sqrt)
+        return
+    p.mul_(1.0 - lr * group["weight_decay"])
+    m.lerp_(grad, 1.0 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    denom = (v.sqrt() / bias2_sqrt).add_(group["eps"])
+    p.addcdiv_(m, denom, value=-lr / bias1)
 
 
 def _sparse_update(
@@ -214,33 +216,23 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
+            update = _muon_update if group["use_muon"] else _adam_update
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if group["use_muon"]:
-                    if not state:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    buf = state["momentum_buffer"]
-                    buf.lerp_(p.grad, 1.0 - group["momentum"])
-                    update = p.grad.lerp(buf, group["momentum"])  # Nesterov
-                    update = orthogonalize(update, group["ns_steps"])
-                    scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
-                    p.mul_(1.0 - lr * wd)
-                    p.add_(update, alpha=-lr * scale)
-                    continue
-                beta1, beta2 = group["betas"]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                step = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                p.mul_(1.0 - lr * wd)
-                m.lerp_(p.grad, 1.0 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
-                denom = (v.sqrt() / math.sqrt(1.0 - beta2**step)).add_(group["eps"])
-                p.addcdiv_(m, denom, value=-lr / (1.0 - beta1**step))
+                if p.grad is not None:
+                    update(p, self.state[p], group)
         return loss
+
+
+def _muon_update(p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Muon step of the matrix ``p``: Nesterov momentum, orthogonalized, scaled by
+    ``sqrt(max(1, rows / cols))``, after decoupled weight decay."""
+    lr = group["lr"]
+    if not state:
+        state["momentum_buffer"] = torch.zeros_like(p)
+    buf = state["momentum_buffer"]
+    buf.lerp_(p.grad, 1.0 - group["momentum"])
+    update = p.grad.lerp(buf, group["momentum"])  # Nesterov
+    update = orthogonalize(update, group["ns_steps"])
+    scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+    p.mul_(1.0 - lr * group["weight_decay"])
+    p.add_(update, alpha=-lr * scale)
