@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,26 +11,17 @@ import torch
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
-if str(ROOT) not in sys.path:  # `examples` is not an installed package
-    sys.path.insert(0, str(ROOT))
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 from examples import char_lm  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not (DATA / "text" / "tinyshakespeare" / "input.txt").is_file(),
-    reason=f"tiny-shakespeare not found under {DATA} (tests never download)",
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the tiny models run fastest so, and CI machines are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(
+        not (DATA / "text" / "tinyshakespeare" / "input.txt").is_file(),
+        reason=f"tiny-shakespeare not found under {DATA} (tests never download)",
+    ),
+    pytest.mark.usefixtures("one_thread"),  # tests/conftest.py: tiny models, one thread
+]
 
 
 def _tiny(graph: str, out_dir: Path) -> char_lm.CharLMConfig:

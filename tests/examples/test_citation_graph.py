@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("torch_geometric")
 pytest.importorskip("scipy")  # Planetoid reads the raw files with scipy
@@ -21,6 +20,7 @@ def _cora_dir():
         pytest.skip(f"Cora not found (tests never download): {err}")
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_citation_graph_trains_and_writes(tmp_path):
     data_dir = _cora_dir().parent
     cfg = CitationConfig(
@@ -33,11 +33,7 @@ def test_citation_graph_trains_and_writes(tmp_path):
         results_path=str(tmp_path / "citation_graph.json"),
         threads=1,  # small graph: one thread is fastest
     )
-    threads = torch.get_num_threads()
-    try:
-        result = run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # run() set 1 thread; leave the process as it was
+    result = run(cfg)
     gat, complete = result["runs"]
     assert gat["variant"] == "gat" and complete["variant"] == "complete"
     assert gat["last_loss"] < gat["first_loss"], gat

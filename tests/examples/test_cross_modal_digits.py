@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -36,14 +35,6 @@ def _tiny(tmp_path: Path, **kw: object) -> CrossModalConfig:
     )
 
 
-def _run(cfg: CrossModalConfig) -> dict:
-    threads = torch.get_num_threads()
-    try:
-        return run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # run() set 1 thread; leave the process as it was
-
-
 def _check_outputs(result: dict, tmp_path: Path, variants: list[str]) -> None:
     assert [r["variant"] for r in result["runs"]] == variants
     for r in result["runs"]:
@@ -64,9 +55,10 @@ def _check_outputs(result: dict, tmp_path: Path, variants: list[str]) -> None:
 @pytest.mark.skipif(
     not (DATA / "fsdd" / "recordings").is_dir(), reason=f"FSDD not found under {DATA}"
 )
+@pytest.mark.usefixtures("one_thread")
 def test_three_modalities_train_and_write(tmp_path: Path) -> None:
     cfg = _tiny(tmp_path, data_dir=str(DATA), audio_per_class=1, variants=("paired", "zero_shot"))
-    result = _run(cfg)
+    result = run(cfg)
     assert result["modalities"] == ["audio", "image", "text"] and result["note"] is None
     _check_outputs(result, tmp_path, ["paired", "zero_shot"])
     paired, zero = result["runs"]
@@ -75,9 +67,10 @@ def test_three_modalities_train_and_write(tmp_path: Path) -> None:
     assert len(paired["recall@1"]) == 6 and "text->image" in zero["recall@1"]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_fallback_without_fsdd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _tiny(tmp_path, data_dir=str(tmp_path / "no-data-here"), variants=("paired", "zero_shot"))
-    result = _run(cfg)
+    result = run(cfg)
     assert "FSDD not found" in capsys.readouterr().out
     assert result["modalities"] == ["image", "text"] and "FSDD not found" in result["note"]
     _check_outputs(result, tmp_path, ["paired"])  # zero_shot needs audio: skipped

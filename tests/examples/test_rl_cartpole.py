@@ -30,6 +30,7 @@ def test_gae_bootstraps_only_across_non_terminal_steps():
     torch.testing.assert_close(ret, expected + values)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_rl_cartpole_learns_and_writes(tmp_path):
     cfg = CartPoleConfig(
         seeds=1,
@@ -42,11 +43,7 @@ def test_rl_cartpole_learns_and_writes(tmp_path):
         progress=False,
         threads=1,  # small tensors: one thread is fastest
     )
-    threads = torch.get_num_threads()
-    try:
-        result = run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # run() set 1 thread; leave the process as it was
+    result = run(cfg)
     (r,) = result["runs"]
     assert r["updates"] == 6 and r["env_steps"] == 6 * 1024
     for point in r["curve"]:
@@ -77,6 +74,7 @@ def test_rl_cartpole_learns_and_writes(tmp_path):
     policy.load_state_dict(state["model"])  # the checkpoint restores the trained policy
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_rl_cartpole_is_reproducible():
     """The same seed gives the same run (envs, sampling and minibatches are all seeded)."""
     cfg = CartPoleConfig(
@@ -87,12 +85,7 @@ def test_rl_cartpole_is_reproducible():
         eval_episodes=2,
         progress=False,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        (a, policy_a), (b, policy_b) = train_seed(3, cfg), train_seed(3, cfg)
-    finally:
-        torch.set_num_threads(threads)
+    (a, policy_a), (b, policy_b) = train_seed(3, cfg), train_seed(3, cfg)
     assert a["curve"] == b["curve"]
     for (name, pa), pb in zip(
         policy_a.state_dict().items(), policy_b.state_dict().values(), strict=True

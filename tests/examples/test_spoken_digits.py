@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_spoken_digits_trains_and_writes(tmp_path: Path) -> None:
     cfg = SpokenDigitsConfig(
         seeds=1,
@@ -38,11 +39,7 @@ def test_spoken_digits_trains_and_writes(tmp_path: Path) -> None:
         progress=False,
         threads=1,  # small tensors: one thread is fastest
     )
-    threads = torch.get_num_threads()
-    try:
-        result = run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # run() set 1 thread; leave the process as it was
+    result = run(cfg)
     assert result["official"]["train"] == 60 and result["official"]["test"] == 60
     for r in result["runs"]:
         assert r["last_loss"] < r["first_loss"], r

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -13,6 +12,7 @@ pytest.importorskip("matplotlib")
 from examples.vision_hybrid import VisionConfig, run  # noqa: E402
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_vision_hybrid_trains_and_writes(tmp_path):
     cfg = VisionConfig(
         seeds=1,
@@ -25,11 +25,7 @@ def test_vision_hybrid_trains_and_writes(tmp_path):
         progress=False,
         threads=1,  # small tensors: one thread is fastest
     )
-    threads = torch.get_num_threads()
-    try:
-        result = run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # run() set 1 thread; leave the process as it was
+    result = run(cfg)
     assert [r["model"] for r in result["summary"]] == ["hybrid", "cnn", "vit"]
     for r in result["runs"]:
         assert r["last_loss"] < r["first_loss"], r

@@ -6,13 +6,13 @@ import json
 import math
 
 import pytest
-import torch
 
 pytest.importorskip("matplotlib")
 
 from examples.why_attention import WhyAttentionConfig, run  # noqa: E402
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_why_attention_trains_measures_and_writes(tmp_path):
     cfg = WhyAttentionConfig(
         lengths=(8, 16),
@@ -30,11 +30,7 @@ def test_why_attention_trains_measures_and_writes(tmp_path):
         progress=False,
         threads=1,
     )
-    threads = torch.get_num_threads()
-    try:
-        result = run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # run() set 1 thread; leave the process as it was
+    result = run(cfg)
     recall = result["recall"]
     assert abs(recall["param_ratio_gru_over_attention"] - 1) < 0.1
     for r in recall["runs"]:
