@@ -5,7 +5,10 @@ grid, a citation network, a cross-modal bipartite graph) is the same operator wi
 edges. See :func:`graph_attention` and :class:`GraphAttention`.
 """
 
+from . import backends, scores
 from .attention import GraphAttention
+from .backends import AttentionCall, Backend, register_backend
+from .conv import ConvOutput, GATConv, GATv2Conv, TransformerConv
 from .explain import (
     HeadStatistics,
     PerturbationResult,
@@ -34,6 +37,7 @@ from .graph import (
     GridGraph,
     WindowGraph,
 )
+from .interop import from_pyg
 from .layers import (
     GraphTransformer,
     GraphTransformerConfig,
@@ -57,6 +61,7 @@ from .positional import (
     sinusoidal_encoding,
     t5_relative_position_bucket,
 )
+from .scores import Score
 from .structure import LearnedStructureBias, WeightedGraph, attention_to_graph
 
 __version__ = "0.1.0"
@@ -76,7 +81,19 @@ __all__ = [
     "auto_policy",
     "choose_backend",
     "BackendNotSupportedError",
+    "AttentionCall",
+    "Backend",
+    "register_backend",
+    "backends",
+    "scores",
+    "Score",
     "GraphAttention",
+    # PyG-style layers and conversion
+    "GATConv",
+    "GATv2Conv",
+    "TransformerConv",
+    "ConvOutput",
+    "from_pyg",
     # layers
     "GraphTransformerLayer",
     "GraphTransformer",

@@ -10,7 +10,6 @@ Axis legend: ``B`` batch, ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``H`` hea
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal, overload
 
@@ -374,10 +373,9 @@ class GraphAttention(nn.Module):
         v = v.view(bsz, ns, h, dh).transpose(1, 2)  # (B, H, Ns, Dh)
         if rotary is not None:
             q, k = _apply_rotary(rotary, q, k)
-        edge_values = None
+        edge_features = None
         if edge_attr is not None:
-            edge_values, edge_bias = self._edge_terms(edge_attr, graph, q)
-            bias = edge_bias if bias is None else _add_bias(bias, edge_bias)
+            edge_features = self._edge_features(edge_attr, graph)  # (E, H, Dh)
         elif self.lin_edge is not None:
             raise ValueError("this module was built with edge_dim; pass edge_attr")
         res = graph_attention(
@@ -386,7 +384,8 @@ class GraphAttention(nn.Module):
             v,
             graph,
             bias=bias,
-            edge_values=edge_values,
+            edge_features=edge_features,
+            edge_values=edge_features,
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=return_attention,
             backend=self.backend,
@@ -403,22 +402,18 @@ class GraphAttention(nn.Module):
             res.attention.batched = False
         return AttentionOutput(out, res.attention, res.backend)
 
-    def _edge_terms(self, edge_attr: Tensor, graph: Graph, q: Tensor) -> tuple[Tensor, Tensor]:
-        """Projected edge features as per-edge values ``(E, H, Dh)`` and the score term
-        ``<q_i, e_ij> * scale`` as a per-edge bias ``(B, E, H)``."""
+    def _edge_features(self, edge_attr: Tensor, graph: Graph) -> Tensor:
+        """Projected edge features ``(E, H, Dh)``, added to the key of their edge inside the
+        score (``<q_i, k_j + e_ij>``) and to its value, as in ``TransformerConv``."""
         if self.lin_edge is None:
             raise ValueError("edge_attr was given but this module has edge_dim=None")
-        e, h, dh = graph.num_edges, self.num_heads, self.head_dim
+        e = graph.num_edges
         if edge_attr.dim() != 2 or edge_attr.shape != (e, self.edge_dim):
             raise ValueError(
                 f"edge_attr must have shape (E={e}, edge_dim={self.edge_dim}), "
                 f"got {tuple(edge_attr.shape)}"
             )
-        ef = self.lin_edge(edge_attr).view(e, h, dh)  # (E, H, Dh)
-        dst = graph.edge_index()[1]
-        qe = q[:, :, dst]  # (B, H, E, Dh)
-        edge_bias = (qe * ef.transpose(0, 1)).sum(-1) / math.sqrt(dh)  # (B, H, E)
-        return ef, edge_bias.transpose(1, 2)  # (E, H, Dh), (B, E, H)
+        return self.lin_edge(edge_attr).view(e, self.num_heads, self.head_dim)
 
     def extra_repr(self) -> str:
         parts = [f"embed_dim={self.embed_dim}", f"num_heads={self.num_heads}"]
@@ -446,13 +441,3 @@ def _apply_rotary(rotary: RotaryFn, q: Tensor, k: Tensor) -> tuple[Tensor, Tenso
             f"got {tuple(q2.shape)} and {tuple(k2.shape)}"
         )
     return q2, k2
-
-
-def _add_bias(user: Tensor, edge_bias: Tensor) -> Tensor:
-    """Add the edge-feature score term ``(B, E, H)`` to a per-edge user bias."""
-    if user.dim() in (2, 3) and user.shape[-2:] == edge_bias.shape[-2:]:
-        return user + edge_bias
-    raise ValueError(
-        f"with edge_attr, bias must be per edge (E, H) or (B, E, H) = "
-        f"{tuple(edge_bias.shape)}, got {tuple(user.shape)}"
-    )

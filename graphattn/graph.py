@@ -27,8 +27,8 @@ send no messages in that sample.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -55,14 +55,21 @@ class EdgeStructure:
         src: source of each sorted edge. Shape ``(E,)``.
         dst: target of each sorted edge (non-decreasing). Shape ``(E,)``.
         ptr: ``ptr[i]:ptr[i+1]`` are the sorted edges of target ``i``. Shape ``(Nd + 1,)``.
-        max_in_degree: the largest number of in-edges of one target.
+        num_src: number of source nodes ``Ns``.
+        cache: derived structures (the order by source, sparse incidence matrices), built on
+            first use by the edge backend.
     """
 
     perm: Tensor | None
     src: Tensor
     dst: Tensor
     ptr: Tensor
-    max_in_degree: int
+    num_src: int
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_dst(self) -> int:
+        return self.ptr.numel() - 1
 
 
 def _check_count(name: str, value: Any) -> int:
@@ -86,9 +93,16 @@ class Graph:
           (the convention of ``nn.MultiheadAttention``).
     """
 
+    #: a name for messages and reprs; capabilities are the attributes below, never this name.
     kind: str = "graph"
     #: whether the dense backend can run this kind without materialising a mask.
     mask_free: bool = False
+    #: whether target ``i`` attends exactly to sources ``0..i`` (the fused kernel's
+    #: ``is_causal``).
+    is_causal: bool = False
+    #: the layout attention weights come back in from every backend: ``"dense"``
+    #: ``([B,] H, Nd, Ns)`` or ``"edges"`` ``([B,] E, H)`` aligned with :meth:`edge_index`.
+    weights_layout: Literal["dense", "edges"] = "edges"
 
     def __init__(self, num_dst: int, num_src: int, device: torch.device | str | None = None):
         self.num_dst = _check_count("num_dst", num_dst)
@@ -228,6 +242,11 @@ class Graph:
         """Whether every target has exactly one in-edge from every source."""
         return False
 
+    def complete_blocks(self) -> Tensor | None:
+        """Node offsets ``(G + 1,)`` when this graph is a disjoint union of complete
+        self-attention graphs over contiguous node ranges (block structure), else ``None``."""
+        return None
+
     def in_degree(self) -> Tensor:
         """Number of in-edges of each target, ``(Nd,)`` int64 (padding ignored)."""
         st = self.edge_structure()
@@ -245,7 +264,9 @@ class Graph:
     def edge_structure(self) -> EdgeStructure:
         """Edges sorted by target, cached (see :class:`EdgeStructure`)."""
         if "structure" not in self._cache:
-            self._cache["structure"] = _sort_by_target(self.edge_index(), self.num_dst)
+            self._cache["structure"] = _sort_by_target(
+                self.edge_index(), self.num_dst, self.num_src
+            )
         return self._cache["structure"]
 
     def materialize_structure(self) -> Tensor:
@@ -291,6 +312,7 @@ class CompleteGraph(Graph):
 
     kind = "complete"
     mask_free = True
+    weights_layout = "dense"
 
     @property
     def num_edges(self) -> int:
@@ -314,6 +336,8 @@ class CausalGraph(Graph):
 
     kind = "causal"
     mask_free = True
+    is_causal = True
+    weights_layout = "dense"
 
     def __init__(self, num_nodes: int, device=None):
         super().__init__(num_nodes, num_nodes, device)
@@ -532,7 +556,7 @@ class EdgeListGraph(Graph):
         return ptr
 
 
-def _sort_by_target(edge_index: Tensor, num_dst: int) -> EdgeStructure:
+def _sort_by_target(edge_index: Tensor, num_dst: int, num_src: int) -> EdgeStructure:
     src, dst = edge_index[0], edge_index[1]
     if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
         perm = torch.sort(dst, stable=True).indices
@@ -542,8 +566,7 @@ def _sort_by_target(edge_index: Tensor, num_dst: int) -> EdgeStructure:
     deg = torch.bincount(dst, minlength=num_dst)
     ptr = torch.zeros(num_dst + 1, dtype=torch.long, device=dst.device)
     torch.cumsum(deg, 0, out=ptr[1:])
-    max_deg = int(deg.max()) if num_dst > 0 else 0
-    return EdgeStructure(perm, src.contiguous(), dst.contiguous(), ptr, max_deg)
+    return EdgeStructure(perm, src.contiguous(), dst.contiguous(), ptr, num_src)
 
 
 def as_graph(graph: Graph | Tensor | None, num_dst: int, num_src: int) -> Graph:

@@ -568,7 +568,7 @@ def _sparse_graph(n=2000, deg=4):
         (lambda: Graph.causal(6), "dense"),
         (lambda: Graph.complete(6).pad(lengths=[3, 6]), "dense"),
         (GRAPHS["complete_as_edges"], "dense"),
-        (GRAPHS["pyg_batch_complete"], "dense"),
+        (GRAPHS["pyg_batch_complete"], "blocks"),
         (_sparse_graph, "edges"),
     ],
     ids=["complete", "bipartite", "causal", "padded", "complete_as_edges", "pyg_batch", "sparse"],

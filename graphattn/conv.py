@@ -1,0 +1,720 @@
+"""Graph-attention layers with PyG's constructor arguments: :class:`GATConv`,
+:class:`GATv2Conv` and :class:`TransformerConv`.
+
+Each gives the numbers of the PyG layer of the same name (same parameters, same names, so
+``load_state_dict`` of a PyG layer's state works; :func:`graphattn.from_pyg` converts one),
+but runs on graphattn's operator: the score function (:mod:`graphattn.scores`) is computed
+on the edge backend without storing anything of size ``E x C`` (GAT needs two scalars per
+node and head), or on the dense backend when the graph is complete.
+
+Differences from PyG, all deliberate:
+
+- attention weights come back before dropout (PyG's ``GATConv`` returns them after);
+- ``edge_attr`` given to a layer built without ``edge_dim`` is refused (``GATConv``
+  ignores it silently);
+- weights are returned as a :class:`ConvOutput` (``out``, per-edge ``attention``, and the
+  ``edge_index`` they align with, self-loops included), not a tuple.
+
+The self-loop handling (remove existing loops, add one per node with ``fill_value`` for
+their edge features) is PyG's; for a given ``edge_index`` tensor it is computed once and
+reused while the same, unmodified tensor is passed again.
+
+Axis legend: ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``H`` heads, ``C`` channels per
+head, ``F`` input features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .functional import AttentionOutput, BackendName, graph_attention
+from .graph import Graph
+from .scores import GAT, GATv2
+from .weights import AttentionWeights
+
+__all__ = ["ConvOutput", "GATConv", "GATv2Conv", "TransformerConv", "add_self_loops"]
+
+#: node features: one tensor, or PyG's ``(x_src, x_dst)`` pair for bipartite graphs
+NodeInput = Tensor | tuple[Tensor, Tensor]
+FillValue = float | Tensor | str | None
+_REDUCE = {"add": "sum", "sum": "sum", "mean": "mean", "min": "amin", "max": "amax", "mul": "prod"}
+
+
+@dataclass
+class ConvOutput:
+    """What a conv layer returns with ``return_attention=True``.
+
+    Attributes:
+        out: node outputs ``(Nd, out_features)``.
+        attention: per-edge weights ``(E, H)`` (before dropout), aligned with
+            :attr:`edge_index`.
+        backend: the backend that ran.
+    """
+
+    out: Tensor
+    attention: AttentionWeights
+    backend: str
+
+    @property
+    def edge_index(self) -> Tensor:
+        """The edge list ``(2, E)`` the weights align with (with the layer's self-loops)."""
+        return self.attention.graph.edge_index()
+
+
+# ---------------------------------------------------------------------------- self-loops
+def add_self_loops(
+    edge_index: Tensor,
+    edge_attr: Tensor | None,
+    num_nodes: int,
+    fill_value: FillValue = "mean",
+) -> tuple[Tensor, Tensor | None]:
+    """PyG's ``remove_self_loops`` then ``add_self_loops``: drop every edge ``i -> i`` and
+    append one loop per node ``0..num_nodes-1``, whose edge features are ``fill_value``: a
+    number or tensor, or the reduction (``"add"``, ``"mean"``, ``"min"``, ``"max"``,
+    ``"mul"``) of the features of the node's in-edges (0 without in-edges); ``None`` gives
+    ones.
+
+    Shapes:
+        - edge_index: ``(2, E)``; edge_attr: ``(E, *)``
+        - returns ``(2, E' + num_nodes)`` and ``(E' + num_nodes, *)``
+
+    Example:
+        >>> import torch
+        >>> ei = torch.tensor([[0, 1, 1], [1, 1, 0]])
+        >>> add_self_loops(ei, None, 2)[0]
+        tensor([[0, 1, 0, 1],
+                [1, 0, 0, 1]])
+    """
+    keep = edge_index[0] != edge_index[1]  # (E,)
+    kept = edge_index[:, keep]
+    loops = torch.arange(num_nodes, device=edge_index.device).expand(2, num_nodes)
+    out_index = torch.cat([kept, loops], dim=1)
+    if edge_attr is None:
+        return out_index, None
+    attr = edge_attr[keep]
+    return out_index, torch.cat([attr, _loop_attr(attr, kept[1], num_nodes, fill_value)])
+
+
+def _loop_attr(attr: Tensor, dst: Tensor, num_nodes: int, fill_value: FillValue) -> Tensor:
+    size = (num_nodes, *attr.shape[1:])
+    if fill_value is None:
+        return attr.new_ones(size)
+    if isinstance(fill_value, int | float) and not isinstance(fill_value, bool):
+        return attr.new_full(size, float(fill_value))
+    if isinstance(fill_value, Tensor):
+        value = fill_value.to(attr.device, attr.dtype)
+        if value.dim() != attr.dim():
+            value = value.unsqueeze(0)
+        return value.expand(size).contiguous()
+    if isinstance(fill_value, str) and fill_value in _REDUCE:
+        inside = dst < num_nodes  # (E,)
+        idx = dst[inside].view(-1, *([1] * (attr.dim() - 1))).expand(-1, *attr.shape[1:])
+        return attr.new_zeros(size).scatter_reduce(
+            0, idx, attr[inside], _REDUCE[fill_value], include_self=False
+        )
+    raise ValueError(
+        f"fill_value must be a number, a tensor, None or one of {sorted(_REDUCE)}, "
+        f"got {fill_value!r}"
+    )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A layer's graph: ``graph`` (with the added self-loops), the positions ``kept`` of the
+    input edges it keeps, in order (``None``: all of them), and the input's edge count."""
+
+    graph: Graph
+    kept: Tensor | None
+    num_input_edges: int
+
+
+class _GraphCache:
+    """The graph (with self-loops) of the last ``edge_index`` tensor, reused while the same
+    tensor object comes back unmodified (its version counter unchanged)."""
+
+    def __init__(self) -> None:
+        self._index: Tensor | None = None
+        self._key: tuple[Any, ...] | None = None
+        self._value: _Prepared | None = None
+
+    def get(self, edge_index: Tensor, key: tuple[Any, ...]) -> _Prepared | None:
+        if self._index is edge_index and self._key == (edge_index._version, *key):
+            return self._value
+        return None
+
+    def put(self, edge_index: Tensor, key: tuple[Any, ...], value: _Prepared) -> None:
+        self._index, self._key, self._value = edge_index, (edge_index._version, *key), value
+
+    def __deepcopy__(self, memo: dict) -> _GraphCache:
+        return _GraphCache()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
+def _graph_of(
+    cache: _GraphCache,
+    edge_index: Tensor | Graph,
+    num_src: int,
+    num_dst: int,
+    self_loops: bool,
+) -> _Prepared:
+    """The graph over ``num_dst x num_src`` nodes, with PyG's self-loops when ``self_loops``."""
+    if isinstance(edge_index, Graph):
+        if (edge_index.num_dst, edge_index.num_src) != (num_dst, num_src):
+            raise ValueError(
+                f"graph has num_dst={edge_index.num_dst}, num_src={edge_index.num_src} but the "
+                f"inputs have {num_dst} target and {num_src} source nodes"
+            )
+        if not self_loops:
+            return _Prepared(edge_index, None, edge_index.num_edges)
+        edge_index = edge_index.edge_index()
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(
+            f"edge_index must be a (2, E) tensor or a graphattn.Graph, got "
+            f"{type(edge_index).__name__}"
+        )
+    key = (num_src, num_dst, self_loops, edge_index.device)
+    hit = cache.get(edge_index, key)
+    if hit is not None:
+        return hit
+    if self_loops:
+        graph = Graph.from_edge_index(edge_index, num_dst, num_src)  # checks the indices
+        ei = graph.edge_index()
+        kept = (ei[0] != ei[1]).nonzero().flatten()  # (E',)
+        loops, _ = add_self_loops(ei, None, min(num_src, num_dst))
+        value = _Prepared(Graph.from_edge_index(loops, num_dst, num_src), kept, ei.shape[1])
+    else:
+        value = _Prepared(
+            Graph.from_edge_index(edge_index, num_dst, num_src), None, edge_index.shape[1]
+        )
+    cache.put(edge_index, key, value)
+    return value
+
+
+def _split_input(x: NodeInput, name: str = "x") -> tuple[Tensor, Tensor]:
+    """``x`` or ``(x_src, x_dst)`` -> ``(x_src, x_dst)``, both ``(N, F)``."""
+    if isinstance(x, Tensor):
+        pair = (x, x)
+    elif isinstance(x, tuple | list) and len(x) == 2:
+        pair = (x[0], x[1])
+    else:
+        raise TypeError(
+            f"{name} must be a tensor or an (x_src, x_dst) pair, got {type(x).__name__}"
+        )
+    for part, t in zip(("x_src", "x_dst"), pair, strict=True):
+        if not isinstance(t, Tensor):
+            raise TypeError(
+                f"{part} must be a tensor, got {type(t).__name__} (a missing x_dst is not "
+                f"supported)"
+            )
+        if t.dim() != 2:
+            raise ValueError(f"{part} must have shape (N, F), got {tuple(t.shape)}")
+    return pair
+
+
+def _check_channels(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"{name} must be a positive int (lazy initialisation with -1 is not supported), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _in_pair(in_channels: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(in_channels, tuple | list):
+        if len(in_channels) != 2:
+            raise ValueError(f"in_channels must be an int or a pair, got {in_channels!r}")
+        return _check_channels("in_channels[0]", in_channels[0]), _check_channels(
+            "in_channels[1]", in_channels[1]
+        )
+    c = _check_channels("in_channels", in_channels)
+    return c, c
+
+
+def _glorot(t: Tensor | None) -> None:
+    if t is not None:
+        bound = math.sqrt(6.0 / (t.shape[-2] + t.shape[-1]))
+        nn.init.uniform_(t, -bound, bound)
+
+
+def _heads_out(out: Tensor, concat: bool) -> Tensor:
+    """``(H, Nd, C)`` -> ``(Nd, H * C)`` (concat) or ``(Nd, C)`` (mean over heads)."""
+    out = out.permute(1, 0, 2)  # (Nd, H, C)
+    return out.reshape(out.shape[0], -1) if concat else out.mean(1)
+
+
+def _finish(res: Tensor | AttentionOutput, out: Tensor, want: bool) -> Tensor | ConvOutput:
+    if not want:
+        return out
+    weights = res.attention
+    return ConvOutput(out, weights, res.backend)
+
+
+class _AttentionConv(nn.Module):
+    """What the three layers share: sizes, dropout, backend, the self-loop cache."""
+
+    def __init__(
+        self,
+        in_channels: int | tuple[int, int],
+        out_channels: int,
+        heads: int,
+        concat: bool,
+        dropout: float,
+        backend: BackendName,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = _check_channels("out_channels", out_channels)
+        self.heads = _check_channels("heads", heads)
+        self.concat = bool(concat)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self.backend = backend
+        self._graphs = _GraphCache()
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, graph: Graph, want: bool, **kw: Any):
+        """``graph_attention`` on ``(N, H, C)`` node tensors; returns the result and the
+        output ``(H, Nd, C)``."""
+        res = graph_attention(
+            q.permute(1, 0, 2),
+            k.permute(1, 0, 2),
+            v.permute(1, 0, 2),
+            graph,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=want,
+            backend=self.backend,
+            **kw,
+        )
+        return res, (res.out if want else res)
+
+    def _edge_input(self, edge_attr: Tensor | None) -> bool:
+        """Whether edge features enter the score; refuses a mismatch with ``edge_dim``."""
+        lin_edge = getattr(self, "lin_edge", None)
+        if edge_attr is not None and lin_edge is None:
+            raise ValueError("edge_attr was given but this layer has edge_dim=None")
+        if edge_attr is None and lin_edge is not None:
+            raise ValueError("this layer was built with edge_dim; pass edge_attr")
+        return edge_attr is not None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, heads={self.heads}, concat={self.concat}, "
+            f"dropout={self.dropout}, backend={self.backend!r}"
+        )
+
+
+# ---------------------------------------------------------------------------- GAT
+class GATConv(_AttentionConv):
+    """GAT (Velickovic et al., 2018) with the arguments and numbers of PyG's ``GATConv``::
+
+        x'_i = sum_j alpha_ij W x_j (+ residual) (+ bias),
+        alpha_ij = softmax_j(LeakyReLU(a_dst . W x_i + a_src . W x_j [+ a_edge . W_e e_ij]))
+
+    over the in-edges of ``i`` (plus a self-loop per node by default). Runs the
+    :class:`~graphattn.scores.GAT` score: two scalars per node and head on the edge backend,
+    a broadcast on the dense backend for complete graphs.
+
+    Args:
+        in_channels: input features ``F``, or ``(F_src, F_dst)`` for separate source and
+            target projections (bipartite graphs).
+        out_channels: channels per head ``C``.
+        heads: attention heads ``H``.
+        concat: concatenate the heads (``H * C`` outputs) or average them (``C``).
+        negative_slope: LeakyReLU slope.
+        dropout: dropout on the attention weights in training.
+        add_self_loops: remove existing self-loops and add one per node.
+        edge_dim: edge feature size (``None``: no edge features).
+        fill_value: edge features of the added self-loops (see :func:`add_self_loops`).
+        bias: add a learned bias to the output.
+        residual: add a linear projection of the target input to the output.
+        backend: ``"auto"``, ``"dense"`` or ``"edges"``.
+
+    Shapes:
+        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``; edge_index: ``(2, E)`` or a
+          :class:`~graphattn.Graph`; edge_attr: ``(E, edge_dim)``
+        - returns ``(Nd, H * C)`` (concat) or ``(Nd, C)``
+
+    Example:
+        >>> import torch
+        >>> conv = GATConv(16, 8, heads=4)
+        >>> conv(torch.randn(10, 16), torch.tensor([[0, 1, 2], [1, 2, 0]])).shape
+        torch.Size([10, 32])
+    """
+
+    def __init__(
+        self,
+        in_channels: int | tuple[int, int],
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+        add_self_loops: bool = True,
+        edge_dim: int | None = None,
+        fill_value: FillValue = "mean",
+        bias: bool = True,
+        residual: bool = False,
+        *,
+        backend: BackendName = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, heads, concat, dropout, backend)
+        factory = {"device": device, "dtype": dtype}
+        self.score = GAT(negative_slope)
+        self.negative_slope = self.score.negative_slope
+        self.add_self_loops = bool(add_self_loops)
+        self.edge_dim = edge_dim
+        self.fill_value = fill_value
+        self.residual = bool(residual)
+        h, c = self.heads, self.out_channels
+        f_src, f_dst = _in_pair(in_channels)
+        self.lin = self.lin_src = self.lin_dst = None
+        if isinstance(in_channels, int):
+            self.lin = nn.Linear(f_src, h * c, bias=False, **factory)
+        else:
+            self.lin_src = nn.Linear(f_src, h * c, bias=False, **factory)
+            self.lin_dst = nn.Linear(f_dst, h * c, bias=False, **factory)
+        self.att_src = nn.Parameter(torch.empty(1, h, c, **factory))
+        self.att_dst = nn.Parameter(torch.empty(1, h, c, **factory))
+        if edge_dim is not None:
+            self.lin_edge = nn.Linear(
+                _check_channels("edge_dim", edge_dim), h * c, False, **factory
+            )
+            self.att_edge = nn.Parameter(torch.empty(1, h, c, **factory))
+        else:
+            self.lin_edge = None
+            self.register_parameter("att_edge", None)
+        total = c * (h if concat else 1)
+        self.res = nn.Linear(f_dst, total, bias=False, **factory) if residual else None
+        self.bias = nn.Parameter(torch.empty(total, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot weights and attention vectors, zero bias (as PyG)."""
+        for lin in (self.lin, self.lin_src, self.lin_dst, self.lin_edge, self.res):
+            if lin is not None:
+                _glorot(lin.weight)
+        for att in (self.att_src, self.att_dst, self.att_edge):
+            _glorot(att)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(
+        self,
+        x: NodeInput,
+        edge_index: Tensor | Graph,
+        edge_attr: Tensor | None = None,
+        *,
+        return_attention: bool = False,
+    ) -> Tensor | ConvOutput:
+        """Attend over the in-edges (and self-loops) of every target node.
+
+        Returns:
+            ``(Nd, H * C)`` or ``(Nd, C)``; with ``return_attention=True`` a
+            :class:`ConvOutput` whose weights align with its ``edge_index``.
+        """
+        x_src, x_dst = _split_input(x)
+        h, c = self.heads, self.out_channels
+        if self.lin is not None:
+            hs = self.lin(x_src).view(-1, h, c)  # (Ns, H, C)
+            hd = hs if x_dst is x_src else self.lin(x_dst).view(-1, h, c)  # (Nd, H, C)
+        else:
+            hs = self.lin_src(x_src).view(-1, h, c)
+            hd = self.lin_dst(x_dst).view(-1, h, c)
+        a_src = (hs * self.att_src).sum(-1, keepdim=True)  # (Ns, H, 1)
+        a_dst = (hd * self.att_dst).sum(-1, keepdim=True)  # (Nd, H, 1)
+        prep = _graph_of(self._graphs, edge_index, hs.shape[0], hd.shape[0], self.add_self_loops)
+        ef = None
+        if self._edge_input(edge_attr):
+            edge_attr = _edge_attr(edge_attr, prep, self.fill_value)
+            ef = (self.lin_edge(edge_attr).view(-1, h, c) * self.att_edge).sum(-1, keepdim=True)
+        res, out = self._attend(
+            a_dst, a_src, hs, prep.graph, return_attention, score=self.score, edge_features=ef
+        )
+        out = _heads_out(out, self.concat)
+        if self.res is not None:
+            out = out + self.res(x_dst)
+        if self.bias is not None:
+            out = out + self.bias
+        return _finish(res, out, return_attention)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", negative_slope={self.negative_slope}"
+
+
+def _edge_attr(edge_attr: Tensor, prep: _Prepared, fill_value: FillValue) -> Tensor:
+    """Edge features aligned with ``graph``: the kept edges' features, then the self-loops'
+    (``kept`` is ``None`` when the graph has no added loops)."""
+    graph, kept, num_input_edges = prep.graph, prep.kept, prep.num_input_edges
+    if not isinstance(edge_attr, Tensor):
+        raise TypeError(f"edge_attr must be a tensor, got {type(edge_attr).__name__}")
+    if edge_attr.dim() == 1:
+        edge_attr = edge_attr.view(-1, 1)
+    if kept is None:
+        if edge_attr.shape[0] != graph.num_edges:
+            raise ValueError(
+                f"edge_attr has {edge_attr.shape[0]} rows but the graph has {graph.num_edges} edges"
+            )
+        return edge_attr
+    if edge_attr.shape[0] != num_input_edges:
+        raise ValueError(
+            f"edge_attr has {edge_attr.shape[0]} rows but edge_index has {num_input_edges} edges"
+        )
+    n_loops = graph.num_edges - kept.numel()
+    attr = edge_attr[kept]
+    dst = graph.edge_index()[1, : kept.numel()]
+    return torch.cat([attr, _loop_attr(attr, dst, n_loops, fill_value)])
+
+
+# ---------------------------------------------------------------------------- GATv2
+class GATv2Conv(_AttentionConv):
+    """GATv2 (Brody et al., 2022) with the arguments and numbers of PyG's ``GATv2Conv``::
+
+        x'_i = sum_j alpha_ij W_src x_j (+ residual) (+ bias),
+        alpha_ij = softmax_j(a . LeakyReLU(W_dst x_i + W_src x_j [+ W_e e_ij]))
+
+    Runs the :class:`~graphattn.scores.GATv2` score on the edge backend, chunk by chunk with
+    recomputation in backward.
+
+    Args:
+        in_channels: input features, or ``(F_src, F_dst)``.
+        out_channels: channels per head ``C``.
+        heads: attention heads ``H``.
+        concat: concatenate (``H * C``) or average (``C``) the heads.
+        negative_slope: LeakyReLU slope.
+        dropout: dropout on the attention weights in training.
+        add_self_loops: remove existing self-loops and add one per node.
+        edge_dim: edge feature size (``None``: none).
+        fill_value: edge features of the added self-loops.
+        bias: biases in the projections and on the output.
+        share_weights: one projection for sources and targets.
+        residual: add a linear projection of the target input to the output.
+        backend: ``"auto"`` or ``"edges"`` (GATv2 has no dense form).
+
+    Shapes:
+        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``; edge_attr: ``(E, edge_dim)``
+        - returns ``(Nd, H * C)`` or ``(Nd, C)``
+    """
+
+    def __init__(
+        self,
+        in_channels: int | tuple[int, int],
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+        add_self_loops: bool = True,
+        edge_dim: int | None = None,
+        fill_value: FillValue = "mean",
+        bias: bool = True,
+        share_weights: bool = False,
+        residual: bool = False,
+        *,
+        backend: BackendName = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, heads, concat, dropout, backend)
+        factory = {"device": device, "dtype": dtype}
+        self.negative_slope = float(negative_slope)
+        GATv2(torch.zeros(1, 1), negative_slope)  # checks the slope
+        self.add_self_loops = bool(add_self_loops)
+        self.edge_dim = edge_dim
+        self.fill_value = fill_value
+        self.share_weights = bool(share_weights)
+        self.residual = bool(residual)
+        h, c = self.heads, self.out_channels
+        f_src, f_dst = _in_pair(in_channels)
+        self.lin_l = nn.Linear(f_src, h * c, bias=bias, **factory)
+        self.lin_r = self.lin_l if share_weights else nn.Linear(f_dst, h * c, bias=bias, **factory)
+        self.att = nn.Parameter(torch.empty(1, h, c, **factory))
+        self.lin_edge = (
+            nn.Linear(_check_channels("edge_dim", edge_dim), h * c, bias=False, **factory)
+            if edge_dim is not None
+            else None
+        )
+        total = c * (h if concat else 1)
+        self.res = nn.Linear(f_dst, total, bias=False, **factory) if residual else None
+        self.bias = nn.Parameter(torch.empty(total, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot weights and attention vector, zero biases (as PyG)."""
+        for lin in (self.lin_l, self.lin_r, self.lin_edge, self.res):
+            if lin is not None:
+                _glorot(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+        _glorot(self.att)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(
+        self,
+        x: NodeInput,
+        edge_index: Tensor | Graph,
+        edge_attr: Tensor | None = None,
+        *,
+        return_attention: bool = False,
+    ) -> Tensor | ConvOutput:
+        """Attend over the in-edges (and self-loops) of every target node.
+
+        Returns:
+            ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
+        """
+        x_src, x_dst = _split_input(x)
+        h, c = self.heads, self.out_channels
+        x_l = self.lin_l(x_src).view(-1, h, c)  # (Ns, H, C): keys and values
+        if self.share_weights and x_dst is x_src:
+            x_r = x_l
+        else:
+            x_r = self.lin_r(x_dst).view(-1, h, c)  # (Nd, H, C)
+        prep = _graph_of(self._graphs, edge_index, x_l.shape[0], x_r.shape[0], self.add_self_loops)
+        ef = None
+        if self._edge_input(edge_attr):
+            edge_attr = _edge_attr(edge_attr, prep, self.fill_value)
+            ef = self.lin_edge(edge_attr).view(-1, h, c)  # (E, H, C)
+        score = GATv2(self.att, self.negative_slope)
+        res, out = self._attend(
+            x_r, x_l, x_l, prep.graph, return_attention, score=score, edge_features=ef
+        )
+        out = _heads_out(out, self.concat)
+        if self.res is not None:
+            out = out + self.res(x_dst)
+        if self.bias is not None:
+            out = out + self.bias
+        return _finish(res, out, return_attention)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", share_weights={self.share_weights}"
+
+
+# ---------------------------------------------------------------------------- Transformer
+class TransformerConv(_AttentionConv):
+    """The graph transformer of Shi et al. (2021) with the arguments and numbers of PyG's
+    ``TransformerConv``::
+
+        x'_i = W_skip x_i + sum_j alpha_ij (W_v x_j + W_e e_ij),
+        alpha_ij = softmax_j(<W_q x_i, W_k x_j + W_e e_ij> / sqrt(C))
+
+    with the optional gate ``beta`` between the skip and the aggregate. Runs the dot-product
+    score (dense kernel on complete graphs, edge backend otherwise); no self-loops are added.
+
+    Args:
+        in_channels: input features, or ``(F_src, F_dst)``.
+        out_channels: channels per head ``C``.
+        heads: attention heads ``H``.
+        concat: concatenate (``H * C``) or average (``C``) the heads.
+        beta: gate the skip connection (needs ``root_weight``).
+        dropout: dropout on the attention weights in training.
+        edge_dim: edge feature size (``None``: none).
+        bias: biases in the projections.
+        root_weight: add the skip projection ``W_skip x_i``.
+        backend: ``"auto"``, ``"dense"`` or ``"edges"``.
+
+    Shapes:
+        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``; edge_attr: ``(E, edge_dim)``
+        - returns ``(Nd, H * C)`` or ``(Nd, C)``
+    """
+
+    def __init__(
+        self,
+        in_channels: int | tuple[int, int],
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        beta: bool = False,
+        dropout: float = 0.0,
+        edge_dim: int | None = None,
+        bias: bool = True,
+        root_weight: bool = True,
+        *,
+        backend: BackendName = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, heads, concat, dropout, backend)
+        factory = {"device": device, "dtype": dtype}
+        self.beta = bool(beta and root_weight)
+        self.root_weight = bool(root_weight)
+        self.edge_dim = edge_dim
+        h, c = self.heads, self.out_channels
+        f_src, f_dst = _in_pair(in_channels)
+        self.lin_key = nn.Linear(f_src, h * c, bias=bias, **factory)
+        self.lin_query = nn.Linear(f_dst, h * c, bias=bias, **factory)
+        self.lin_value = nn.Linear(f_src, h * c, bias=bias, **factory)
+        self.lin_edge = (
+            nn.Linear(_check_channels("edge_dim", edge_dim), h * c, bias=False, **factory)
+            if edge_dim is not None
+            else None
+        )
+        total = c * (h if concat else 1)
+        self.lin_skip = nn.Linear(f_dst, total, bias=bias, **factory) if root_weight else None
+        self.lin_beta = nn.Linear(3 * total, 1, bias=False, **factory) if self.beta else None
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation for every projection (as PyG)."""
+        for lin in (self.lin_key, self.lin_query, self.lin_value, self.lin_edge):
+            if lin is not None:
+                lin.reset_parameters()
+        for lin in (self.lin_skip, self.lin_beta):
+            if lin is not None:
+                lin.reset_parameters()
+
+    def forward(
+        self,
+        x: NodeInput,
+        edge_index: Tensor | Graph,
+        edge_attr: Tensor | None = None,
+        *,
+        return_attention: bool = False,
+    ) -> Tensor | ConvOutput:
+        """Attend over the in-edges of every target node.
+
+        Returns:
+            ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
+        """
+        x_src, x_dst = _split_input(x)
+        h, c = self.heads, self.out_channels
+        query = self.lin_query(x_dst).view(-1, h, c)  # (Nd, H, C)
+        key = self.lin_key(x_src).view(-1, h, c)  # (Ns, H, C)
+        value = self.lin_value(x_src).view(-1, h, c)  # (Ns, H, C)
+        prep = _graph_of(self._graphs, edge_index, key.shape[0], query.shape[0], False)
+        ef = None
+        if self._edge_input(edge_attr):
+            ef = self.lin_edge(_edge_attr(edge_attr, prep, None)).view(-1, h, c)  # (E, H, C)
+        res, out = self._attend(
+            query,
+            key,
+            value,
+            prep.graph,
+            return_attention,
+            edge_features=ef,
+            edge_values=ef,
+            scale=1.0 / math.sqrt(c),
+        )
+        out = _heads_out(out, self.concat)
+        if self.lin_skip is not None:
+            x_r = self.lin_skip(x_dst)
+            if self.lin_beta is not None:
+                gate = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
+                out = gate * x_r + (1 - gate) * out
+            else:
+                out = out + x_r
+        return _finish(res, out, return_attention)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", beta={self.beta}, root_weight={self.root_weight}"
