@@ -8,7 +8,7 @@ edges. See :func:`graph_attention` and :class:`GraphAttention`.
 from . import backends, scores
 from .attention import GraphAttention
 from .backends import AttentionCall, Backend, register_backend
-from .conv import ConvOutput, GATConv, GATv2Conv, TransformerConv
+from .conv import ConvOutput, GATConv, GATv2Conv, TransformerConv, add_self_loops
 from .explain import (
     HeadStatistics,
     PerturbationResult,
@@ -93,6 +93,7 @@ __all__ = [
     "GATv2Conv",
     "TransformerConv",
     "ConvOutput",
+    "add_self_loops",
     "from_pyg",
     # layers
     "GraphTransformerLayer",

@@ -36,11 +36,13 @@ __all__ = [
 #: elements of one per-chunk gather buffer (chunk edges x G x D); measured best near 2**20
 #: on a 2-core CPU (benchmarks/bench_formulations.py).
 CHUNK_ELEMENTS = 1 << 20
+#: fewest edges in a chunk (tests lower both to exercise chunk boundaries)
+MIN_CHUNK = 256
 
 
 def chunk_size(num_groups: int, dim: int) -> int:
     """Edges per chunk for ``num_groups x dim`` elements per edge."""
-    return max(256, CHUNK_ELEMENTS // max(1, num_groups * dim))
+    return max(MIN_CHUNK, CHUNK_ELEMENTS // max(1, num_groups * dim))
 
 
 def chunks(num_edges: int, size: int) -> Iterator[tuple[int, int]]:
