@@ -16,8 +16,28 @@ Cases (fp32, 2 CPU threads, loss = <out, fixed random tensor>):
 - d: a PyG ``Batch`` of 16 complete graphs of 64..128 nodes, embed 64, 8 heads,
   ``GraphAttention(backend="auto")`` given ``batch.edge_index`` vs ``TransformerConv``
   (informative).
+- e: ``graphattn.from_pyg(conv)`` against PyG's ``GATConv`` and ``GATv2Conv`` (64 in, 8 heads
+  x 8, self-loops added by both), the random graph of case b, ``N`` in {20000, 100000}.
+  Goal: time ratio <= 0.5 and peak memory ratio <= 0.3.
+- f: one full-batch training step (forward, cross-entropy, backward, Adam) of the two-layer
+  GAT of Velickovic et al. on Cora, the same model built from ``graphattn.GATConv`` and from
+  PyG's ``GATConv``; the features either dense (``F.dropout`` on 2708 x 1433 values) or a
+  sparse CSR tensor with dropout on its stored values (the same distribution). Goal: time
+  ratio <= 0.8.
+- g: ``GATConv`` on the complete graph of ``N=2048`` given as an edge list (64 in, 8 heads x
+  8): graphattn recognises the complete graph and runs the dense blockwise GAT kernel. Goal:
+  time ratio <= 0.1.
 
-Run: ``python -m benchmarks.bench_core [--quick] [--out PATH] [--device cpu|cuda]``.
+Bandwidth bound: rows on the edge path also show the time a fused kernel needs at this
+machine's copy bandwidth (``dst.copy_(src)`` of 256 MiB into resident memory, read + write
+bytes per second, measured at the start of the run): forward, each source's key and value
+read once per edge and each target's query read and output written once; forward +
+backward, three times that (the backward pass reads keys and values again and writes their
+gradients, and reads queries, outputs and output gradients and writes query gradients).
+GAT's keys and queries are one scalar per node and head; GATv2's keys are its values.
+
+Run: ``python -m benchmarks.bench_core [--quick] [--out PATH] [--device cpu|cuda]
+[--cases PREFIX ...]``.
 Peak memory on CPU is measured per (implementation, case) in a fresh process (this module
 with the hidden ``--measure-one CASE IMPL`` flag); see ``benchmarks/_harness.py``.
 """
@@ -28,6 +48,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -38,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks._harness import (
+    MIB,
     Step,
     fmt,
     format_table,
@@ -70,6 +92,8 @@ class Case:
         build: ``build(device)`` -> implementation key -> :class:`Step` (keys: the
             variants and ``"peer"``).
         info_only: variants reported without a goal.
+        bound_bytes: bytes a fused edge kernel must move for forward + backward (edge-path
+            rows), for the bandwidth bound.
     """
 
     id: str
@@ -80,6 +104,7 @@ class Case:
     goal_mem: float | None
     build: Callable[[torch.device], dict[str, Step]]
     info_only: tuple[str, ...] = ()
+    bound_bytes: float | None = None  # bytes a fused kernel moves, forward + backward
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -174,6 +199,7 @@ def case_sparse(n: int, k: int, embed: int, heads: int) -> Case:
         goal_mem=1.0,
         build=build,
         info_only=("ga_raw",),
+        bound_bytes=fused_bytes(n * k, n, heads, embed // heads, embed // heads, embed // heads),
     )
 
 
@@ -239,6 +265,180 @@ def case_pyg_batch(graphs: int, lo: int, hi: int, embed: int, heads: int) -> Cas
     )
 
 
+# ---------------------------------------------------------------------------- GAT cases
+def fused_bytes(num_edges: int, num_dst: int, heads: int, dk: int, dv: int, dq: int) -> float:
+    """Bytes a fused edge kernel moves for forward + backward in fp32 (see the module
+    docstring): three times the forward's reads of keys and values per edge and of queries
+    and outputs per target."""
+    forward = heads * (num_edges * (dk + dv) + num_dst * (dq + dv)) * 4
+    return 3.0 * forward
+
+
+def case_gat(kind: str, n: int, k: int, fin: int, heads: int, channels: int) -> Case:
+    edge_index = random_in_degree_graph(n, k, _seeded(n))
+    num_edges = int((edge_index[0] != edge_index[1]).sum()) + n  # self-loops replaced
+    peer_name = {"gat": "GATConv", "gatv2": "GATv2Conv"}[kind]
+
+    def build(device: torch.device) -> dict[str, Step]:
+        import torch_geometric.nn as pyg_nn
+
+        import graphattn
+
+        gen = _seeded(n)
+        ei = random_in_degree_graph(n, k, gen).to(device)
+        torch.manual_seed(0)
+        peer = getattr(pyg_nn, peer_name)(fin, channels, heads=heads).to(device)
+        ours = graphattn.from_pyg(peer)
+        x = torch.randn(n, fin, generator=gen).to(device).requires_grad_()
+        proj = torch.randn(n, heads * channels, generator=gen).to(device)
+        return {
+            "ga": Step(lambda: ours(x, ei), [*_params(ours), x], proj),
+            PEER: Step(lambda: peer(x, ei), [*_params(peer), x], proj),
+        }
+
+    dk = 1 if kind == "gat" else 0  # GATv2's keys are its values
+    return Case(
+        id=f"e-{kind}-N{n}",
+        title=f"{peer_name}, random graph, in-degree {k}, N={n}, {fin} in, {heads} heads x "
+        f"{channels}",
+        variants={"ga": f"graphattn.from_pyg({peer_name}(...)), raw edge_index each call"},
+        peer=f"torch_geometric.nn.{peer_name}({fin}, {channels}, heads={heads})",
+        goal_time=0.5,
+        goal_mem=0.3,
+        build=build,
+        bound_bytes=fused_bytes(
+            num_edges, n, heads, dk, channels, 1 if kind == "gat" else channels
+        ),
+    )
+
+
+class TrainStep(Step):
+    """A full training step: forward, cross-entropy on the training nodes, backward, and an
+    optimizer step."""
+
+    def __init__(self, model: nn.Module, inputs: tuple, data: object) -> None:
+        self.model, self.inputs, self.data = model, inputs, data
+        self.opt = torch.optim.Adam(model.parameters(), lr=0.005, weight_decay=5e-4)
+        super().__init__(forward=self._eval_forward, grads=list(model.parameters()), proj=None)
+
+    def _eval_forward(self) -> Tensor:
+        """The output in evaluation mode (no dropout), to compare the two models."""
+        self.model.eval()
+        try:
+            return self.model(*self.inputs)
+        finally:
+            self.model.train()
+
+    def run(self) -> None:
+        import torch.nn.functional as F
+
+        d = self.data
+        logits = self.model(*self.inputs)  # (N, K)
+        F.cross_entropy(logits[d.train_mask], d.y[d.train_mask]).backward()
+        self.opt.step()
+
+
+class CoraGAT(nn.Module):
+    """GAT on Cora (Velickovic et al.): dropout 0.6 on features, hidden units and weights;
+    8 heads x 8 with ELU, then one head over the classes. ``conv`` is PyG's or graphattn's
+    ``GATConv``; CSR features get dropout on their stored values."""
+
+    def __init__(self, conv: type, in_dim: int, classes: int) -> None:
+        super().__init__()
+        self.conv1 = conv(in_dim, 8, heads=8, dropout=0.6)
+        self.conv2 = conv(64, classes, heads=1, concat=False, dropout=0.6)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
+        if x.layout == torch.sparse_csr:
+            values = F.dropout(x.values(), 0.6, self.training)
+            x = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape)
+        else:
+            x = F.dropout(x, 0.6, self.training)
+        x = F.dropout(F.elu(self.conv1(x, edge_index)), 0.6, self.training)
+        return self.conv2(x, edge_index)  # (N, K)
+
+
+def load_cora_for_bench() -> object:
+    """Cora (row-normalised features, public split) from the local data folder, processed in
+    a temporary copy (Planetoid writes beside the raw files)."""
+    import shutil
+    import tempfile
+
+    from torch_geometric.datasets import Planetoid
+    from torch_geometric.transforms import NormalizeFeatures
+
+    from graphattn.training import ensure_dataset
+
+    raw = ensure_dataset("cora") / "Cora" / "raw"
+    root = os.path.join(tempfile.gettempdir(), "graphattn-bench-planetoid")
+    dst = os.path.join(root, "Cora", "raw")
+    os.makedirs(dst, exist_ok=True)
+    for f in raw.iterdir():
+        if not os.path.exists(os.path.join(dst, f.name)):
+            shutil.copy2(f, os.path.join(dst, f.name))
+    return Planetoid(root, "Cora", transform=NormalizeFeatures())[0]
+
+
+def case_cora(features: str) -> Case:
+    def build(device: torch.device) -> dict[str, Step]:
+        import torch_geometric.nn as pyg_nn
+
+        import graphattn
+
+        data = load_cora_for_bench().to(device)
+        x = data.x.to_sparse_csr() if features == "csr" else data.x
+        classes = int(data.y.max()) + 1
+        steps = {}
+        for key, conv in (("ga", graphattn.GATConv), (PEER, pyg_nn.GATConv)):
+            torch.manual_seed(0)
+            model = CoraGAT(conv, data.num_features, classes).to(device)
+            steps[key] = TrainStep(model, (x, data.edge_index), data)
+        return steps
+
+    desc = "dense, F.dropout" if features == "dense" else "sparse CSR, dropout on values"
+    return Case(
+        id=f"f-cora-{features}",
+        title=f"Cora training step (2-layer GAT, 8 heads x 8), features {desc}",
+        variants={"ga": "CoraGAT built from graphattn.GATConv"},
+        peer="CoraGAT built from torch_geometric.nn.GATConv",
+        goal_time=0.8,
+        goal_mem=None,
+        build=build,
+    )
+
+
+def case_gat_complete(n: int, fin: int, heads: int, channels: int) -> Case:
+    def build(device: torch.device) -> dict[str, Step]:
+        import torch_geometric.nn as pyg_nn
+
+        import graphattn
+
+        gen = _seeded(n)
+        ei = complete_edge_index(n).to(device)
+        torch.manual_seed(0)
+        peer = pyg_nn.GATConv(fin, channels, heads=heads).to(device)
+        ours = graphattn.from_pyg(peer)
+        x = torch.randn(n, fin, generator=gen).to(device).requires_grad_()
+        proj = torch.randn(n, heads * channels, generator=gen).to(device)
+        return {
+            "ga": Step(lambda: ours(x, ei), [*_params(ours), x], proj),
+            PEER: Step(lambda: peer(x, ei), [*_params(peer), x], proj),
+        }
+
+    return Case(
+        id=f"g-N{n}",
+        title=f"GATConv on the complete graph as edge list, N={n}, E={n * n}, {fin} in, "
+        f"{heads} heads x {channels}",
+        variants={"ga": "graphattn.from_pyg(GATConv(...)), raw edge_index (dense kernel)"},
+        peer=f"torch_geometric.nn.GATConv({fin}, {channels}, heads={heads})",
+        goal_time=0.1,
+        goal_mem=None,
+        build=build,
+    )
+
+
 def make_cases(quick: bool) -> list[Case]:
     if quick:
         return [
@@ -247,6 +447,10 @@ def make_cases(quick: bool) -> list[Case]:
             case_sparse(2000, 16, 64, 8),
             case_complete_edges(128, 64, 8),
             case_pyg_batch(4, 8, 16, 64, 8),
+            case_gat("gat", 2000, 16, 64, 8, 8),
+            case_gat("gatv2", 2000, 16, 64, 8, 8),
+            case_cora("csr"),
+            case_gat_complete(128, 64, 8, 8),
         ]
     return [
         case_mha(256, 4, 512, 8),
@@ -255,6 +459,13 @@ def make_cases(quick: bool) -> list[Case]:
         case_sparse(100000, 16, 64, 8),
         case_complete_edges(1024, 64, 8),
         case_pyg_batch(16, 64, 128, 64, 8),
+        case_gat("gat", 20000, 16, 64, 8, 8),
+        case_gat("gat", 100000, 16, 64, 8, 8),
+        case_gat("gatv2", 20000, 16, 64, 8, 8),
+        case_gat("gatv2", 100000, 16, 64, 8, 8),
+        case_cora("dense"),
+        case_cora("csr"),
+        case_gat_complete(2048, 64, 8, 8),
     ]
 
 
@@ -287,7 +498,24 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def run_case(case: Case, args: argparse.Namespace) -> list[dict]:
+def copy_bandwidth(device: torch.device, mib: int = 256) -> float:
+    """Bytes per second of ``dst.copy_(src)`` between resident buffers (read + write), the
+    median of 5 copies of ``mib`` MiB."""
+    n = mib * MIB // 4
+    src = torch.randn(n, device=device)
+    dst = torch.zeros(n, device=device)  # touched: no page faults in the timed copies
+    sync = sync_fn(device)
+    times = []
+    for _ in range(6):
+        sync()
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 2 * n * 4 / statistics.median(times[1:])
+
+
+def run_case(case: Case, args: argparse.Namespace, bandwidth: float) -> list[dict]:
     device = torch.device(args.device)
     t0 = time.perf_counter()
     print(f"[{case.id}] {case.title}: building", flush=True)
@@ -323,6 +551,7 @@ def run_case(case: Case, args: argparse.Namespace) -> list[dict]:
         if case.goal_mem is not None and impl not in case.info_only:
             goals.append(f"m<={case.goal_mem:g}")
             ok = ok and mem_ratio is not None and mem_ratio <= case.goal_mem
+        bound_ms = None if case.bound_bytes is None else case.bound_bytes / bandwidth * 1e3
         rows.append(
             {
                 "case": case.id,
@@ -339,6 +568,10 @@ def run_case(case: Case, args: argparse.Namespace) -> list[dict]:
                 "goal": " ".join(goals) or "info",
                 "pass": (ok if goals else None),
                 "max_abs_diff": diffs[impl],
+                "bound_bytes": case.bound_bytes,
+                "bound_ms": bound_ms,
+                "x_bound": _ratio(ga_ms, bound_ms),
+                "peer_x_bound": _ratio(peer_ms, bound_ms),
                 "repeats": timing.repeats,
                 "graphattn_times_ms": timing.times_ms[impl],
                 "peer_times_ms": timing.times_ms[PEER],
@@ -352,7 +585,7 @@ def run_case(case: Case, args: argparse.Namespace) -> list[dict]:
 
 def print_table(rows: list[dict], cases: list[Case]) -> str:
     headers = ["case", "impl", "graphattn ms", "peer ms", "ratio", "graphattn MiB", "peer MiB"]
-    headers += ["mem ratio", "goal", "result"]
+    headers += ["mem ratio", "bound ms", "x bound", "goal", "result"]
     body = [
         [
             r["case"],
@@ -363,6 +596,8 @@ def print_table(rows: list[dict], cases: list[Case]) -> str:
             fmt(r["graphattn_mib"]),
             fmt(r["peer_mib"]),
             fmt(r["mem_ratio"], 3),
+            fmt(r["bound_ms"]),
+            fmt(r["x_bound"], 1),
             r["goal"],
             {True: "PASS", False: "FAIL", None: "-"}[r["pass"]],
         ]
@@ -397,6 +632,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per case (max)")
     parser.add_argument("--budget", type=float, default=40.0, help="seconds of timing per case")
+    parser.add_argument(
+        "--cases", nargs="+", default=None, help="run only the cases whose id starts so"
+    )
     parser.add_argument("--measure-one", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -413,10 +651,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{'quick' if args.quick else 'full'} run",
         flush=True,
     )
-    cases = make_cases(args.quick)
+    cases = [
+        c for c in make_cases(args.quick) if not args.cases or c.id.startswith(tuple(args.cases))
+    ]
+    bandwidth = copy_bandwidth(device)
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)", flush=True)
     rows = []
     for case in cases:
-        rows.extend(run_case(case, args))
+        rows.extend(run_case(case, args, bandwidth))
     table = print_table(rows, cases)
     print()
     print(table, flush=True)
@@ -425,7 +667,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results", f"core_{device.type}.json"
     )
-    write_json_atomic(out, {**info, "quick": args.quick, "wall_s": wall, "rows": rows})
+    record = {**info, "quick": args.quick, "wall_s": wall, "copy_bandwidth_bytes_s": bandwidth}
+    write_json_atomic(out, {**record, "rows": rows})
     print(f"wrote {out}", flush=True)
 
 

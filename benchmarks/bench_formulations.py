@@ -4,19 +4,22 @@ Setting: ``N = 100000`` nodes, in-degree 16 (``E = 1.6M`` edges, random sources)
 head dim 8, edges sorted by target, fp32, 2 threads. Forward only unless stated.
 
 (i) scores ``s[e, h] = <q[dst[e], h], k[src[e], h]>``: naive gather-multiply-sum; chunked
-    ``index_select`` into reused buffers + ``bmm`` row-dot (``graphattn._edges._rowdot``);
+    ``index_select`` into reused buffers + ``bmm`` row-dot (as the edge backend does);
     ``torch.sparse.sampled_addmm`` on a block-diagonal CSR pattern (row ``h*N + target``,
     column ``h*N + source``); ``torch.compile`` of the naive expression (``dynamic=True``,
     compile time reported separately).
 (ii) aggregation ``out[i, h] = sum_e alpha[e, h] v[src[e], h]``: naive
     ``zeros.index_add_``; chunked ``index_select`` + ``mul_`` + ``index_add_`` into reused
-    buffers; block-diagonal CSR SpMM; ``torch.segment_reduce`` on the sorted edges.
+    buffers; block-diagonal CSR SpMM; ``torch.segment_reduce`` on the sorted edges; and the
+    segment sums alone (messages into targets, and into sources): ``index_add_``,
+    ``segment_reduce``, and a CSR 0/1 incidence matrix times the messages (the edge
+    backend's choice).
 (iii) segment softmax over the in-edges of each target: ``scatter_reduce`` amax +
     ``scatter_add`` (PyG style), vs ``torch.segment_reduce`` with offsets.
-(iv) the full edge backend (``graphattn._edges.edge_attention``), forward and
+(iv) the full edge backend (``graphattn.backends.edges.edge_attention``), forward and
     forward+backward, against a naive autograd formulation.
 
-The chunked variants (and the full backend, through ``graphattn._edges.CHUNK_ELEMENTS``)
+The chunked variants (and the full backend, through ``graphattn.backends._chunks.CHUNK_ELEMENTS``)
 run with chunk sizes of 2**18 .. 2**21 elements. Each row: median of 5 runs after one
 warm-up, and the largest absolute difference from the naive result.
 
@@ -38,10 +41,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import graphattn._edges as edges_mod
+import graphattn.backends._chunks as chunks_mod
 from benchmarks._harness import fmt, format_table, run_info, write_json_atomic
-from graphattn import Graph
-from graphattn._edges import _rowdot, _view, edge_attention, segment_softmax_sorted
+from graphattn import Graph, scores
+from graphattn.backends._chunks import rowdot as _rowdot
+from graphattn.backends._chunks import segment_softmax_sorted, sum_to_dst, sum_to_src
+from graphattn.backends.edges import edge_attention
+
+
+def _view(flat: Tensor, n: int, g: int, d: int) -> Tensor:
+    """A contiguous ``(n, g, d)`` view of the front of a flat buffer."""
+    return flat[: n * g * d].view(n, g, d)
+
 
 MODULE = "benchmarks.bench_formulations"
 THREADS = 2
@@ -228,6 +239,39 @@ def main(argv: list[str] | None = None) -> None:
             lambda: torch.segment_reduce(alpha[..., None] * v[src], "sum", offsets=ptr, axis=0),
             ref_a,
         )
+        msg = alpha[..., None] * v[src]  # (E, H, D), the per-edge messages
+        sum_to_dst(st, msg)  # builds the incidence matrix once (cached on st)
+        ref_sum = record(
+            "segment sum",
+            "index_add_(0, dst, messages) (sorted targets)",
+            lambda: torch.zeros(n, h, d).index_add_(0, dst, msg),
+        )
+        record(
+            "segment sum",
+            "segment_reduce(messages, sum, offsets)",
+            lambda: torch.segment_reduce(msg, "sum", offsets=ptr, axis=0),
+            ref_sum,
+        )
+        record(
+            "segment sum",
+            "CSR incidence (N x E) @ messages",
+            lambda: sum_to_dst(st, msg),
+            ref_sum,
+            note="graphattn's",
+        )
+        sum_to_src(st, msg)
+        ref_src = record(
+            "source sum",
+            "index_add_(0, src, messages) (random sources)",
+            lambda: torch.zeros(n, h, d).index_add_(0, src, msg),
+        )
+        record(
+            "source sum",
+            "CSR incidence by source (N x E) @ messages",
+            lambda: sum_to_src(st, msg),
+            ref_src,
+            note="graphattn's",
+        )
 
     # ------------------------------------------------------------------ (iii) softmax
     print("(iii) segment softmax", flush=True)
@@ -288,15 +332,15 @@ def main(argv: list[str] | None = None) -> None:
         return run
 
     def graphattn_edges(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return edge_attention(q, k, v, st, scale=scale)[0]
+        return edge_attention(q, k, v, st, score=scores.DotProduct(), heads=h, scale=scale)[0]
 
     with torch.no_grad():
         ref_f = record("full fwd", "naive autograd formulation", lambda: naive_attention(q, k, v))
     ref_fb = record("full fwd+bwd", "naive autograd formulation (dq)", fwd_bwd(naive_attention))
-    default_chunk = edges_mod.CHUNK_ELEMENTS
+    default_chunk = chunks_mod.CHUNK_ELEMENTS
     try:
         for c in CHUNKS:
-            edges_mod.CHUNK_ELEMENTS = c
+            chunks_mod.CHUNK_ELEMENTS = c
             note = "library default" if c == default_chunk else ""
             with torch.no_grad():
                 record(
@@ -316,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
                 note,
             )
     finally:
-        edges_mod.CHUNK_ELEMENTS = default_chunk
+        chunks_mod.CHUNK_ELEMENTS = default_chunk
 
     headers = ["section", "formulation", "chunk", "median ms", "max err", "note"]
     body = [

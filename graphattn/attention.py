@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backends import backend_names
 from .functional import AttentionOutput, BackendName, graph_attention
 from .graph import Graph, as_graph
+from .scores import Score, ScoreFn
 
 #: source features: one tensor for keys and values, or a ``(keys, values)`` pair
 SourceInput = Tensor | tuple[Tensor, Tensor]
@@ -52,7 +54,11 @@ class GraphAttention(nn.Module):
         edge_dim: feature size of edge features ``edge_attr``; they are projected to
             ``C`` and added to keys and values of their edge, like TransformerConv's
             ``edge_dim`` (``None``: no edge features).
-        backend: ``"auto"``, ``"dense"`` or ``"edges"`` (see :func:`graph_attention`).
+        score: the score function of queries and keys (:mod:`graphattn.scores`): the scaled
+            dot product by default, or any score on ``(n, H, Dh)`` features such as
+            :class:`~graphattn.scores.GATv2` or your own function or ``nn.Module``
+            (registered as a submodule, so its parameters train with the layer).
+        backend: ``"auto"`` or a registered backend (see :func:`graph_attention`).
 
     Shapes:
         - x: ``(Nd, C)`` or ``(B, Nd, C)``; x_src: ``(Ns, kdim)`` or ``(B, Ns, kdim)``
@@ -78,6 +84,7 @@ class GraphAttention(nn.Module):
         kdim: int | None = None,
         vdim: int | None = None,
         edge_dim: int | None = None,
+        score: Score | ScoreFn | None = None,
         backend: BackendName = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -92,8 +99,11 @@ class GraphAttention(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if backend not in ("auto", "dense", "edges"):
-            raise ValueError(f"backend must be 'auto', 'dense' or 'edges', got {backend!r}")
+        if backend != "auto" and backend not in backend_names():
+            raise ValueError(f"backend must be 'auto' or one of {backend_names()}, got {backend!r}")
+        if score is not None and not isinstance(score, Score) and not callable(score):
+            raise TypeError(f"score must be a Score or a callable, got {type(score).__name__}")
+        self.score = score  # an nn.Module hook registers as a submodule
         factory = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
@@ -388,6 +398,7 @@ class GraphAttention(nn.Module):
             edge_values=edge_features,
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=return_attention,
+            score=self.score,
             backend=self.backend,
         )
         out = res.out if return_attention else res
@@ -423,6 +434,8 @@ class GraphAttention(nn.Module):
             parts += [f"kdim={self.kdim}", f"vdim={self.vdim}"]
         if self.edge_dim is not None:
             parts.append(f"edge_dim={self.edge_dim}")
+        if self.score is not None and not isinstance(self.score, nn.Module):
+            parts.append(f"score={self.score!r}")
         parts.append(f"backend={self.backend!r}")
         return ", ".join(parts)
 

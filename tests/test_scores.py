@@ -275,8 +275,8 @@ def test_random_graphs_every_backend(p, monkeypatch):
 @pytest.mark.parametrize("backend", ["dense", "edges"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck(kind, backend, gen):
-    graph = GRAPHS["edges"]().pad(lengths=[5, 3])
-    score, extra, t = _inputs(graph, kind, gen, d=2, dv=2, bias=True, ef=backend == "edges")
+    graph = GRAPHS["edges"]().pad(lengths=[3])
+    score, extra, t = _inputs(graph, kind, gen, b=1, d=2, dv=2, bias=True, ef=backend == "edges")
     if not score.dense and backend == "dense":
         pytest.skip(f"{kind} has no dense form (tested on the edge backend)")
     names = [n for n, x in t.items() if x is not None]
@@ -414,3 +414,19 @@ def test_scores_describe_themselves():
     assert not scores.GATv2(torch.zeros(2, 3)).dense
     assert isinstance(scores.as_score(None), scores.DotProduct)
     assert isinstance(scores.as_score(lambda a, b, e: a.sum(-1)), scores.Custom)
+
+
+def test_graph_attention_module_takes_a_score(gen):
+    """A score module inside GraphAttention trains with it (its parameters are registered)."""
+    from graphattn import GraphAttention
+
+    hook = CosineScore(2).float()
+    attn = GraphAttention(8, 2, score=hook)
+    assert "score.log_tau" in dict(attn.named_parameters())
+    x = torch.randn(6, 8, generator=gen)
+    out = attn(x, Graph.window(6, 1))
+    out.sum().backward()
+    assert hook.log_tau.grad is not None and hook.log_tau.grad.abs().sum() > 0
+    v2 = GraphAttention(8, 2, score=scores.GATv2(torch.randn(2, 4)))
+    assert "score=GATv2" in repr(v2)
+    assert v2(x, Graph.window(6, 1)).shape == (6, 8)

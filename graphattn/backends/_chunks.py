@@ -126,11 +126,34 @@ def _use_spmm(x: Tensor) -> bool:
     return x.dtype in _SPMM_DTYPES and x.device.type in ("cpu", "cuda") and x.numel() > 0
 
 
-def _csr(crow: Tensor, col: Tensor, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
-    ones = torch.ones(col.numel(), dtype=dtype, device=col.device)
+def _index(t: Tensor) -> Tensor:
+    """Sparse index tensors as int32 where they fit: the sparse kernels convert int64 indices
+    to int32 on every call otherwise."""
+    return t.int() if t.numel() < 2**31 - 1 and (t.numel() == 0 or int(t.max()) < 2**31 - 1) else t
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(crow, col, ones, shape)
+        return torch.sparse_csr_tensor(crow, col, values, shape)
+
+
+def _pattern(st: EdgeStructure, name: str) -> tuple[Tensor, Tensor]:
+    """Cached CSR index pairs ``(crow, col)`` of the sorted edges: ``"to_dst"`` (rows =
+    targets, columns = edge positions), ``"to_src"`` (rows = sources, columns = edge
+    positions), ``"adj"`` (rows = targets, columns = sources) and ``"adj_t"`` (rows =
+    sources, columns = targets)."""
+    key = ("pattern", name)
+    if key not in st.cache:
+        if name == "to_dst":
+            pair = (st.ptr, torch.arange(st.src.numel(), device=st.src.device))
+        elif name == "adj":
+            pair = (st.ptr, st.src)
+        else:
+            perm, ptr, dst = by_source(st)
+            pair = (ptr, perm) if name == "to_src" else (ptr, dst)
+        st.cache[key] = (_index(pair[0]), _index(pair[1]))
+    return st.cache[key]
 
 
 def _incidence(st: EdgeStructure, side: str, dtype: torch.dtype) -> Tensor:
@@ -138,13 +161,10 @@ def _incidence(st: EdgeStructure, side: str, dtype: torch.dtype) -> Tensor:
     the sorted edges, cached on ``st``."""
     key = ("incidence", side, dtype)
     if key not in st.cache:
-        e = st.src.numel()
-        if side == "dst":
-            col = torch.arange(e, device=st.src.device)
-            st.cache[key] = _csr(st.ptr, col, (st.num_dst, e), dtype)
-        else:
-            perm, ptr, _ = by_source(st)
-            st.cache[key] = _csr(ptr, perm, (st.num_src, e), dtype)
+        crow, col = _pattern(st, "to_dst" if side == "dst" else "to_src")
+        rows = st.num_dst if side == "dst" else st.num_src
+        ones = torch.ones(col.numel(), dtype=dtype, device=col.device)
+        st.cache[key] = _csr(crow, col, ones, (rows, col.numel()))
     return st.cache[key]
 
 
@@ -197,9 +217,10 @@ def add_chunk_to_dst(st: EdgeStructure, out: Tensor, x: Tensor, a: int, z: int) 
         out.index_add_(0, st.dst[a:z], x)
         return
     lo, hi = int(st.dst[a]), int(st.dst[z - 1]) + 1
-    crow = st.ptr[lo : hi + 1].clamp(a, z) - a  # (rows + 1,)
-    col = torch.arange(z - a, device=x.device)
-    part = _csr(crow, col, (hi - lo, z - a), x.dtype) @ x.reshape(z - a, -1)
+    _, positions = _pattern(st, "to_dst")  # 0 .. E - 1
+    crow = (st.ptr[lo : hi + 1].clamp(a, z) - a).to(positions.dtype)  # (rows + 1,)
+    ones = torch.ones(z - a, dtype=x.dtype, device=x.device)
+    part = _csr(crow, positions[: z - a], ones, (hi - lo, z - a)) @ x.reshape(z - a, -1)
     out[lo:hi].add_(part.view(hi - lo, *x.shape[1:]))
 
 
@@ -221,12 +242,6 @@ def segment_softmax_sorted(scores: Tensor, st: EdgeStructure) -> Tensor:
     return scores.div_(z.index_select(0, st.dst))
 
 
-def _csr_values(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(crow, col, values, shape)
-
-
 def weighted_sum_to_dst(st: EdgeStructure, w: Tensor, x: Tensor) -> Tensor | None:
     """``out[i, g] = sum of w[e, g] * x[src[e], g]`` over the sorted in-edges of ``i``: one
     sparse matrix product per group, or ``None`` where sparse products do not run (the
@@ -237,7 +252,7 @@ def weighted_sum_to_dst(st: EdgeStructure, w: Tensor, x: Tensor) -> Tensor | Non
     """
     if not _use_spmm(x) or w.numel() == 0:
         return None
-    return _per_group(st.ptr, st.src, w, x, st.num_dst)
+    return _per_group(*_pattern(st, "adj"), w, x, st.num_dst)
 
 
 def weighted_sum_to_src(st: EdgeStructure, w: Tensor, x: Tensor) -> Tensor | None:
@@ -249,19 +264,19 @@ def weighted_sum_to_src(st: EdgeStructure, w: Tensor, x: Tensor) -> Tensor | Non
     """
     if not _use_spmm(x) or w.numel() == 0:
         return None
-    perm, ptr, dst = by_source(st)
-    return _per_group(ptr, dst, w.index_select(0, perm), x, st.num_src)
+    perm, _, _ = by_source(st)
+    return _per_group(*_pattern(st, "adj_t"), w.index_select(0, perm), x, st.num_src)
 
 
 def _per_group(crow: Tensor, col: Tensor, w: Tensor, x: Tensor, rows: int) -> Tensor:
     """``(rows, G, D)``: per group ``g``, CSR(crow, col, w[:, g]) @ x[:, g]."""
     n, g, d = x.shape
     if g == 1:
-        mat = _csr_values(crow, col, w.reshape(-1), (rows, n))
+        mat = _csr(crow, col, w.reshape(-1), (rows, n))
         return (mat @ x.view(n, d)).view(rows, 1, d)
     wt = w.t().contiguous()  # (G, E)
     xt = x.permute(1, 0, 2).contiguous()  # (G, N, D)
     out = x.new_empty(g, rows, d)
     for i in range(g):
-        torch.mm(_csr_values(crow, col, wt[i], (rows, n)), xt[i], out=out[i])
+        torch.mm(_csr(crow, col, wt[i], (rows, n)), xt[i], out=out[i])
     return out.permute(1, 0, 2).contiguous()  # (rows, G, D)
