@@ -5,7 +5,8 @@ name        what it runs
 ==========  ==========================================================================
 ``dense``   ``F.scaled_dot_product_attention`` (or explicit dense math) over a mask
 ``blocks``  a disjoint union of complete graphs packed into one fused call
-``edges``   message passing over the edge list (serves every call)
+``edges``   message passing over the edge list in pure torch (serves every call)
+``fused``   the same in one C++ pass per target (CPU; dot product, GAT, GATv2)
 ==========  ==========================================================================
 
 Every backend answers :meth:`Backend.reasons` (why it cannot serve a call) and
@@ -20,6 +21,7 @@ from ._base import AttentionCall, Backend, BackendNotSupportedError, BackendResu
 from .blocks import BlocksBackend
 from .dense import DenseBackend
 from .edges import EdgesBackend
+from .fused import FusedEdgesBackend
 
 __all__ = [
     "AttentionCall",
@@ -29,6 +31,7 @@ __all__ = [
     "DenseBackend",
     "BlocksBackend",
     "EdgesBackend",
+    "FusedEdgesBackend",
     "register_backend",
     "get_backend",
     "backend_names",
@@ -57,5 +60,5 @@ def backend_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-for _backend in (DenseBackend(), BlocksBackend(), EdgesBackend()):
+for _backend in (DenseBackend(), BlocksBackend(), EdgesBackend(), FusedEdgesBackend()):
     register_backend(_backend)

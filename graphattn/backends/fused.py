@@ -1,0 +1,196 @@
+"""Fused edge backend on CPU: one pass per target over its in-edges, a C++ kernel
+(``_fused_cpu.cpp``) compiled on first use with ``torch.utils.cpp_extension`` and cached.
+
+Forward: per target, the scores of its in-edges (dot product, GAT or GATv2), their softmax
+and the weighted sum of values, written once; only the output and the per-target
+log-sum-exp are kept. Backward: the scores are recomputed from the log-sum-exp, once per
+target (query gradients) and once per source over the edges in source order (key, value and
+per-edge gradients), so threads never write the same row and nothing per edge is stored.
+Work is split into chunks of about equal numbers of edges, so that hubs of power-law graphs
+do not serialise a thread.
+
+Dropout on the weights draws its mask from a counter-based hash of (seed, edge, group), the
+seed taken from torch's generator: reproducible under ``torch.manual_seed``, but not the
+same mask as the pure-torch edge path.
+
+Where no compiler is found (or ``GRAPHATTN_FUSED=0``), the backend refuses with that reason
+and the pure-torch edge backend serves the call; a warning says so once.
+
+Axis legend: ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``G`` groups (batch x heads), ``D``
+head dim, ``Dv`` value head dim.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..scores import GAT, DotProduct, GATv2
+from ._base import AttentionCall, Backend, BackendResult
+from ._chunks import by_source
+from .edges import _edge_bias, _edge_major, _node_major
+
+__all__ = ["FusedEdgesBackend", "fused_extension"]
+
+_SCORES = {DotProduct: 0, GAT: 1, GATv2: 2}
+_LOCK = threading.Lock()
+_STATE: dict[str, Any] = {}
+
+
+def fused_extension() -> tuple[Any | None, str | None]:
+    """The compiled kernel module, or ``None`` and the reason it is not available (built on
+    the first call, then cached in torch's extension directory)."""
+    with _LOCK:
+        if "module" in _STATE or "reason" in _STATE:
+            return _STATE.get("module"), _STATE.get("reason")
+        if os.environ.get("GRAPHATTN_FUSED", "1") == "0":
+            _STATE["reason"] = "disabled by GRAPHATTN_FUSED=0"
+            return None, _STATE["reason"]
+        try:
+            from torch.utils.cpp_extension import load
+
+            source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fused_cpu.cpp")
+            _STATE["module"] = load(
+                name="graphattn_fused_cpu_v1",
+                sources=[source],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
+        except Exception as err:  # no compiler, no ninja, a failed build
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            _STATE["reason"] = f"the C++ kernel could not be built ({first[:200]})"
+            warnings.warn(
+                f"graphattn: {_STATE['reason']}; the pure-torch edge backend serves these calls",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return _STATE.get("module"), _STATE.get("reason")
+
+
+class FusedEdgesBackend(Backend):
+    """The fused CPU kernel. Serves: CPU tensors (float32, float64; half precision is
+    computed in float32), the dot-product, GAT and GATv2 scores, per-edge and dense biases,
+    key padding, per-edge features and values, dropout. Refuses: other devices, other
+    scores, calls that return the weights (the pure-torch edge path returns them on the
+    output's autograd path), and machines where the kernel cannot be built."""
+
+    name = "fused"
+
+    def reasons(self, call: AttentionCall) -> list[str]:
+        reasons = []
+        if call.q.device.type not in ("cpu", "meta"):
+            reasons.append(f"CPU only, got device {call.q.device}")
+        if type(call.score) not in _SCORES:
+            reasons.append(f"score {call.score!r} is not served (dot product, GAT, GATv2)")
+        if call.need_weights:
+            reasons.append("returns no weights (the pure-torch edge path does)")
+        if not reasons:
+            _, why = fused_extension()
+            if why is not None:
+                reasons.append(why)
+        return reasons
+
+    def run(self, call: AttentionCall) -> BackendResult:
+        q, k, v, graph = call.q, call.k, call.v, call.graph
+        b, h, nd, _ = q.shape
+        dv = v.shape[-1]
+        st = graph.edge_structure()
+        bias = _edge_bias(call)  # (E, G) in the graph's order, padding included
+        ef = None if call.edge_features is None else _edge_major(call.edge_features, b)
+        ev = None if call.edge_values is None else _edge_major(call.edge_values, b)
+        if st.perm is not None:
+            bias = None if bias is None else bias[st.perm]
+            ef = None if ef is None else ef[st.perm]
+            ev = None if ev is None else ev[st.perm]
+        att = None
+        if isinstance(call.score, GATv2):
+            att = call.score.att.expand(b, h, -1).reshape(b * h, -1)  # (G, D)
+        slope = getattr(call.score, "negative_slope", 0.0)
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if call.dropout_p > 0 else 0
+        dtype = q.dtype
+        tensors = [_node_major(q), _node_major(k), _node_major(v), ef, ev, bias, att]
+        if dtype in (torch.float16, torch.bfloat16):
+            tensors = [None if t is None else t.float() for t in tensors]
+        out = _FusedEdgeAttention.apply(
+            *tensors, st, _SCORES[type(call.score)], call.scale, slope, call.dropout_p, seed
+        )
+        return BackendResult(out.to(dtype).view(nd, b, h, dv).permute(1, 2, 0, 3))
+
+
+def _c(t: Tensor | None, ref: Tensor) -> Tensor:
+    """A contiguous tensor for the kernel (an empty one for ``None``)."""
+    return ref.new_empty(0) if t is None else t.contiguous()
+
+
+class _FusedEdgeAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,  # (Nd, G, Dq)
+        k: Tensor,  # (Ns, G, Dk)
+        v: Tensor,  # (Ns, G, Dv)
+        ef: Tensor | None,  # (E, G, De), sorted order
+        ev: Tensor | None,  # (E, G, Dv), sorted order
+        bias: Tensor | None,  # (E, G), sorted order
+        att: Tensor | None,  # (G, D) for GATv2
+        st: Any,
+        kind: int,
+        scale: float,
+        slope: float,
+        p: float,
+        seed: int,
+    ) -> Tensor:
+        ext, _ = fused_extension()
+        args = [_c(t, q) for t in (q, k, v, ef, ev, bias, att)]
+        out, lse = ext.forward(*args, st.ptr, st.src, kind, float(scale), float(slope), p, seed)
+        ctx.save_for_backward(*args, out, lse)
+        ctx.st, ctx.kind, ctx.scale, ctx.slope, ctx.p, ctx.seed = st, kind, scale, slope, p, seed
+        ctx.present = [t is not None for t in (ef, ev, bias, att)]
+        return out  # (Nd, G, Dv)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):
+        q, k, v, ef, ev, bias, att, out, lse = ctx.saved_tensors
+        st = ctx.st
+        ext, _ = fused_extension()
+        grad_out = grad_out.contiguous()
+        delta = (grad_out * out).sum(-1)  # (Nd, G): sum over in-edges of alpha * dalpha
+        perm, sptr, sdst = by_source(st)
+        needs = list(ctx.needs_input_grad[:7])
+        for i, present in enumerate(ctx.present):
+            needs[3 + i] = needs[3 + i] and present
+        grads = ext.backward(
+            q,
+            k,
+            v,
+            ef,
+            ev,
+            bias,
+            att,
+            st.ptr,
+            st.src,
+            sptr,
+            perm,
+            sdst,
+            lse,
+            grad_out,
+            delta,
+            ctx.kind,
+            float(ctx.scale),
+            float(ctx.slope),
+            ctx.p,
+            ctx.seed,
+            needs,
+        )
+        inputs = (q, k, v, ef, ev, bias, att)
+        grads = [
+            None if not n else (g if g is not None else torch.zeros_like(x))  # empty inputs
+            for g, n, x in zip(grads, needs, inputs, strict=True)
+        ]
+        return (*grads, None, None, None, None, None, None)
