@@ -176,6 +176,8 @@ def case_sparse(n: int, k: int, embed: int, heads: int) -> Case:
         ga, conv = ga.to(device), conv.to(device)
         ga_auto = GraphAttention(embed, heads, backend="auto").to(device)
         ga_auto.load_state_dict(ga.state_dict())
+        ga_fused = GraphAttention(embed, heads, backend="fused").to(device)
+        ga_fused.load_state_dict(ga.state_dict())
         graph = Graph.from_edge_index(edge_index, n, n)  # structure cached on first use
         x = torch.randn(n, embed, generator=gen).to(device).requires_grad_()
         proj = torch.randn(n, embed, generator=gen).to(device)
@@ -183,6 +185,7 @@ def case_sparse(n: int, k: int, embed: int, heads: int) -> Case:
             "ga": Step(lambda: ga(x, graph), [*_params(ga), x], proj),
             "ga_auto": Step(lambda: ga_auto(x, graph), [*_params(ga_auto), x], proj),
             "ga_raw": Step(lambda: ga(x, edge_index), [*_params(ga), x], proj),
+            "ga_fused": Step(lambda: ga_fused(x, graph), [*_params(ga_fused), x], proj),
             PEER: Step(lambda: conv(x, edge_index), [*_params(conv), x], proj),
         }
 
@@ -193,12 +196,13 @@ def case_sparse(n: int, k: int, embed: int, heads: int) -> Case:
             "ga": 'GraphAttention(backend="edges"), Graph built once',
             "ga_auto": 'GraphAttention(backend="auto"), Graph built once',
             "ga_raw": 'GraphAttention(backend="edges"), raw edge_index each call',
+            "ga_fused": 'GraphAttention(backend="fused"), Graph built once',
         },
         peer=f"TransformerConv({embed}, {embed // heads}, heads={heads}, root_weight=False)",
         goal_time=0.67,
         goal_mem=1.0,
         build=build,
-        info_only=("ga_raw",),
+        info_only=("ga_raw", "ga_fused"),
         bound_bytes=fused_bytes(n * k, n, heads, embed // heads, embed // heads, embed // heads),
     )
 
@@ -274,8 +278,37 @@ def fused_bytes(num_edges: int, num_dst: int, heads: int, dk: int, dv: int, dq: 
     return 3.0 * forward
 
 
-def case_gat(kind: str, n: int, k: int, fin: int, heads: int, channels: int) -> Case:
-    edge_index = random_in_degree_graph(n, k, _seeded(n))
+def barabasi_albert_graph(n: int, m: int, gen: torch.Generator) -> Tensor:
+    """``edge_index`` of a Barabasi-Albert graph (each new node links to ``m`` earlier nodes
+    chosen in proportion to their degree), both directions of every link: mean in-degree
+    ``2 m``, a power-law tail (hubs with hundreds to thousands of in-edges)."""
+    targets = torch.empty(n * m, dtype=torch.long)
+    sources = torch.empty(n * m, dtype=torch.long)
+    ends = torch.empty(2 * n * m, dtype=torch.long)  # every link's two ends: degree-weighted
+    ends[:m] = torch.arange(m)
+    filled, count = m, 0
+    for node in range(m, n):
+        pick = torch.randint(0, filled, (m,), generator=gen)
+        chosen = ends[pick]
+        sources[count : count + m] = node
+        targets[count : count + m] = chosen
+        ends[filled : filled + m] = chosen
+        ends[filled + m : filled + 2 * m] = node
+        filled += 2 * m
+        count += m
+    src, dst = sources[:count], targets[:count]
+    return torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+
+
+def case_gat(
+    kind: str, n: int, k: int, fin: int, heads: int, channels: int, graph: str = "uniform"
+) -> Case:
+    make = (
+        (lambda gen: random_in_degree_graph(n, k, gen))
+        if graph == "uniform"
+        else (lambda gen: barabasi_albert_graph(n, k // 2, gen))
+    )
+    edge_index = make(_seeded(n))
     num_edges = int((edge_index[0] != edge_index[1]).sum()) + n  # self-loops replaced
     peer_name = {"gat": "GATConv", "gatv2": "GATv2Conv"}[kind]
 
@@ -285,27 +318,37 @@ def case_gat(kind: str, n: int, k: int, fin: int, heads: int, channels: int) -> 
         import graphattn
 
         gen = _seeded(n)
-        ei = random_in_degree_graph(n, k, gen).to(device)
+        ei = make(gen).to(device)
         torch.manual_seed(0)
         peer = getattr(pyg_nn, peer_name)(fin, channels, heads=heads).to(device)
-        ours = graphattn.from_pyg(peer)
         x = torch.randn(n, fin, generator=gen).to(device).requires_grad_()
         proj = torch.randn(n, heads * channels, generator=gen).to(device)
-        return {
-            "ga": Step(lambda: ours(x, ei), [*_params(ours), x], proj),
-            PEER: Step(lambda: peer(x, ei), [*_params(peer), x], proj),
-        }
+        steps = {}
+        for key, backend in (("ga", "auto"), ("ga_edges", "edges"), ("ga_fused", "fused")):
+            ours = graphattn.from_pyg(peer, backend=backend)
+            steps[key] = Step(lambda m=ours: m(x, ei), [*_params(ours), x], proj)
+        steps[PEER] = Step(lambda: peer(x, ei), [*_params(peer), x], proj)
+        return steps
 
     dk = 1 if kind == "gat" else 0  # GATv2's keys are its values
+    shape = (
+        f"random graph, in-degree {k}"
+        if graph == "uniform"
+        else f"Barabasi-Albert graph, mean in-degree {k}"
+    )
     return Case(
-        id=f"e-{kind}-N{n}",
-        title=f"{peer_name}, random graph, in-degree {k}, N={n}, {fin} in, {heads} heads x "
-        f"{channels}",
-        variants={"ga": f"graphattn.from_pyg({peer_name}(...)), raw edge_index each call"},
+        id=f"{'e' if graph == 'uniform' else 'h'}-{kind}-N{n}",
+        title=f"{peer_name}, {shape}, N={n}, {fin} in, {heads} heads x {channels}",
+        variants={
+            "ga": f"graphattn.from_pyg({peer_name}(...)), backend auto, raw edge_index",
+            "ga_edges": 'the same, backend="edges" (pure torch)',
+            "ga_fused": 'the same, backend="fused" (C++ kernel)',
+        },
         peer=f"torch_geometric.nn.{peer_name}({fin}, {channels}, heads={heads})",
         goal_time=0.5,
         goal_mem=0.3,
         build=build,
+        info_only=("ga_edges", "ga_fused"),
         bound_bytes=fused_bytes(
             num_edges, n, heads, dk, channels, 1 if kind == "gat" else channels
         ),
@@ -463,6 +506,7 @@ def make_cases(quick: bool) -> list[Case]:
         case_gat("gat", 100000, 16, 64, 8, 8),
         case_gat("gatv2", 20000, 16, 64, 8, 8),
         case_gat("gatv2", 100000, 16, 64, 8, 8),
+        case_gat("gat", 100000, 16, 64, 8, 8, graph="powerlaw"),
         case_cora("dense"),
         case_cora("csr"),
         case_gat_complete(2048, 64, 8, 8),

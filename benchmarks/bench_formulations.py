@@ -16,8 +16,9 @@ head dim 8, edges sorted by target, fp32, 2 threads. Forward only unless stated.
     backend's choice).
 (iii) segment softmax over the in-edges of each target: ``scatter_reduce`` amax +
     ``scatter_add`` (PyG style), vs ``torch.segment_reduce`` with offsets.
-(iv) the full edge backend (``graphattn.backends.edges.edge_attention``), forward and
-    forward+backward, against a naive autograd formulation.
+(iv) the full edge backend (``graphattn.backends.edges.edge_attention``) and the fused C++
+    kernel (``backend="fused"``), forward and forward+backward, against a naive autograd
+    formulation.
 
 The chunked variants (and the full backend, through ``graphattn.backends._chunks.CHUNK_ELEMENTS``)
 run with chunk sizes of 2**18 .. 2**21 elements. Each row: median of 5 runs after one
@@ -361,6 +362,30 @@ def main(argv: list[str] | None = None) -> None:
             )
     finally:
         chunks_mod.CHUNK_ELEMENTS = default_chunk
+    from graphattn.backends.fused import _FusedEdgeAttention, fused_extension
+
+    if fused_extension()[0] is not None:
+
+        def graphattn_fused(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return _FusedEdgeAttention.apply(
+                q, k, v, None, None, None, None, st, 0, scale, 0.0, 0.0, 0
+            )
+
+        with torch.no_grad():
+            record(
+                "full fwd",
+                "graphattn fused C++ kernel",
+                lambda: graphattn_fused(q, k, v),
+                ref_f,
+                note="backend='fused'",
+            )
+        record(
+            "full fwd+bwd",
+            "graphattn fused C++ kernel (dq)",
+            fwd_bwd(graphattn_fused),
+            ref_fb,
+            note="backend='fused'",
+        )
 
     headers = ["section", "formulation", "chunk", "median ms", "max err", "note"]
     body = [

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .functional import AttentionOutput, BackendName, graph_attention
 from .graph import Graph
-from .scores import GAT, GATv2
+from .scores import GAT, GATv2, _check_slope
 from .weights import AttentionWeights
 
 __all__ = ["ConvOutput", "GATConv", "GATv2Conv", "TransformerConv", "add_self_loops"]
@@ -298,6 +298,35 @@ class _AttentionConv(nn.Module):
         )
         return res, (res.out if want else res)
 
+    def _loop_options(
+        self,
+        negative_slope: float,
+        add_self_loops: bool,
+        edge_dim: int | None,
+        fill_value: FillValue,
+        residual: bool,
+    ) -> None:
+        """The options GATConv and GATv2Conv share."""
+        self.negative_slope = _check_slope(negative_slope)
+        self.add_self_loops = bool(add_self_loops)
+        self.edge_dim = edge_dim
+        self.fill_value = fill_value
+        self.residual = bool(residual)
+
+    def _output_params(self, f_dst: int, bias: bool, factory: dict[str, Any]) -> None:
+        """The residual projection of the targets' input and the output bias."""
+        total = self.out_channels * (self.heads if self.concat else 1)
+        self.res = nn.Linear(f_dst, total, bias=False, **factory) if self.residual else None
+        self.bias = nn.Parameter(torch.empty(total, **factory)) if bias else None
+
+    def _finish_output(self, out: Tensor, x_dst: Tensor) -> Tensor:
+        """Add the residual projection and the bias to the ``(Nd, out)`` output."""
+        if self.res is not None:
+            out = out + self.res(x_dst)
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
     def _edge_input(self, edge_attr: Tensor | None) -> bool:
         """Whether edge features enter the score; refuses a mismatch with ``edge_dim``."""
         lin_edge = getattr(self, "lin_edge", None)
@@ -372,12 +401,8 @@ class GATConv(_AttentionConv):
     ) -> None:
         super().__init__(in_channels, out_channels, heads, concat, dropout, backend)
         factory = {"device": device, "dtype": dtype}
-        self.score = GAT(negative_slope)
-        self.negative_slope = self.score.negative_slope
-        self.add_self_loops = bool(add_self_loops)
-        self.edge_dim = edge_dim
-        self.fill_value = fill_value
-        self.residual = bool(residual)
+        self._loop_options(negative_slope, add_self_loops, edge_dim, fill_value, residual)
+        self.score = GAT(self.negative_slope)
         h, c = self.heads, self.out_channels
         f_src, f_dst = _in_pair(in_channels)
         self.lin = self.lin_src = self.lin_dst = None
@@ -396,9 +421,7 @@ class GATConv(_AttentionConv):
         else:
             self.lin_edge = None
             self.register_parameter("att_edge", None)
-        total = c * (h if concat else 1)
-        self.res = nn.Linear(f_dst, total, bias=False, **factory) if residual else None
-        self.bias = nn.Parameter(torch.empty(total, **factory)) if bias else None
+        self._output_params(f_dst, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -443,11 +466,7 @@ class GATConv(_AttentionConv):
         res, out = self._attend(
             a_dst, a_src, hs, prep.graph, return_attention, score=self.score, edge_features=ef
         )
-        out = _heads_out(out, self.concat)
-        if self.res is not None:
-            out = out + self.res(x_dst)
-        if self.bias is not None:
-            out = out + self.bias
+        out = self._finish_output(_heads_out(out, self.concat), x_dst)
         return _finish(res, out, return_attention)
 
     def extra_repr(self) -> str:
@@ -529,13 +548,8 @@ class GATv2Conv(_AttentionConv):
     ) -> None:
         super().__init__(in_channels, out_channels, heads, concat, dropout, backend)
         factory = {"device": device, "dtype": dtype}
-        self.negative_slope = float(negative_slope)
-        GATv2(torch.zeros(1, 1), negative_slope)  # checks the slope
-        self.add_self_loops = bool(add_self_loops)
-        self.edge_dim = edge_dim
-        self.fill_value = fill_value
+        self._loop_options(negative_slope, add_self_loops, edge_dim, fill_value, residual)
         self.share_weights = bool(share_weights)
-        self.residual = bool(residual)
         h, c = self.heads, self.out_channels
         f_src, f_dst = _in_pair(in_channels)
         self.lin_l = nn.Linear(f_src, h * c, bias=bias, **factory)
@@ -546,9 +560,7 @@ class GATv2Conv(_AttentionConv):
             if edge_dim is not None
             else None
         )
-        total = c * (h if concat else 1)
-        self.res = nn.Linear(f_dst, total, bias=False, **factory) if residual else None
-        self.bias = nn.Parameter(torch.empty(total, **factory)) if bias else None
+        self._output_params(f_dst, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -591,11 +603,7 @@ class GATv2Conv(_AttentionConv):
         res, out = self._attend(
             x_r, x_l, x_l, prep.graph, return_attention, score=score, edge_features=ef
         )
-        out = _heads_out(out, self.concat)
-        if self.res is not None:
-            out = out + self.res(x_dst)
-        if self.bias is not None:
-            out = out + self.bias
+        out = self._finish_output(_heads_out(out, self.concat), x_dst)
         return _finish(res, out, return_attention)
 
     def extra_repr(self) -> str:

@@ -54,10 +54,11 @@ class AutoPolicy:
 
     Where the edge list wins, the fused CPU kernel (``fused``) goes before the pure-torch
     ``edges`` when the call has at least ``fused_min_work`` (edge, group) pairs ``E * B * H``:
-    measured on this 2-core CPU (``python -m benchmarks.bench_core --cases e``), the kernel
-    is 0.61-0.89x the pure-torch path's time at ``N = 100000``, in-degree 16, 8 heads (13.6M
-    pairs), and 1.2x at ``N = 20000`` (2.7M pairs), where the pure-torch path's gathers stay
-    in cache.
+    measured on this 2-core CPU (``python -m benchmarks.bench_core --cases b e h``), the
+    kernel takes 0.55-0.79x the pure-torch path's time at ``N = 100000``, in-degree 16, 8
+    heads (13.6M pairs), and 0.79x (dot product, GATv2) to 1.07x (GAT) at ``N = 20000``
+    (2.7M pairs); small graphs (Cora: 0.13M pairs) stay on the pure-torch path, whose
+    per-call overhead is lower.
 
     Attributes:
         crossover_density: the threshold for a large head dim.
@@ -69,7 +70,7 @@ class AutoPolicy:
     crossover_density: float = 0.04
     crossover_head_dim: float = 11.0
     max_mask_elements: int = 1 << 26
-    fused_min_work: int = 1 << 23
+    fused_min_work: int = 1 << 21
 
     def density_threshold(self, head_dim: int) -> float:
         """Edge density above which ``auto`` prefers the dense backend."""

@@ -95,31 +95,18 @@ def from_pyg(conv: nn.Module, *, backend: BackendName = "auto") -> nn.Module:
         "device": ref.device,
         "dtype": ref.dtype,
     }
-    if name == "GATConv":
-        new = GATConv(
-            conv.in_channels,
-            conv.out_channels,
-            negative_slope=conv.negative_slope,
-            add_self_loops=conv.add_self_loops,
-            edge_dim=conv.edge_dim,
-            fill_value=conv.fill_value,
-            bias=conv.bias is not None,
-            residual=conv.res is not None,
-            **common,
-        )
-    elif name == "GATv2Conv":
-        new = GATv2Conv(
-            conv.in_channels,
-            conv.out_channels,
-            negative_slope=conv.negative_slope,
-            add_self_loops=conv.add_self_loops,
-            edge_dim=conv.edge_dim,
-            fill_value=conv.fill_value,
-            bias=conv.bias is not None,
-            share_weights=conv.share_weights,
-            residual=conv.res is not None,
-            **common,
-        )
+    if name in ("GATConv", "GATv2Conv"):
+        gat = {
+            "negative_slope": conv.negative_slope,
+            "add_self_loops": conv.add_self_loops,
+            "edge_dim": conv.edge_dim,
+            "fill_value": conv.fill_value,
+            "bias": conv.bias is not None,
+            "residual": conv.res is not None,
+        }
+        if name == "GATv2Conv":
+            gat["share_weights"] = conv.share_weights
+        new = _CONVS[name](conv.in_channels, conv.out_channels, **gat, **common)
     else:
         new = TransformerConv(
             conv.in_channels,
