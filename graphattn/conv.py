@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._sparse import linear as _linear
 from .functional import AttentionOutput, BackendName, graph_attention
 from .graph import Graph
 from .scores import GAT, GATv2, _check_slope
@@ -322,7 +323,7 @@ class _AttentionConv(nn.Module):
     def _finish_output(self, out: Tensor, x_dst: Tensor) -> Tensor:
         """Add the residual projection and the bias to the ``(Nd, out)`` output."""
         if self.res is not None:
-            out = out + self.res(x_dst)
+            out = out + _linear(self.res, x_dst)
         if self.bias is not None:
             out = out + self.bias
         return out
@@ -451,11 +452,11 @@ class GATConv(_AttentionConv):
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         if self.lin is not None:
-            hs = self.lin(x_src).view(-1, h, c)  # (Ns, H, C)
-            hd = hs if x_dst is x_src else self.lin(x_dst).view(-1, h, c)  # (Nd, H, C)
+            hs = _linear(self.lin, x_src).view(-1, h, c)  # (Ns, H, C)
+            hd = hs if x_dst is x_src else _linear(self.lin, x_dst).view(-1, h, c)  # (Nd, H, C)
         else:
-            hs = self.lin_src(x_src).view(-1, h, c)
-            hd = self.lin_dst(x_dst).view(-1, h, c)
+            hs = _linear(self.lin_src, x_src).view(-1, h, c)
+            hd = _linear(self.lin_dst, x_dst).view(-1, h, c)
         a_src = (hs * self.att_src).sum(-1, keepdim=True)  # (Ns, H, 1)
         a_dst = (hd * self.att_dst).sum(-1, keepdim=True)  # (Nd, H, 1)
         prep = _graph_of(self._graphs, edge_index, hs.shape[0], hd.shape[0], self.add_self_loops)
@@ -589,11 +590,11 @@ class GATv2Conv(_AttentionConv):
         """
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
-        x_l = self.lin_l(x_src).view(-1, h, c)  # (Ns, H, C): keys and values
+        x_l = _linear(self.lin_l, x_src).view(-1, h, c)  # (Ns, H, C): keys and values
         if self.share_weights and x_dst is x_src:
             x_r = x_l
         else:
-            x_r = self.lin_r(x_dst).view(-1, h, c)  # (Nd, H, C)
+            x_r = _linear(self.lin_r, x_dst).view(-1, h, c)  # (Nd, H, C)
         prep = _graph_of(self._graphs, edge_index, x_l.shape[0], x_r.shape[0], self.add_self_loops)
         ef = None
         if self._edge_input(edge_attr):
@@ -697,9 +698,9 @@ class TransformerConv(_AttentionConv):
         """
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
-        query = self.lin_query(x_dst).view(-1, h, c)  # (Nd, H, C)
-        key = self.lin_key(x_src).view(-1, h, c)  # (Ns, H, C)
-        value = self.lin_value(x_src).view(-1, h, c)  # (Ns, H, C)
+        query = _linear(self.lin_query, x_dst).view(-1, h, c)  # (Nd, H, C)
+        key = _linear(self.lin_key, x_src).view(-1, h, c)  # (Ns, H, C)
+        value = _linear(self.lin_value, x_src).view(-1, h, c)  # (Ns, H, C)
         prep = _graph_of(self._graphs, edge_index, key.shape[0], query.shape[0], False)
         ef = None
         if self._edge_input(edge_attr):
@@ -716,7 +717,7 @@ class TransformerConv(_AttentionConv):
         )
         out = _heads_out(out, self.concat)
         if self.lin_skip is not None:
-            x_r = self.lin_skip(x_dst)
+            x_r = _linear(self.lin_skip, x_dst)
             if self.lin_beta is not None:
                 gate = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
                 out = gate * x_r + (1 - gate) * out

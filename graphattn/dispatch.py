@@ -54,11 +54,11 @@ class AutoPolicy:
 
     Where the edge list wins, the fused CPU kernel (``fused``) goes before the pure-torch
     ``edges`` when the call has at least ``fused_min_work`` (edge, group) pairs ``E * B * H``:
-    measured on this 2-core CPU (``python -m benchmarks.bench_core --cases b e h``), the
-    kernel takes 0.55-0.79x the pure-torch path's time at ``N = 100000``, in-degree 16, 8
-    heads (13.6M pairs), and 0.79x (dot product, GATv2) to 1.07x (GAT) at ``N = 20000``
-    (2.7M pairs); small graphs (Cora: 0.13M pairs) stay on the pure-torch path, whose
-    per-call overhead is lower.
+    measured on this 2-core CPU in two runs of ``python -m benchmarks.bench_core`` (random
+    graphs, in-degree 16, 8 heads, ``N`` in {20000, 100000}: 2.7M and 13.6M pairs), the
+    kernel took 0.57-1.07x the pure-torch path's time (dot product, GAT, GATv2), with one
+    outlier of 1.3x in a run where the same call through ``auto`` read 0.85x; small graphs
+    (Cora: 0.13M pairs) stay on the pure-torch path, whose per-call overhead is lower.
 
     Attributes:
         crossover_density: the threshold for a large head dim.

@@ -272,3 +272,33 @@ def test_compile_matches_eager(gen):
     xe = x.clone().requires_grad_()
     conv(xe, graph).sum().backward()
     torch.testing.assert_close(xg.grad, xe.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_features_reuse_the_transposed_pattern(gen):
+    """CSR features: the same numbers and gradients as dense ones; the transposed pattern is
+    cached per index tensors and rebuilt when they change in place."""
+    from graphattn import _sparse
+
+    dense = (torch.rand(40, 30, generator=gen) < 0.1).double() * 2.0
+    x = dense.to_sparse_csr()
+    ei = torch.randint(0, 40, (2, 100), generator=gen)
+    conv = graphattn.GATConv(30, 4, heads=2).double()
+    grad = torch.randn(40, 8, generator=gen, dtype=F64)
+    for features in (
+        x,
+        torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), x.values() * 0.5, x.shape),
+    ):
+        out = conv(features, ei)
+        (g_sparse,) = torch.autograd.grad(out, conv.lin.weight, grad)
+        ref = conv(features.to_dense(), ei)
+        (g_dense,) = torch.autograd.grad(ref, conv.lin.weight, grad)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(g_sparse, g_dense, rtol=0, atol=1e-12)
+    assert len(_sparse._CACHE) >= 1
+    col = x.col_indices()
+    col[0] = (col[0] + 1) % 30 if col[1] != (col[0] + 1) % 30 else col[0]  # in place
+    changed = x.to_dense()
+    out = conv(x, ei)
+    (g_sparse,) = torch.autograd.grad(out, conv.lin.weight, grad)
+    (g_dense,) = torch.autograd.grad(conv(changed, ei), conv.lin.weight, grad)
+    torch.testing.assert_close(g_sparse, g_dense, rtol=0, atol=1e-12)
