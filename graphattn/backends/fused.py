@@ -22,7 +22,9 @@ head dim, ``Dv`` value head dim.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import threading
 import warnings
 from typing import Any
@@ -51,9 +53,15 @@ def fused_extension() -> tuple[Any | None, str | None]:
         if os.environ.get("GRAPHATTN_FUSED", "1") == "0":
             _STATE["reason"] = "disabled by GRAPHATTN_FUSED=0"
             return None, _STATE["reason"]
+        path = os.environ.get("PATH", "")
         try:
             from torch.utils.cpp_extension import load
 
+            if shutil.which("ninja") is None:  # the pip package's binary, if installed
+                with contextlib.suppress(ImportError):
+                    import ninja
+
+                    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
             source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fused_cpu.cpp")
             _STATE["module"] = load(
                 name="graphattn_fused_cpu_v1",
@@ -70,6 +78,8 @@ def fused_extension() -> tuple[Any | None, str | None]:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        finally:
+            os.environ["PATH"] = path
         return _STATE.get("module"), _STATE.get("reason")
 
 
