@@ -23,12 +23,17 @@
 
 namespace {
 
-inline double uniform01(int64_t seed, int64_t counter) {
-  uint64_t z = static_cast<uint64_t>(seed) + 0x9E3779B97F4A7C15ULL * (static_cast<uint64_t>(counter) + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  z = z ^ (z >> 31);
-  return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);  // [0, 1), 53 bits
+// Counter-based 32-bit hash (MurmurHash3's finaliser, twice), cheap and the same in both
+// passes: edge e, group g keeps its weight when hash(seed, e * G + g) >= p * 2^32.
+inline uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16; h *= 0x85EBCA6BU; h ^= h >> 13; h *= 0xC2B2AE35U; h ^= h >> 16;
+  return h;
+}
+
+inline uint32_t hash32(int64_t seed, int64_t counter) {
+  const uint64_t c = static_cast<uint64_t>(counter), s = static_cast<uint64_t>(seed);
+  const uint32_t h = fmix32(static_cast<uint32_t>(c) * 0x9E3779B1U + static_cast<uint32_t>(s));
+  return fmix32(h ^ static_cast<uint32_t>(c >> 32) ^ static_cast<uint32_t>(s >> 32));
 }
 
 template <typename T>
@@ -39,6 +44,8 @@ struct Args {
   int64_t ptr_end;  // E
   int kind; double scale, slope, p; int64_t seed;
   T scale_t, slope_t;  // the same in T, for the inner loops
+  uint32_t drop_below;  // hashes below this are dropped: round(p * 2^32)
+  T keep_scale;         // 1 / (1 - p)
 };
 
 // Random rows (a source's keys and values, a target's queries and output gradients) are the
@@ -82,7 +89,7 @@ inline T leaky(T x, T slope) { return x > T(0) ? x : x * slope; }
 template <typename T>
 inline T keep_factor(const Args<T>& a, int64_t e, int64_t g) {
   if (a.p <= 0.0) return T(1);
-  return uniform01(a.seed, e * a.G + g) >= a.p ? static_cast<T>(1.0 / (1.0 - a.p)) : T(0);
+  return hash32(a.seed, e * a.G + g) >= a.drop_below ? a.keep_scale : T(0);
 }
 
 // Work chunks of about equal numbers of edges over rows 0..n-1 of a CSR pointer.
@@ -118,6 +125,8 @@ Args<T> make_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   a.ptr_end = src.numel();
   a.kind = static_cast<int>(kind); a.scale = scale; a.slope = slope; a.p = p; a.seed = seed;
   a.scale_t = static_cast<T>(scale); a.slope_t = static_cast<T>(slope);
+  a.drop_below = static_cast<uint32_t>(std::min(std::llround(p * 4294967296.0), 4294967295LL));
+  a.keep_scale = static_cast<T>(p > 0.0 ? 1.0 / (1.0 - p) : 1.0);
   return a;
 }
 

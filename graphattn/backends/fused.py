@@ -9,9 +9,10 @@ per-edge gradients), so threads never write the same row and nothing per edge is
 Work is split into chunks of about equal numbers of edges, so that hubs of power-law graphs
 do not serialise a thread.
 
-Dropout on the weights draws its mask from a counter-based hash of (seed, edge, group), the
-seed taken from torch's generator: reproducible under ``torch.manual_seed``, but not the
-same mask as the pure-torch edge path.
+Dropout on the weights draws its mask from a counter-based 32-bit hash of (seed, edge,
+group), the seed taken from torch's generator: reproducible under ``torch.manual_seed``, but
+not the same mask as the pure-torch edge path; the probability is rounded to a multiple of
+2^-32.
 
 Where no compiler is found (or ``GRAPHATTN_FUSED=0``), the backend refuses with that reason
 and the pure-torch edge backend serves the call; a warning says so once.
@@ -66,7 +67,7 @@ def fused_extension() -> tuple[Any | None, str | None]:
             _STATE["module"] = load(
                 name="graphattn_fused_cpu_v1",
                 sources=[source],
-                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
