@@ -295,6 +295,8 @@ def _make_call(
         )
     if score.uses_scale:
         scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number, got {scale}")
     elif scale is not None:
         raise ValueError(f"scale={scale} was given but score {score!r} takes no scale")
     else:

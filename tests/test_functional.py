@@ -725,3 +725,13 @@ def test_error_misc(gen):
         r"bias.*floating.*int64",
         lambda: graph_attention(q, k, v, bias=torch.zeros(9, 1, dtype=torch.long)),
     )
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf")])
+def test_error_non_finite_scale(scale, gen):
+    q, k, v = _qkv(1, 1, 3, 3, 2, gen)
+    _err(
+        ValueError,
+        rf"scale must be a finite number, got {scale}",
+        lambda: graph_attention(q, k, v, scale=scale),
+    )
