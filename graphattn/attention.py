@@ -59,11 +59,15 @@ class GraphAttention(nn.Module):
             :class:`~graphattn.scores.GATv2` or your own function or ``nn.Module``
             (registered as a submodule, so its parameters train with the layer).
         backend: ``"auto"`` or a registered backend (see :func:`graph_attention`).
+        batch_first: batched inputs and outputs are ``(B, N, C)``; ``False``: ``(N, B, C)``,
+            as ``nn.MultiheadAttention(batch_first=False)`` (its default, which
+            :meth:`from_multihead_attention` carries over).
 
     Shapes:
-        - x: ``(Nd, C)`` or ``(B, Nd, C)``; x_src: ``(Ns, kdim)`` or ``(B, Ns, kdim)``
+        - x: ``(Nd, C)`` or ``(B, Nd, C)`` (``(Nd, B, C)`` with ``batch_first=False``); x_src:
+          ``(Ns, kdim)`` or ``(B, Ns, kdim)`` (``(Ns, B, kdim)``)
         - edge_attr: ``(E, edge_dim)``; key_padding_mask: ``(B, Ns)`` bool, True = padded
-        - output: same leading shape as ``x``, last dim ``C``
+        - output: same layout as ``x``, last dim ``C``
 
     Example:
         >>> import torch
@@ -88,8 +92,10 @@ class GraphAttention(nn.Module):
         backend: BackendName = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        batch_first: bool = True,
     ) -> None:
         super().__init__()
+        self.batch_first = bool(batch_first)
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -205,8 +211,8 @@ class GraphAttention(nn.Module):
     def from_multihead_attention(
         cls, mha: nn.MultiheadAttention, *, backend: BackendName = "auto"
     ) -> GraphAttention:
-        """A ``GraphAttention`` with a copy of ``mha``'s weights: on the complete graph both
-        give the same output (``batch_first`` inputs)."""
+        """A ``GraphAttention`` with a copy of ``mha``'s weights and its ``batch_first``: on
+        the complete graph both give the same output for the same inputs."""
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"mha must be an nn.MultiheadAttention, got {type(mha).__name__}")
         if mha.bias_k is not None or mha.bias_v is not None:
@@ -224,6 +230,7 @@ class GraphAttention(nn.Module):
             backend=backend,
             device=ref.device,
             dtype=ref.dtype,
+            batch_first=mha.batch_first,
         )
         with torch.no_grad():
             for name, _ in new.named_parameters():
@@ -362,6 +369,10 @@ class GraphAttention(nn.Module):
             The output, or an :class:`AttentionOutput` (``out``, ``attention``, ``backend``)
             when ``return_attention=True``.
         """
+        seq_first = not self.batch_first and isinstance(x, Tensor) and x.dim() == 3
+        if seq_first:  # (N, B, C) -> (B, N, C), and back at the end
+            x = x.transpose(0, 1)
+            x_src = _batch_major(x_src)
         self._check(x, x_src)
         batched = x.dim() == 3
         if not batched:
@@ -406,6 +417,8 @@ class GraphAttention(nn.Module):
         out = self.out_proj(out)
         if not batched:
             out = out[0]
+        if seq_first:
+            out = out.transpose(0, 1)  # (Nd, B, C)
         if not return_attention:
             return out
         if not batched:
@@ -434,10 +447,22 @@ class GraphAttention(nn.Module):
             parts += [f"kdim={self.kdim}", f"vdim={self.vdim}"]
         if self.edge_dim is not None:
             parts.append(f"edge_dim={self.edge_dim}")
+        if not self.batch_first:
+            parts.append("batch_first=False")
         if self.score is not None and not isinstance(self.score, nn.Module):
             parts.append(f"score={self.score!r}")
         parts.append(f"backend={self.backend!r}")
         return ", ".join(parts)
+
+
+def _batch_major(x_src: object) -> object:
+    """Sequence-first source features ``(Ns, B, C)`` (or a pair of them) as ``(B, Ns, C)``;
+    anything else unchanged (the checks that follow name what is wrong)."""
+    if isinstance(x_src, Tensor) and x_src.dim() == 3:
+        return x_src.transpose(0, 1)
+    if isinstance(x_src, tuple) and len(x_src) == 2:
+        return tuple(_batch_major(t) for t in x_src)
+    return x_src
 
 
 def _apply_rotary(rotary: RotaryFn, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:

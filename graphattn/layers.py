@@ -206,6 +206,7 @@ class GraphTransformerLayer(nn.Module):
             dtype=ref.dtype,
         )
         new.self_attn = GraphAttention.from_multihead_attention(layer.self_attn, backend=backend)
+        new.self_attn.batch_first = True  # the layer passes (B, N, C) to its attention
         for name in ("linear1", "linear2", "norm1", "norm2"):
             getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
         for name in ("dropout", "dropout1", "dropout2"):

@@ -402,3 +402,24 @@ def test_from_transformer_conv_refuses_what_it_cannot_copy():
         GraphAttention.from_transformer_conv(TransformerConv(5, C // H, heads=H, root_weight=False))
     with pytest.raises(TypeError, match="TransformerConv"):
         GraphAttention.from_transformer_conv(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("backend", ["dense", "edges"])
+def test_sequence_first_like_multihead_attention(backend, gen):
+    """A default nn.MultiheadAttention (batch_first=False) and its copy give the same numbers
+    on (L, B, E) inputs: self- and cross-attention, with key padding."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(C, H).eval()  # batch_first=False
+    ga = GraphAttention.from_multihead_attention(mha, backend=backend).eval()
+    assert not ga.batch_first and "batch_first=False" in repr(ga)
+    x = torch.randn(7, 2, C, generator=gen)  # (L, B, E)
+    y = torch.randn(5, 2, C, generator=gen)  # (S, B, E)
+    pad = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    torch.testing.assert_close(ga(x), mha(x, x, x, need_weights=False)[0], rtol=1e-5, atol=1e-6)
+    ref = mha(x, y, y, key_padding_mask=pad, need_weights=False)[0]
+    out = ga(x, x_src=y, key_padding_mask=pad)
+    assert out.shape == (7, 2, C)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    res = ga(x, x_src=y, key_padding_mask=pad, return_attention=True)
+    torch.testing.assert_close(res.out, ref, rtol=1e-5, atol=1e-6)
+    assert ga(x[:, 0]).shape == (7, C)  # unbatched inputs are the same either way

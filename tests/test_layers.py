@@ -305,3 +305,14 @@ def test_other_constructor_errors():
         GraphTransformerLayer.from_transformer_encoder_layer(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="nn.TransformerEncoder"):
         GraphTransformer.from_transformer_encoder(nn.Linear(2, 2))
+
+
+def test_copy_of_a_sequence_first_layer_stays_batch_first(gen):
+    """A TransformerEncoderLayer(batch_first=False) copies over; the copy takes (B, N, C)
+    (its attention is set batch-first, since the layer hands it batch-first tensors)."""
+    torch.manual_seed(1)
+    ref = nn.TransformerEncoderLayer(C, H, FF, batch_first=False).eval()
+    layer = GraphTransformerLayer.from_transformer_encoder_layer(ref).eval()
+    assert layer.self_attn.batch_first
+    x = torch.randn(7, 2, C, generator=gen)  # (N, B, C) for the reference
+    torch.testing.assert_close(layer(x.transpose(0, 1)), ref(x).transpose(0, 1), rtol=0, atol=1e-5)
