@@ -12,13 +12,14 @@ values.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .backends._chunks import csr_tensor
 
 __all__ = ["linear"]
 
@@ -38,12 +39,6 @@ def linear(lin: nn.Linear, x: Tensor) -> Tensor:
     crow, col, values = x.crow_indices(), x.col_indices(), x.values()
     out = _CSRLinear.apply(values, crow, col, tuple(x.shape), lin.weight)  # (N, O)
     return out if lin.bias is None else out + lin.bias
-
-
-def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(crow, col, values, shape)
 
 
 def _transposed(crow: Tensor, col: Tensor, shape: tuple[int, int]) -> tuple[Tensor, ...]:
@@ -72,7 +67,7 @@ class _CSRLinear(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(values, crow, col, weight)
         ctx.shape = shape
-        return F.linear(_csr(crow, col, values, shape), weight)  # (N, O)
+        return F.linear(csr_tensor(crow, col, values, shape), weight)  # (N, O)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
@@ -81,6 +76,6 @@ class _CSRLinear(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             perm, crow_t, col_t = _transposed(crow, col, ctx.shape)
             n, f = ctx.shape
-            xt = _csr(crow_t, col_t, values[perm], (f, n))  # (F, N)
+            xt = csr_tensor(crow_t, col_t, values[perm], (f, n))  # (F, N)
             d_weight = (xt @ grad.contiguous()).t()  # (O, F)
         return None, None, None, None, d_weight

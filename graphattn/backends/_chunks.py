@@ -23,6 +23,7 @@ from ..graph import EdgeStructure
 __all__ = [
     "CHUNK_ELEMENTS",
     "Buffers",
+    "csr_tensor",
     "chunk_size",
     "chunks",
     "rowdot",
@@ -132,7 +133,8 @@ def _index(t: Tensor) -> Tensor:
     return t.int() if t.numel() < 2**31 - 1 and (t.numel() == 0 or int(t.max()) < 2**31 - 1) else t
 
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """``torch.sparse_csr_tensor`` without torch's beta-state warning."""
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore")
         return torch.sparse_csr_tensor(crow, col, values, shape)
@@ -164,7 +166,7 @@ def _incidence(st: EdgeStructure, side: str, dtype: torch.dtype) -> Tensor:
         crow, col = _pattern(st, "to_dst" if side == "dst" else "to_src")
         rows = st.num_dst if side == "dst" else st.num_src
         ones = torch.ones(col.numel(), dtype=dtype, device=col.device)
-        st.cache[key] = _csr(crow, col, ones, (rows, col.numel()))
+        st.cache[key] = csr_tensor(crow, col, ones, (rows, col.numel()))
     return st.cache[key]
 
 
@@ -220,7 +222,7 @@ def add_chunk_to_dst(st: EdgeStructure, out: Tensor, x: Tensor, a: int, z: int) 
     _, positions = _pattern(st, "to_dst")  # 0 .. E - 1
     crow = (st.ptr[lo : hi + 1].clamp(a, z) - a).to(positions.dtype)  # (rows + 1,)
     ones = torch.ones(z - a, dtype=x.dtype, device=x.device)
-    part = _csr(crow, positions[: z - a], ones, (hi - lo, z - a)) @ x.reshape(z - a, -1)
+    part = csr_tensor(crow, positions[: z - a], ones, (hi - lo, z - a)) @ x.reshape(z - a, -1)
     out[lo:hi].add_(part.view(hi - lo, *x.shape[1:]))
 
 
@@ -272,11 +274,11 @@ def _per_group(crow: Tensor, col: Tensor, w: Tensor, x: Tensor, rows: int) -> Te
     """``(rows, G, D)``: per group ``g``, CSR(crow, col, w[:, g]) @ x[:, g]."""
     n, g, d = x.shape
     if g == 1:
-        mat = _csr(crow, col, w.reshape(-1), (rows, n))
+        mat = csr_tensor(crow, col, w.reshape(-1), (rows, n))
         return (mat @ x.view(n, d)).view(rows, 1, d)
     wt = w.t().contiguous()  # (G, E)
     xt = x.permute(1, 0, 2).contiguous()  # (G, N, D)
     out = x.new_empty(g, rows, d)
     for i in range(g):
-        torch.mm(_csr(crow, col, wt[i], (rows, n)), xt[i], out=out[i])
+        torch.mm(csr_tensor(crow, col, wt[i], (rows, n)), xt[i], out=out[i])
     return out.permute(1, 0, 2).contiguous()  # (rows, G, D)

@@ -92,12 +92,13 @@ def _edge_bias(call: AttentionCall) -> Tensor | None:
     return bias
 
 
-def _run(call: AttentionCall) -> BackendResult:
-    q, k, v, graph = call.q, call.k, call.v, call.graph
-    b, h, nd, _ = q.shape
-    dv = v.shape[-1]
-    st = graph.edge_structure()
-    e = st.src.numel()
+def sorted_edge_inputs(
+    call: AttentionCall, st: EdgeStructure
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The call's per-edge inputs in the sorted edge order of ``st``: the bias ``(E, G)``
+    (key padding included), the score's edge features ``(E, G, De)`` and the edge values
+    ``(E, G, Dv)``, each ``None`` when absent."""
+    b = call.batch
     bias = _edge_bias(call)  # (E, G)
     ef = None if call.edge_features is None else _edge_major(call.edge_features, b)
     ev = None if call.edge_values is None else _edge_major(call.edge_values, b)
@@ -105,6 +106,16 @@ def _run(call: AttentionCall) -> BackendResult:
         bias = None if bias is None else bias[st.perm]
         ef = None if ef is None else ef[st.perm]
         ev = None if ev is None else ev[st.perm]
+    return bias, ef, ev
+
+
+def _run(call: AttentionCall) -> BackendResult:
+    q, k, v, graph = call.q, call.k, call.v, call.graph
+    b, h, nd, _ = q.shape
+    dv = v.shape[-1]
+    st = graph.edge_structure()
+    e = st.src.numel()
+    bias, ef, ev = sorted_edge_inputs(call, st)
     # Dense-layout weights (complete, causal graphs) are returned as (B, H, Nd, Ns); the
     # output is then computed from them, so that they lie on its autograd path.
     dense_out = call.need_weights and graph.weights_layout == "dense" and ev is None

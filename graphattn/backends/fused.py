@@ -36,7 +36,7 @@ from torch import Tensor
 from ..scores import GAT, DotProduct, GATv2
 from ._base import AttentionCall, Backend, BackendResult
 from ._chunks import by_source
-from .edges import _edge_bias, _edge_major, _node_major
+from .edges import _node_major, sorted_edge_inputs
 
 __all__ = ["FusedEdgesBackend", "fused_extension"]
 
@@ -112,13 +112,7 @@ class FusedEdgesBackend(Backend):
         b, h, nd, _ = q.shape
         dv = v.shape[-1]
         st = graph.edge_structure()
-        bias = _edge_bias(call)  # (E, G) in the graph's order, padding included
-        ef = None if call.edge_features is None else _edge_major(call.edge_features, b)
-        ev = None if call.edge_values is None else _edge_major(call.edge_values, b)
-        if st.perm is not None:
-            bias = None if bias is None else bias[st.perm]
-            ef = None if ef is None else ef[st.perm]
-            ev = None if ev is None else ev[st.perm]
+        bias, ef, ev = sorted_edge_inputs(call, st)
         att = None
         if isinstance(call.score, GATv2):
             att = call.score.att.expand(b, h, -1).reshape(b * h, -1)  # (G, D)
