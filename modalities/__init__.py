@@ -14,6 +14,15 @@ adapter                     input                                               
 ``RLStateEncoder``          vector or entity observations -> actor/critic        ``rl``
 ==========================  ===================================================  ============
 
+Errors: every public entry point checks its arguments. A wrong type (``None`` included)
+raises :class:`TypeError`, a right type with a wrong value :class:`ValueError`, and the
+message starts with the argument's name and shows its value (``"dim must be an int, got
+'8' (str)"``; long values shortened, tensors shown by shape and dtype). :func:`load_wav`
+refuses an empty, truncated or inconsistent file with a :class:`ValueError` that names the
+file and the fault, never returning part of it. Padded nodes are left out of every pooling
+and masking step with :func:`torch.where`, so NaN or inf in a padded position never
+reaches a real output.
+
 This package is installed beside :mod:`graphattn`. Note: an unrelated PyPI project also
 installs a top-level package named ``modalities``; the two cannot share one environment.
 """

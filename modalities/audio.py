@@ -12,7 +12,8 @@ Pipeline of :class:`AudioFrameAdapter`::
 ``center=False`` means every frame is one whole window inside the signal: a clip needs at
 least ``n_fft`` samples (after resampling) for one frame, and with per-sample ``lengths`` a
 frame is real exactly when its window lies inside the real samples, so padding never changes
-a real frame. :func:`load_wav` reads PCM WAV files with Python's :mod:`wave` (no FFmpeg).
+a real frame. :func:`load_wav` reads integer PCM WAV files (no FFmpeg) and refuses an empty,
+truncated or inconsistent file with a :class:`ValueError` that names the file and the fault.
 
 Reference: Gong et al., "AST: Audio Spectrogram Transformer" (2021) for patches.
 
@@ -23,8 +24,10 @@ Axis legend: ``B`` batch, ``C`` channels, ``T`` samples, ``M`` mel bins, ``F`` f
 from __future__ import annotations
 
 import math
+import numbers
 import os
-import wave
+import struct
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,61 +35,175 @@ from torch import Tensor, nn
 
 from graphattn.positional import sinusoidal_2d, sinusoidal_encoding
 
-from ._common import check_positive_int, pair
+from ._common import arg_error, check_float, check_int, check_tensor, pair
 from .nodes import NodeSet
 
 __all__ = ["load_wav", "AudioFrameAdapter"]
 
 
-def load_wav(path: str | os.PathLike) -> tuple[Tensor, int]:
-    """Read a PCM WAV file without FFmpeg.
+#: WAV format tags load_wav names when it refuses them (it reads integer PCM, tag 1, only).
+_WAV_FORMATS = {
+    0x0001: "integer PCM",
+    0x0002: "Microsoft ADPCM",
+    0x0003: "IEEE float",
+    0x0006: "A-law",
+    0x0007: "mu-law",
+    0x0011: "IMA ADPCM",
+    0x0055: "MP3",
+    0xFFFE: "WAVE_FORMAT_EXTENSIBLE",
+}
+
+
+def _wav_error(path: str, problem: str) -> ValueError:
+    return ValueError(f"cannot read WAV file {path!r}: {problem}")
+
+
+def _parse_wav(path: str, data: bytes) -> tuple[int, int, int, memoryview]:
+    """Walk the RIFF chunks of ``data``; return ``(channels, sample_width, rate, samples)``
+    or raise :func:`_wav_error` saying what is missing, cut or inconsistent."""
+    size = len(data)
+    if size == 0:
+        raise _wav_error(path, "the file is empty (0 bytes)")
+    if size < 12:
+        raise _wav_error(path, f"the file is {size} bytes, shorter than the 12-byte RIFF header")
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise _wav_error(
+            path, f"it does not start with a RIFF/WAVE header (its first bytes are {data[:12]!r})"
+        )
+    fmt: tuple[int, int, int, int, int] | None = None
+    pos = 12
+    while True:
+        if pos >= size:
+            missing = "fmt and data chunks" if fmt is None else "data chunk"
+            raise _wav_error(path, f"it has no {missing} (the file ends at byte {size})")
+        if pos + 8 > size:
+            raise _wav_error(
+                path, f"the file ends inside a chunk header at byte {pos} (it is truncated)"
+            )
+        chunk_id, chunk_size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = pos + 8
+        present = size - body
+        if chunk_id == b"data":
+            if fmt is None:
+                raise _wav_error(path, "its data chunk comes before any fmt chunk")
+            break
+        if chunk_size > present:  # a chunk before the samples is cut: so are the samples
+            name = chunk_id.decode("latin-1").strip()
+            raise _wav_error(
+                path,
+                f"the file ends inside its {name} chunk ({present} of {chunk_size} bytes "
+                "present): it is truncated",
+            )
+        if chunk_id == b"fmt ":
+            if chunk_size < 16:
+                raise _wav_error(
+                    path, f"its fmt chunk is {chunk_size} bytes, fewer than the 16 PCM needs"
+                )
+            tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", data, body)
+            fmt = (tag, channels, rate, block_align, bits)
+        pos = body + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
+    tag, channels, rate, block_align, bits = fmt
+    if tag != 0x0001:
+        name = _WAV_FORMATS.get(tag, "unknown")
+        raise _wav_error(
+            path,
+            f"it is not an integer PCM WAV file (format tag {tag:#06x}, {name}); "
+            "convert it to 16-bit PCM",
+        )
+    if channels == 0:
+        raise _wav_error(path, "its fmt chunk declares 0 channels")
+    if rate == 0:
+        raise _wav_error(path, "its fmt chunk declares a sample rate of 0 Hz")
+    width = (bits + 7) // 8
+    if width not in (1, 2, 3, 4):
+        raise _wav_error(
+            path, f"unsupported sample width of {bits} bits (8, 16, 24 and 32-bit PCM are read)"
+        )
+    frame = channels * width
+    if block_align != frame:
+        raise _wav_error(
+            path,
+            f"its fmt chunk is inconsistent: block_align is {block_align} bytes but "
+            f"{channels} channel(s) x {width} byte(s) per sample make {frame}",
+        )
+    if chunk_size > present:
+        raise _wav_error(
+            path,
+            f"its data chunk declares {chunk_size} bytes but only {present} follow: the file "
+            "is truncated (or its writer never filled in the final size)",
+        )
+    if chunk_size == 0:
+        after = f" but {present} bytes follow it (its writer never filled in the size?)"
+        raise _wav_error(
+            path, "it holds no audio: its data chunk is empty" + (after if present else "")
+        )
+    if chunk_size % frame:
+        raise _wav_error(
+            path,
+            f"its data chunk holds {chunk_size} bytes, not a whole number of {frame}-byte "
+            f"frames ({channels} channel(s) x {width} byte(s)): the last frame is cut "
+            "mid-sample",
+        )
+    return channels, width, rate, memoryview(data)[body : body + chunk_size]
+
+
+def load_wav(path: str | os.PathLike[str]) -> tuple[Tensor, int]:
+    """Read a PCM WAV file, with a small RIFF reader of its own (no FFmpeg).
 
     Supports 8-bit (unsigned), 16-, 24- and 32-bit (signed) integer PCM; samples are
-    scaled by ``1 / 2**(bits - 1)`` into ``[-1, 1)``.
+    scaled by ``1 / 2**(bits - 1)`` into ``[-1, 1)``. Chunks other than ``fmt`` and
+    ``data`` are skipped, and whatever follows the data chunk is ignored.
+
+    A file is refused whole rather than read in part: the whole data chunk must be present
+    and hold whole frames.
 
     Args:
         path: the ``.wav`` file.
 
     Returns:
-        ``(waveform, sample_rate)``, waveform ``(C, T)`` float32.
+        ``(waveform, sample_rate)``, waveform ``(C, T)`` float32 with ``T >= 1``.
 
     Raises:
-        ValueError: the file is not integer PCM (e.g. float or compressed WAV).
+        TypeError: ``path`` is not a ``str`` or path-like.
+        OSError: the file cannot be opened (``FileNotFoundError``, ...).
+        ValueError: the file is not integer PCM (float, compressed), or is empty, truncated
+            (cut in its header, its fmt chunk or its samples) or inconsistent (0 channels,
+            0 Hz, an unsupported sample width, a block size that does not match the
+            channels, no data chunk or an empty one); the message names the file and what
+            is wrong.
     """
-    try:
-        with wave.open(os.fspath(path), "rb") as f:
-            channels, width = f.getnchannels(), f.getsampwidth()
-            rate, frames = f.getframerate(), f.getnframes()
-            raw = f.readframes(frames)
-    except wave.Error as err:
-        raise ValueError(
-            f"{os.fspath(path)!r} is not an integer PCM WAV file readable by the wave module "
-            f"({err}); convert it to 16-bit PCM"
-        ) from None
+    if not isinstance(path, str | os.PathLike) or not isinstance(os.fspath(path), str):
+        raise arg_error(TypeError, "path", "a str or os.PathLike", path)
+    name = os.fspath(path)
+    with open(name, "rb") as f:
+        data = f.read()
+    channels, width, rate, raw = _parse_wav(name, data)
     if width == 1:
-        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
-        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+        samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
     elif width == 3:
         b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
         ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)  # sign-extend 24 bits
-        data = ints.astype(np.float32) / float(1 << 23)
-    elif width == 4:
-        data = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / float(1 << 31)).astype(
+        samples = ints.astype(np.float32) / float(1 << 23)
+    else:
+        samples = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / float(1 << 31)).astype(
             np.float32
         )
-    else:
-        raise ValueError(f"{os.fspath(path)!r} has an unsupported sample width of {width} bytes")
-    waveform = torch.from_numpy(data.reshape(-1, channels).T.copy())  # (C, T)
+    waveform = torch.from_numpy(samples.reshape(-1, channels).T.copy())  # (C, T)
     return waveform, rate
 
 
-def _check_rate(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of Hz, got {type(value).__name__}")
-    if value <= 0 or int(value) != value:
-        raise ValueError(f"{name} must be a positive whole number of Hz, got {value}")
+def _check_rate(name: str, value: Any, *, optional: bool = False) -> int | None:
+    """A sample rate: a positive whole number of Hz (an int, or a float such as 8000.0)."""
+    if value is None and optional:
+        return None
+    what = "a positive whole number of Hz" + (" or None" if optional else "")
+    if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_):
+        raise arg_error(TypeError, name, what, value)
+    if not (math.isfinite(value) and value > 0 and int(value) == value):
+        raise arg_error(ValueError, name, what, value)
     return int(value)
 
 
@@ -139,14 +256,14 @@ class AudioFrameAdapter(nn.Module):
         import torchaudio
 
         self.sample_rate = _check_rate("sample_rate", sample_rate)
-        self.target_rate = None if target_rate is None else _check_rate("target_rate", target_rate)
-        self.dim = check_positive_int("dim", dim)
-        self.n_mels = check_positive_int("n_mels", n_mels)
-        self.n_fft = check_positive_int("n_fft", n_fft)
-        self.hop_length = check_positive_int("hop_length", hop_length)
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.eps = float(eps)
+        self.target_rate = _check_rate("target_rate", target_rate, optional=True)
+        dim = self.dim = check_int("dim", dim)
+        n_mels = self.n_mels = check_int("n_mels", n_mels)
+        n_fft = self.n_fft = check_int("n_fft", n_fft)
+        hop_length = self.hop_length = check_int("hop_length", hop_length)
+        self.eps = check_float("eps", eps)
+        if self.eps <= 0:
+            raise arg_error(ValueError, "eps", "> 0", eps)
         self.patch = None if patch is None else pair("patch", patch)
         if self.patch is not None and n_mels % self.patch[0]:
             raise ValueError(
@@ -196,32 +313,36 @@ class AudioFrameAdapter(nn.Module):
 
     def _prepare(self, waveform: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Check, downmix, zero the padding, resample. Returns ``(B, T')`` and lengths."""
-        if not isinstance(waveform, Tensor):
-            raise TypeError(f"waveform must be a torch.Tensor, got {type(waveform).__name__}")
+        check_tensor("waveform", waveform, "a float tensor of shape (B, T) or (B, C, T)")
+        if not waveform.is_floating_point():
+            raise TypeError(
+                f"waveform must be floating point in [-1, 1], got {waveform.dtype} "
+                "(divide int16 PCM by 32768, or use load_wav)"
+            )
         if waveform.dim() == 3:
             waveform = waveform.mean(dim=1)  # (B, T): downmix channels by their mean
         elif waveform.dim() != 2:
             raise ValueError(
                 f"waveform must have shape (B, T) or (B, C, T), got {tuple(waveform.shape)}"
             )
-        if not waveform.is_floating_point():
-            raise TypeError(
-                f"waveform must be floating point in [-1, 1], got {waveform.dtype} "
-                "(divide int16 PCM by 32768, or use load_wav)"
-            )
         b, t = waveform.shape
         if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=waveform.device)
-            if lengths.shape != (b,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
-                raise ValueError(
-                    f"lengths must be an integer tensor of shape (B,) = ({b},), got "
-                    f"{lengths.dtype} {tuple(lengths.shape)}"
-                )
+            what = f"an integer tensor of shape (B,) = ({b},)"
+            given = lengths
+            try:
+                lengths = torch.as_tensor(lengths, device=waveform.device)
+            except (TypeError, ValueError, RuntimeError):
+                raise arg_error(TypeError, "lengths", what, given) from None
+            if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+                raise arg_error(TypeError, "lengths", what, given)
+            if lengths.shape != (b,):
+                raise arg_error(ValueError, "lengths", what, lengths)
             if bool((lengths > t).any()) or bool((lengths < 0).any()):
                 raise ValueError(f"lengths must lie in [0, T={t}], got {lengths.tolist()}")
             shortest = int(lengths.min()) if b else t
-            pos = torch.arange(t, device=waveform.device)
-            waveform = waveform * (pos < lengths[:, None]).to(waveform.dtype)  # zero padding
+            real = torch.arange(t, device=waveform.device) < lengths[:, None]  # (B, T)
+            # where, not a product: NaN or inf in the padding must not survive (nan * 0 = nan)
+            waveform = torch.where(real, waveform, waveform.new_zeros(()))  # zero padding
         else:
             shortest = t
         if shortest < self.min_samples:

@@ -34,7 +34,15 @@ from torch import Tensor, nn
 
 from graphattn import AttentionWeights, Graph
 
-from ._common import check_positive_int
+from ._common import (
+    arg_error,
+    check_bool,
+    check_choice,
+    check_int,
+    check_sequence,
+    check_str,
+    check_tensor,
+)
 from .nodes import NodeSet
 
 __all__ = ["FusedGraph", "FusionMode", "fuse", "ModalityFusion", "LATENT"]
@@ -69,19 +77,23 @@ class FusedGraph:
         """``(N, N)`` bool: ``True`` where the target is of modality ``dst`` and the source
         of modality ``src`` (structure and padding not applied)."""
         ids = self.modality_ids
-        a, b = self._index(dst), self._index(src)
+        a, b = self._index("dst", dst), self._index("src", src)
         return (ids == a)[:, None] & (ids == b)[None, :]
 
-    def _index(self, name: str) -> int:
+    def _index(self, arg: str, name: str) -> int:
+        check_str(arg, name)
         if name not in self.modality_names:
-            raise ValueError(f"unknown modality {name!r}; this graph has {self.modality_names}")
+            raise ValueError(
+                f"{arg} names unknown modality {name!r}; this graph has {self.modality_names}"
+            )
         return self.modality_names.index(name)
 
     def modality_summary(self, attention: Tensor | AttentionWeights) -> Tensor:
         """Attention mass between modalities: entry ``[a, b]`` is the mean, over the real
         target nodes of modality ``a`` (and over samples and heads), of the total weight
         they give to sources of modality ``b``. Each row sums to 1 (for targets with
-        in-edges).
+        in-edges). Rows of padded targets and columns of padded sources are left out with
+        :func:`torch.where`, so NaN or inf there changes nothing.
 
         Args:
             attention: weights on this graph: :class:`graphattn.AttentionWeights`, or dense
@@ -90,6 +102,8 @@ class FusedGraph:
         Shapes:
             - returns ``(M, M)``, rows = target modality, columns = source modality.
         """
+        if not isinstance(attention, AttentionWeights):
+            check_tensor("attention", attention, "AttentionWeights or a tensor (B, H, N, N)")
         w = attention.to_dense() if isinstance(attention, AttentionWeights) else attention
         n = self.nodes.num_nodes
         if w.shape[-2:] != (n, n) or w.dim() not in (2, 3, 4):
@@ -105,11 +119,13 @@ class FusedGraph:
         if w.shape[0] != b:
             raise ValueError(f"attention has batch {w.shape[0]} but the nodes have B={b}")
         m = len(self.modality_names)
+        real = self.nodes.mask  # (B, N)
+        # where, not a product: a NaN in a padded row or column must not reach the sums
+        w = torch.where(real[:, :, None] & real[:, None, :], w, w.new_zeros(()))  # (B, N, N)
         onehot = nn.functional.one_hot(self.modality_ids, m).to(w.dtype)  # (N, M)
         mass = w @ onehot  # (B, N, M): weight of target i on each source modality
-        real = self.nodes.mask.to(w.dtype)  # (B, N)
-        per_dst = torch.einsum("bn,na,bnm->am", real, onehot, mass)  # (M, M)
-        count = torch.einsum("bn,na->a", real, onehot).clamp_min(1.0)  # (M,)
+        per_dst = torch.einsum("bn,na,bnm->am", real.to(w.dtype), onehot, mass)  # (M, M)
+        count = torch.einsum("bn,na->a", real.to(w.dtype), onehot).clamp_min(1.0)  # (M,)
         return per_dst / count[:, None]
 
 
@@ -160,17 +176,17 @@ def fuse(
         >>> fused.graph.num_edges  # 2*2 + 3*3 + 2*3 (text attends to image)
         19
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    if intra not in ("complete", "own"):
-        raise ValueError(f"intra must be 'complete' or 'own', got {intra!r}")
-    nodesets = list(nodesets)
-    if not nodesets:
-        raise ValueError("fuse needs at least one NodeSet, got none")
+    check_choice("mode", mode, _MODES)
+    check_choice("intra", intra, ("complete", "own"))
+    symmetric = check_bool("symmetric", symmetric)
+    nodesets = _check_nodesets(nodesets)
+    if cross_links is not None:
+        cross_links = check_sequence("cross_links", cross_links, "pairs of modality names")
+    num_latents = check_int("num_latents", num_latents, optional=True)
+    if latents is not None:
+        check_tensor("latents", latents, "a tensor of shape (L, D) or (B, L, D)")
     names: list[str] = []
     for i, ns in enumerate(nodesets):
-        if not isinstance(ns, NodeSet):
-            raise TypeError(f"nodesets[{i}] must be a NodeSet, got {type(ns).__name__}")
         if len(ns.modality_names) != 1:
             raise ValueError(
                 f"nodesets[{i}] mixes modalities {ns.modality_names}; pass one NodeSet per modality"
@@ -228,13 +244,23 @@ def fuse(
     )
 
 
+def _check_nodesets(nodesets: Sequence[NodeSet]) -> list[NodeSet]:
+    """``nodesets`` as a non-empty list of :class:`NodeSet`."""
+    nodesets = check_sequence("nodesets", nodesets, "NodeSet")
+    if not nodesets:
+        raise ValueError("nodesets must hold at least one NodeSet, got none")
+    for i, ns in enumerate(nodesets):
+        if not isinstance(ns, NodeSet):
+            raise arg_error(TypeError, f"nodesets[{i}]", "a NodeSet", ns)
+    return nodesets
+
+
 def _latent_nodes(first: NodeSet, num_latents: int | None, latents: Tensor | None) -> NodeSet:
     b, d = first.batch_size, first.dim
     if latents is None:
         if num_latents is None:
             raise ValueError("mode='bottleneck' needs num_latents or latents, got neither")
-        num = check_positive_int("num_latents", num_latents)
-        feats = first.features.new_zeros(b, num, d)  # (B, L, D)
+        feats = first.features.new_zeros(b, num_latents, d)  # (B, L, D)
     else:
         if latents.dim() == 2:
             latents = latents[None].expand(b, -1, -1)  # (B, L, D)
@@ -264,9 +290,11 @@ def _linked_pairs(
         for name in names[:-1]:
             pairs += [(LATENT, name), (name, LATENT)]
         return pairs
-    for link in cross_links or []:
-        if not isinstance(link, tuple | list) or len(link) != 2:
-            raise ValueError(f"each cross link must be a pair of modality names, got {link!r}")
+    for i, link in enumerate(cross_links or []):
+        if not isinstance(link, tuple | list):
+            raise arg_error(TypeError, f"cross_links[{i}]", "a pair of modality names", link)
+        if len(link) != 2:
+            raise arg_error(ValueError, f"cross_links[{i}]", "a pair of modality names", link)
         a, b = link
         for name in (a, b):
             if name not in names:
@@ -309,14 +337,15 @@ class ModalityFusion(nn.Module):
 
     def __init__(self, dim: int, modality_names: Sequence[str], num_latents: int = 0) -> None:
         super().__init__()
-        self.dim = check_positive_int("dim", dim)
-        names = tuple(modality_names)
-        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"modality_names must be distinct strings, got {modality_names!r}")
+        dim = self.dim = check_int("dim", dim)
+        names = tuple(check_sequence("modality_names", modality_names, "str"))
+        for i, name in enumerate(names):
+            check_str(f"modality_names[{i}]", name)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"modality_names must be distinct strings, got {names!r}")
         if LATENT in names:
             raise ValueError(f"modality name {LATENT!r} is reserved for the latent nodes")
-        if isinstance(num_latents, bool) or not isinstance(num_latents, int) or num_latents < 0:
-            raise ValueError(f"num_latents must be an int >= 0, got {num_latents!r}")
+        num_latents = check_int("num_latents", num_latents, minimum=0)
         self.modality_names = names
         self.num_latents = num_latents
         self.modality_embedding = nn.Parameter(torch.empty(len(names), dim))
@@ -349,13 +378,13 @@ class ModalityFusion(nn.Module):
             mode: default ``"bottleneck"`` when the module has latents, else ``"complete"``.
             cross_links, symmetric, intra: as in :func:`fuse`.
         """
-        mode = mode or ("bottleneck" if self.num_latents else "complete")
+        if mode is None:
+            mode = "bottleneck" if self.num_latents else "complete"
+        check_choice("mode", mode, _MODES)
         if mode == "bottleneck" and not self.num_latents:
             raise ValueError("mode='bottleneck' needs latents: build with num_latents > 0")
         embedded = []
-        for i, ns in enumerate(nodesets):
-            if not isinstance(ns, NodeSet):
-                raise TypeError(f"nodesets[{i}] must be a NodeSet, got {type(ns).__name__}")
+        for i, ns in enumerate(_check_nodesets(nodesets)):
             if ns.modality not in self.modality_names:
                 raise ValueError(
                     f"nodesets[{i}] has modality {ns.modality!r}, not one of {self.modality_names}"

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from graphattn.positional import sinusoidal_2d
 
-from ._common import check_positive_int, pair
+from ._common import arg_error, check_bool, check_choice, check_int, check_tensor, pair
 from .nodes import NodeSet
 
 __all__ = ["PatchAdapter", "CNNFeatureAdapter", "conv_stem"]
@@ -34,8 +34,7 @@ def _check_image(
     x: Tensor, in_channels: int, convert_uint8: bool, *, name: str = "images"
 ) -> Tensor:
     """Validate ``(B, C, H, W)`` and return a floating-point tensor."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(name, x, "a tensor of shape (B, C, H, W)")
     if x.dim() != 4:
         raise ValueError(
             f"{name} must have shape (B, C, H, W), got {tuple(x.shape)} "
@@ -57,17 +56,22 @@ def _check_image(
     return x
 
 
-def _check_adapter_args(in_channels: int, dim: int, pos_embed: str) -> None:
-    """Checks shared by the image adapters."""
-    if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
-    if pos_embed not in ("sincos", "none"):
-        raise ValueError(f"pos_embed must be 'sincos' or 'none', got {pos_embed!r}")
-    if pos_embed == "sincos" and isinstance(dim, int) and dim % 4:
+def _check_adapter_args(
+    in_channels: int, dim: int, pos_embed: str, grid_radius: int | None, convert_uint8: bool
+) -> tuple[int, int, int | None, bool]:
+    """Checks shared by the image adapters; returns ``in_channels``, ``dim``,
+    ``grid_radius`` and ``convert_uint8``."""
+    in_channels = check_choice("in_channels", in_channels, (1, 3))
+    dim = check_int("dim", dim)
+    check_choice("pos_embed", pos_embed, ("sincos", "none"))
+    grid_radius = check_int("grid_radius", grid_radius, optional=True)
+    convert_uint8 = check_bool("convert_uint8", convert_uint8)
+    if pos_embed == "sincos" and dim % 4:
         raise ValueError(
             f"dim must be divisible by 4 for the 2-D sin-cos position encoding, got {dim}; "
             "use pos_embed='none' for other sizes"
         )
+    return in_channels, dim, grid_radius, convert_uint8
 
 
 def _grid_nodes(
@@ -136,15 +140,12 @@ class PatchAdapter(nn.Module):
         pos_embed: PosEmbed = "sincos",
     ) -> None:
         super().__init__()
-        _check_adapter_args(in_channels, dim, pos_embed)
-        self.in_channels = in_channels
-        self.patch_size = pair("patch_size", patch_size)
-        self.dim = check_positive_int("dim", dim)
-        self.pad = bool(pad)
-        self.convert_uint8 = bool(convert_uint8)
-        self.grid_radius = (
-            None if grid_radius is None else check_positive_int("grid_radius", grid_radius)
+        in_channels, dim, self.grid_radius, self.convert_uint8 = _check_adapter_args(
+            in_channels, dim, pos_embed, grid_radius, convert_uint8
         )
+        self.in_channels, self.dim = in_channels, dim
+        self.patch_size = pair("patch_size", patch_size)
+        self.pad = check_bool("pad", pad)
         self.pos_embed = pos_embed
         self.proj = nn.Conv2d(in_channels, dim, self.patch_size, stride=self.patch_size)
         self.reset_parameters()
@@ -191,6 +192,8 @@ def conv_stem(in_channels: int, width: int = 64) -> nn.Sequential:
     Shapes:
         - ``(B, C, H, W)`` -> ``(B, width, ceil(H / 4), ceil(W / 4))``.
     """
+    in_channels = check_int("in_channels", in_channels)
+    width = check_int("width", width)
     mid = max(width // 2, 1)
     return nn.Sequential(
         nn.Conv2d(in_channels, mid, 3, stride=2, padding=1, bias=False),
@@ -261,13 +264,12 @@ class CNNFeatureAdapter(nn.Module):
         pos_embed: PosEmbed = "sincos",
     ) -> None:
         super().__init__()
-        _check_adapter_args(in_channels, dim, pos_embed)
-        self.dim = check_positive_int("dim", dim)
-        self.in_channels = in_channels
-        self.grid_radius = (
-            None if grid_radius is None else check_positive_int("grid_radius", grid_radius)
+        in_channels, dim, self.grid_radius, self.convert_uint8 = _check_adapter_args(
+            in_channels, dim, pos_embed, grid_radius, convert_uint8
         )
-        self.convert_uint8 = bool(convert_uint8)
+        self.dim, self.in_channels = dim, in_channels
+        if layer is not None and not isinstance(layer, str):
+            raise arg_error(TypeError, "layer", "a str (a node name) or None", layer)
         self.pos_embed = pos_embed
         self.repeat_grey = False
         if isinstance(backbone, str):
@@ -291,9 +293,7 @@ class CNNFeatureAdapter(nn.Module):
             self.backbone_name = type(backbone).__name__
             model = backbone
         else:
-            raise TypeError(
-                f"backbone must be an nn.Module or a model name, got {type(backbone).__name__}"
-            )
+            raise arg_error(TypeError, "backbone", "an nn.Module or a model name", backbone)
         self.layer = layer
         if layer is not None:
             from torchvision.models.feature_extraction import (

@@ -18,7 +18,17 @@ from torch import Tensor
 
 from graphattn import Graph
 
-from ._common import check_positive_int, masked_mean
+from ._common import (
+    arg_error,
+    check_choice,
+    check_int,
+    check_mask,
+    check_pair,
+    check_sequence,
+    check_str,
+    check_tensor,
+    masked_mean,
+)
 
 __all__ = ["NodeSet", "PositionKind", "GraphKind", "masked_mean"]
 
@@ -50,6 +60,10 @@ class NodeSet:
             ``"causal"`` for causal text, ``"grid"`` for a grid neighbourhood).
         graph_radius: radius of the default ``"window"`` or ``"grid"`` structure.
 
+    Every field is checked on construction: a wrong type (``None`` for a tensor included)
+    raises :class:`TypeError`, a wrong shape or value :class:`ValueError`, naming the field
+    and what it got.
+
     Shapes:
         - features: ``(B, N, D)`` floating point
         - mask: ``(B, N)`` bool
@@ -77,38 +91,26 @@ class NodeSet:
     graph_radius: int | None = None
 
     def __post_init__(self) -> None:
-        f, m = self.features, self.mask
-        if not isinstance(f, Tensor):
-            raise TypeError(f"features must be a torch.Tensor, got {type(f).__name__}")
+        f = check_tensor("features", self.features, "a floating-point tensor of shape (B, N, D)")
         if f.dim() != 3:
             raise ValueError(f"features must have shape (B, N, D), got {tuple(f.shape)}")
         if not f.is_floating_point():
             raise TypeError(f"features must be floating point, got {f.dtype}")
-        if not isinstance(m, Tensor) or m.dtype != torch.bool:
-            raise TypeError(
-                "mask must be a bool tensor (True = real node), got "
-                f"{getattr(m, 'dtype', type(m).__name__)}"
-            )
-        if tuple(m.shape) != tuple(f.shape[:2]):
-            raise ValueError(
-                f"mask must have shape (B, N) = {tuple(f.shape[:2])}, got {tuple(m.shape)}"
-            )
+        m = check_mask("mask", self.mask, tuple(f.shape[:2]))
         if m.device != f.device:
             raise ValueError(f"mask is on {m.device} but features are on {f.device}")
-        if not isinstance(self.modality, str) or not self.modality:
-            raise ValueError(f"modality must be a non-empty str, got {self.modality!r}")
+        check_str("modality", self.modality)
         self._check_positions()
         self._check_modalities()
         if self.grid_shape is not None:
-            h, w = self.grid_shape
+            h, w = check_pair("grid_shape", self.grid_shape, minimum=0)
             if h * w != self.num_nodes:
                 raise ValueError(
-                    f"grid_shape {tuple(self.grid_shape)} has {h * w} cells but there are "
-                    f"{self.num_nodes} nodes"
+                    f"grid_shape {(h, w)} has {h * w} cells but there are {self.num_nodes} nodes"
                 )
-            self.grid_shape = (int(h), int(w))
-        if self.graph_kind not in _GRAPH_KINDS:
-            raise ValueError(f"graph_kind must be one of {_GRAPH_KINDS}, got {self.graph_kind!r}")
+            self.grid_shape = (h, w)
+        check_choice("graph_kind", self.graph_kind, _GRAPH_KINDS)
+        self.graph_radius = check_int("graph_radius", self.graph_radius, minimum=0, optional=True)
 
     def _check_positions(self) -> None:
         p, kind = self.positions, self.position_kind
@@ -116,13 +118,12 @@ class NodeSet:
             if kind is not None:
                 raise ValueError(f"position_kind={kind!r} was given without positions")
             return
-        if kind not in _POSITION_KINDS:
+        if kind is None:
             raise ValueError(
-                f"position_kind must be one of {_POSITION_KINDS} when positions are given, "
-                f"got {kind!r}"
+                f"position_kind must be one of {_POSITION_KINDS} when positions are given, got None"
             )
-        if not isinstance(p, Tensor):
-            raise TypeError(f"positions must be a torch.Tensor, got {type(p).__name__}")
+        check_choice("position_kind", kind, _POSITION_KINDS)
+        check_tensor("positions", p)
         b, n = self.features.shape[:2]
         want = (b, n, 2) if kind == "grid" else (b, n)
         if tuple(p.shape) != want:
@@ -138,17 +139,21 @@ class NodeSet:
         n = self.num_nodes
         if self.modality_names is None:
             self.modality_names = (self.modality,)
-        self.modality_names = tuple(self.modality_names)
-        if len(set(self.modality_names)) != len(self.modality_names):
-            raise ValueError(f"modality_names must be unique, got {self.modality_names}")
+        names = tuple(check_sequence("modality_names", self.modality_names, "str"))
+        for i, name in enumerate(names):
+            check_str(f"modality_names[{i}]", name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality_names must be unique, got {names}")
+        self.modality_names = names
         if self.modality_ids is None:
             self.modality_ids = torch.zeros(n, dtype=torch.long, device=self.features.device)
             return
-        ids = self.modality_ids
-        if not isinstance(ids, Tensor) or tuple(ids.shape) != (n,):
+        ids = check_tensor("modality_ids", self.modality_ids, "an integer tensor of shape (N,)")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"modality_ids must have an integer dtype, got {ids.dtype}")
+        if tuple(ids.shape) != (n,):
             raise ValueError(
-                f"modality_ids must be a tensor of shape (N,) = ({n},), got "
-                f"{tuple(getattr(ids, 'shape', ()))}"
+                f"modality_ids must be a tensor of shape (N,) = ({n},), got {tuple(ids.shape)}"
             )
         if (
             n
@@ -198,6 +203,10 @@ class NodeSet:
     # ------------------------------------------------------------------ operations
     def to(self, device: torch.device | str) -> NodeSet:
         """A copy with every tensor on ``device``."""
+        try:
+            device = torch.device(device)
+        except (TypeError, RuntimeError):
+            raise arg_error(TypeError, "device", "a torch.device or a str", device) from None
         moved = {
             name: getattr(self, name).to(device)
             for name in ("features", "mask", "positions", "modality_ids")
@@ -225,6 +234,7 @@ class NodeSet:
         ``"complete"``: use :func:`modalities.fuse` for per-part structure.
 
         Raises:
+            TypeError: a part is not a :class:`NodeSet`.
             ValueError: the parts differ in batch size, feature size, or device.
         """
         if len(nodesets) == 1 and isinstance(nodesets[0], list | tuple):
@@ -233,7 +243,7 @@ class NodeSet:
             raise ValueError("concat needs at least one NodeSet, got none")
         for i, ns in enumerate(nodesets):
             if not isinstance(ns, NodeSet):
-                raise TypeError(f"nodesets[{i}] must be a NodeSet, got {type(ns).__name__}")
+                raise arg_error(TypeError, f"nodesets[{i}]", "a NodeSet", ns)
         first = nodesets[0]
         for i, ns in enumerate(nodesets[1:], start=1):
             if ns.batch_size != first.batch_size:
@@ -290,8 +300,8 @@ class NodeSet:
         Returns:
             A :class:`graphattn.Graph` with ``num_dst == num_src == N``.
         """
-        kind = self.graph_kind if kind is None else kind
-        radius = self.graph_radius if radius is None else radius
+        kind = self.graph_kind if kind is None else check_choice("kind", kind, _GRAPH_KINDS)
+        radius = self.graph_radius if radius is None else check_int("radius", radius, minimum=0)
         n, dev = self.num_nodes, self.device
         if kind == "complete":
             g: Graph = Graph.complete(n, device=dev)
@@ -301,16 +311,14 @@ class NodeSet:
             if radius is None:
                 raise ValueError("graph kind 'window' needs a radius, got radius=None")
             g = Graph.window(n, radius, device=dev)
-        elif kind == "grid":
+        else:  # "grid"
             if self.grid_shape is None:
                 raise ValueError(
                     f"graph kind 'grid' needs grid_shape, but this {self.modality!r} NodeSet "
                     "has none"
                 )
-            radius = 1 if radius is None else check_positive_int("radius", radius)
+            radius = 1 if radius is None else radius
             g = Graph.grid(*self.grid_shape, radius, device=dev)
-        else:
-            raise ValueError(f"kind must be one of {_GRAPH_KINDS}, got {kind!r}")
         if not bool(self.mask.all()):
             g = g.pad(key_padding_mask=self.key_padding_mask)
         return g

@@ -21,6 +21,7 @@ Axis legend: ``B`` batch, ``N`` nodes, ``G`` feature groups, ``S`` features per 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,14 @@ from torch import Tensor, nn
 
 from graphattn import AttentionWeights, GraphTransformer
 
-from ._common import check_positive_int, masked_mean
+from ._common import (
+    arg_error,
+    check_float,
+    check_int,
+    check_mask,
+    check_sequence,
+    masked_mean,
+)
 
 __all__ = ["EntitySpec", "RLOutput", "RLStateEncoder"]
 
@@ -49,9 +57,11 @@ class EntitySpec:
     max_entities: int | None = None
 
     def __post_init__(self) -> None:
-        check_positive_int("feature_dim", self.feature_dim)
-        if self.max_entities is not None:
-            check_positive_int("max_entities", self.max_entities)
+        # frozen: store the checked (plain int) values through object.__setattr__
+        object.__setattr__(self, "feature_dim", check_int("feature_dim", self.feature_dim))
+        object.__setattr__(
+            self, "max_entities", check_int("max_entities", self.max_entities, optional=True)
+        )
 
 
 @dataclass
@@ -91,9 +101,14 @@ class RLOutput:
 
 def _check_groups(groups: Sequence[Sequence[int]], obs_dim: int) -> list[list[int]]:
     """Groups must partition ``range(obs_dim)``."""
-    out = [[int(i) for i in g] for g in groups]
-    if not out or any(len(g) == 0 for g in out):
-        raise ValueError(f"groups must be non-empty lists of feature indices, got {groups!r}")
+    out = []
+    for k, group in enumerate(check_sequence("groups", groups, "lists of feature indices")):
+        group = check_sequence(f"groups[{k}]", group, "feature indices (int)")
+        if not group:
+            raise arg_error(ValueError, f"groups[{k}]", "a non-empty list of feature indices", [])
+        out.append([check_int(f"groups[{k}][{j}]", i, minimum=0) for j, i in enumerate(group)])
+    if not out:
+        raise arg_error(ValueError, "groups", "non-empty lists of feature indices", groups)
     flat = [i for g in out for i in g]
     bad = sorted({i for i in flat if not 0 <= i < obs_dim})
     if bad:
@@ -150,21 +165,31 @@ class RLStateEncoder(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.dim = check_positive_int("dim", dim)
-        check_positive_int("num_layers", num_layers)
-        check_positive_int("num_heads", num_heads)
+        if isinstance(obs, EntitySpec):
+            obs_dim = None
+        elif isinstance(obs, bool) or not isinstance(obs, numbers.Integral):
+            raise arg_error(TypeError, "obs", "an int (obs_dim) or an EntitySpec", obs)
+        else:
+            obs_dim = check_int("obs", obs)
+        dim = self.dim = check_int("dim", dim)
+        num_layers = check_int("num_layers", num_layers)
+        num_heads = check_int("num_heads", num_heads)
+        if dim % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim})")
+        dim_feedforward = check_int("dim_feedforward", dim_feedforward, optional=True)
+        dropout = check_float("dropout", dropout)
+        if not 0 <= dropout < 1:
+            raise arg_error(ValueError, "dropout", "in [0, 1)", dropout)
+        if not isinstance(backend, str):
+            raise arg_error(TypeError, "backend", "a str ('auto', 'dense', 'edges', ...)", backend)
         if num_actions is not None and action_dim is not None:
             raise ValueError(
                 f"give num_actions (discrete) or action_dim (continuous), not both; got "
                 f"num_actions={num_actions}, action_dim={action_dim}"
             )
-        self.num_actions = (
-            None if num_actions is None else check_positive_int("num_actions", num_actions)
-        )
-        self.action_dim = (
-            None if action_dim is None else check_positive_int("action_dim", action_dim)
-        )
-        if isinstance(obs, EntitySpec):
+        self.num_actions = check_int("num_actions", num_actions, optional=True)
+        self.action_dim = check_int("action_dim", action_dim, optional=True)
+        if obs_dim is None:
             if groups is not None:
                 raise ValueError("groups apply to vector observations, not to an EntitySpec")
             self.entity_spec: EntitySpec | None = obs
@@ -174,14 +199,14 @@ class RLStateEncoder(nn.Module):
             self.register_parameter("value_weight", None)
             self.register_parameter("identity", None)
         else:
-            self.obs_dim = check_positive_int("obs_dim", obs)
+            self.obs_dim = obs_dim
             self.entity_spec = None
             self.entity_proj = None
             self.groups = (
-                [[i] for i in range(obs)] if groups is None else _check_groups(groups, obs)
+                [[i] for i in range(obs_dim)] if groups is None else _check_groups(groups, obs_dim)
             )
             g, s = len(self.groups), max(len(grp) for grp in self.groups)
-            index = torch.full((g, s), obs, dtype=torch.long)  # obs = the zero column
+            index = torch.full((g, s), obs_dim, dtype=torch.long)  # obs_dim = the zero column
             for k, grp in enumerate(self.groups):
                 index[k, : len(grp)] = torch.tensor(grp)
             self.register_buffer("group_index", index, persistent=False)  # (G, S)
@@ -246,9 +271,11 @@ class RLStateEncoder(nn.Module):
         from gymnasium import spaces
 
         if not isinstance(observation_space, spaces.Box):
-            raise TypeError(
-                "observation_space must be a gymnasium Box (1-D vector or 2-D entities), got "
-                f"{observation_space!r}"
+            raise arg_error(
+                TypeError,
+                "observation_space",
+                "a gymnasium Box (1-D vector or 2-D entities)",
+                observation_space,
             )
         shape = observation_space.shape
         if len(shape) == 1:
@@ -267,20 +294,32 @@ class RLStateEncoder(nn.Module):
         elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
             actions = {"action_dim": int(action_space.shape[0])}
         else:
-            raise TypeError(
-                f"action_space must be a gymnasium Discrete or 1-D Box, got {action_space!r}"
+            raise arg_error(
+                TypeError, "action_space", "a gymnasium Discrete or 1-D Box, or None", action_space
             )
         return cls(obs, dim, num_layers, num_heads, **actions, **kwargs)
 
     def embed(self, obs: Tensor | np.ndarray, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Observation -> nodes and their mask, before the transformer.
 
+        The features of padded entities are replaced by zeros before the projection
+        (:func:`torch.where`), so NaN or inf in a padded entity never reaches a real output.
+
         Shapes:
             - obs: ``(B, obs_dim)`` or ``(B, N, F)``; returns ``(B, N, D)``, ``(B, N)``.
         """
         ref = self.critic.weight
+        what = "a tensor or array of numbers"
         if not isinstance(obs, Tensor):
-            obs = torch.as_tensor(np.asarray(obs), device=ref.device)
+            try:
+                array = np.asarray(obs)
+            except (TypeError, ValueError):  # ragged nested lists
+                raise arg_error(TypeError, "obs", what, obs) from None
+            if array.dtype.kind not in "biuf":
+                raise arg_error(TypeError, "obs", what, obs)
+            obs = torch.as_tensor(array, device=ref.device)
+        if obs.is_complex():
+            raise arg_error(TypeError, "obs", what, obs)
         if not obs.is_floating_point():
             obs = obs.float()
         obs = obs.to(ref.dtype)
@@ -307,14 +346,9 @@ class RLStateEncoder(nn.Module):
             )
         if mask is None:
             mask = torch.ones(obs.shape[:2], dtype=torch.bool, device=obs.device)
-        elif (
-            not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != obs.shape[:2]
-        ):
-            raise ValueError(
-                f"mask must be a bool tensor of shape (B, N) = {tuple(obs.shape[:2])} "
-                f"(True = real entity), got {getattr(mask, 'dtype', type(mask).__name__)} "
-                f"{tuple(getattr(mask, 'shape', ()))}"
-            )
+            return self.entity_proj(obs), mask  # (B, N, D), (B, N)
+        check_mask("mask", mask, tuple(obs.shape[:2]))
+        obs = torch.where(mask[..., None], obs, obs.new_zeros(()))  # (B, N, F): padding -> 0
         return self.entity_proj(obs), mask  # (B, N, D), (B, N)
 
     def forward(

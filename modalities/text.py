@@ -19,6 +19,7 @@ Axis legend: ``B`` batch, ``N`` tokens (nodes), ``D`` embedding size.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -27,7 +28,15 @@ from torch import Tensor, nn
 
 from graphattn.positional import sinusoidal_encoding
 
-from ._common import check_positive_int
+from ._common import (
+    arg_error,
+    check_bool,
+    check_choice,
+    check_int,
+    check_mask,
+    check_sequence,
+    short_repr,
+)
 from .nodes import NodeSet
 
 __all__ = [
@@ -69,19 +78,51 @@ class Tokenizer(Protocol):
         ...
 
 
+def _check_max_length(max_length: Any, specials: int) -> int | None:
+    """``max_length`` if it is ``None`` or an int that holds the ``specials`` special tokens
+    (and at least one id)."""
+    max_length = check_int("max_length", max_length, optional=True)
+    if max_length is not None and max_length < max(specials, 1):
+        raise ValueError(
+            f"max_length must be >= {max(specials, 1)} to hold the special tokens, got {max_length}"
+        )
+    return max_length
+
+
+def _check_text(name: str, text: Any) -> str:
+    if not isinstance(text, str):
+        raise arg_error(TypeError, name, "a str", text)
+    return text
+
+
+def _check_texts(name: str, texts: Any, of: str = "str") -> list[str]:
+    """``texts`` as a list of ``str``; a single ``str`` is refused (its characters would be
+    encoded as separate texts)."""
+    texts = check_sequence(name, texts, of)
+    for i, text in enumerate(texts):
+        _check_text(f"{name}[{i}]", text)
+    return texts
+
+
+def _check_tokenizer(name: str, tokenizer: Any) -> Tokenizer:
+    if not isinstance(tokenizer, Tokenizer):
+        raise arg_error(
+            TypeError,
+            name,
+            "a Tokenizer (vocab_size, pad_id and encode(text, max_length)); wrap other "
+            "tokenizers in TokenizerAdapter",
+            tokenizer,
+        )
+    return tokenizer
+
+
 def _truncate(
     content: list[int], max_length: int | None, bos: int | None, eos: int | None
 ) -> list[int]:
     """``[bos] + content + [eos]`` cut to ``max_length`` by dropping content from the end."""
     specials = (bos is not None) + (eos is not None)
+    max_length = _check_max_length(max_length, specials)
     if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int):
-            raise TypeError(f"max_length must be an int or None, got {max_length!r}")
-        if max_length < max(specials, 1):
-            raise ValueError(
-                f"max_length must be >= {max(specials, 1)} to hold the special tokens, "
-                f"got {max_length}"
-            )
         content = content[: max_length - specials]
     return ([bos] if bos is not None else []) + content + ([eos] if eos is not None else [])
 
@@ -116,17 +157,16 @@ class ByteTokenizer:
     pad_id = PAD
 
     def __init__(self, *, add_special_tokens: bool = True) -> None:
-        self.add_special_tokens = bool(add_special_tokens)
+        self.add_special_tokens = check_bool("add_special_tokens", add_special_tokens)
 
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         """Token ids of ``text``: ``[BOS] + bytes + [EOS]``, cut to ``max_length`` ids by
         dropping whole UTF-8 characters from the end (``BOS``/``EOS`` are kept)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        data = text.encode("utf-8")
+        data = _check_text("text", text).encode("utf-8")
         bos, eos = (self.BOS, self.EOS) if self.add_special_tokens else (None, None)
         specials = 2 if self.add_special_tokens else 0
-        if max_length is not None and isinstance(max_length, int) and max_length >= specials:
+        max_length = _check_max_length(max_length, specials)
+        if max_length is not None:
             cut = max_length - specials
             if cut < len(data):
                 while cut > 0 and (data[cut] & 0xC0) == 0x80:  # continuation byte: back off
@@ -135,9 +175,24 @@ class ByteTokenizer:
         return _truncate([b + self.num_special for b in data], max_length, bos, eos)
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
-        """Text of ``ids``; special tokens are skipped and invalid UTF-8 becomes ``U+FFFD``."""
+        """Text of ``ids``; special tokens are skipped and invalid UTF-8 becomes ``U+FFFD``.
+
+        Args:
+            ids: a 1-D sequence or tensor of ids in ``[0, vocab_size)``.
+        """
         if isinstance(ids, Tensor):
+            what = "a 1-D sequence or integer tensor of token ids"
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise arg_error(TypeError, "ids", what, ids)
+            if ids.dim() != 1:
+                raise arg_error(ValueError, "ids", what, ids)
             ids = ids.tolist()
+        ids = check_sequence("ids", ids, "int")
+        for i, value in enumerate(ids):
+            if check_int(f"ids[{i}]", value, minimum=0) >= self.vocab_size:
+                raise ValueError(
+                    f"ids[{i}] must lie in [0, vocab_size={self.vocab_size}), got {value}"
+                )
         data = bytes(i - self.num_special for i in ids if i >= self.num_special)
         return data.decode("utf-8", errors="replace")
 
@@ -187,27 +242,40 @@ class TokenizerAdapter:
         eos_id: int | None = None,
     ) -> None:
         if not (callable(tokenizer) or callable(getattr(tokenizer, "encode", None))):
-            raise TypeError(
-                "tokenizer must be callable (str -> list[int]) or have an encode(text) "
-                f"method, got {type(tokenizer).__name__}"
+            raise arg_error(
+                TypeError,
+                "tokenizer",
+                "callable (str -> list[int]) or have an encode(text) method",
+                tokenizer,
             )
         self.tokenizer = tokenizer
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.vocab_size = check_int("vocab_size", vocab_size)
+        ids = {}
         for name, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
-            if value is not None and not 0 <= value < vocab_size:
-                raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}), got {value}")
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+            value = check_int(name, value, minimum=0, optional=name != "pad_id")
+            if value is not None and value >= self.vocab_size:
+                raise ValueError(
+                    f"{name} must lie in [0, vocab_size={self.vocab_size}), got {value}"
+                )
+            ids[name] = value
+        self.pad_id, self.bos_id, self.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
 
     def _raw_ids(self, text: str) -> list[int]:
         enc = getattr(self.tokenizer, "encode", None)
         out = enc(text) if callable(enc) else self.tokenizer(text)
         if hasattr(out, "ids"):
             out = out.ids
-        elif isinstance(out, Mapping):
+        elif isinstance(out, Mapping) and "input_ids" in out:
             out = out["input_ids"]
         if isinstance(out, Tensor):
             out = out.reshape(-1).tolist()
-        ids = [int(i) for i in out]
+        try:
+            ids = [operator.index(i) for i in out]
+        except TypeError:
+            raise TypeError(
+                f"tokenizer returned {short_repr(out)} for {text[:40]!r}; expected a list of "
+                "int ids, an object with .ids, or a mapping with 'input_ids'"
+            ) from None
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(
@@ -218,8 +286,8 @@ class TokenizerAdapter:
 
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         """Ids of ``text`` (with ``bos_id``/``eos_id`` if set), cut to ``max_length``."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        _check_text("text", text)
+        _check_max_length(max_length, (self.bos_id is not None) + (self.eos_id is not None))
         return _truncate(self._raw_ids(text), max_length, self.bos_id, self.eos_id)
 
     def batch_encode(
@@ -255,13 +323,15 @@ def batch_encode(
         - returns ids ``(B, N)`` int64 and mask ``(B, N)`` bool, ``N`` the longest encoding
           (or ``max_length`` with ``pad_to_max``).
     """
-    if isinstance(texts, str):
-        raise TypeError("texts must be a sequence of str, got a single str: wrap it in a list")
+    _check_tokenizer("tokenizer", tokenizer)
+    texts = _check_texts("texts", texts)
+    max_length = check_int("max_length", max_length, optional=True)
+    if check_bool("pad_to_max", pad_to_max):
+        if max_length is None:
+            raise ValueError("pad_to_max=True needs max_length, got max_length=None")
     encoded = [tokenizer.encode(t, max_length) for t in texts]
     n = max((len(e) for e in encoded), default=0)
     if pad_to_max:
-        if max_length is None:
-            raise ValueError("pad_to_max=True needs max_length, got max_length=None")
         n = max_length
     ids = torch.full((len(encoded), n), tokenizer.pad_id, dtype=torch.long)  # (B, N)
     mask = torch.zeros(len(encoded), n, dtype=torch.bool)  # (B, N)
@@ -307,26 +377,21 @@ class TextAdapter(nn.Module):
         positions: Literal["learned", "sinusoidal"] = "learned",
     ) -> None:
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.dim = check_positive_int("dim", dim)
-        self.max_length = check_positive_int("max_length", max_length)
-        if positions not in ("learned", "sinusoidal"):
-            raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {positions!r}")
+        vocab_size = self.vocab_size = check_int("vocab_size", vocab_size)
+        dim = self.dim = check_int("dim", dim)
+        max_length = self.max_length = check_int("max_length", max_length)
+        self.causal = check_bool("causal", causal)
+        check_choice("positions", positions, ("learned", "sinusoidal"))
         if tokenizer is None and vocab_size >= ByteTokenizer.vocab_size:
             tokenizer = ByteTokenizer()
         if tokenizer is not None:
-            if not isinstance(tokenizer, Tokenizer):
-                raise TypeError(
-                    "tokenizer must have vocab_size, pad_id and encode(text, max_length); "
-                    f"wrap {type(tokenizer).__name__} in TokenizerAdapter"
-                )
+            _check_tokenizer("tokenizer", tokenizer)
             if tokenizer.vocab_size > vocab_size:
                 raise ValueError(
                     f"tokenizer has vocab_size={tokenizer.vocab_size} > the adapter's "
                     f"vocab_size={vocab_size}"
                 )
         self.tokenizer = tokenizer
-        self.causal = bool(causal)
         self.positions = positions
         self.pad_id = tokenizer.pad_id if tokenizer is not None else 0
         self.token = nn.Embedding(vocab_size, dim)
@@ -364,15 +429,13 @@ class TextAdapter(nn.Module):
         Shapes:
             - returns a :class:`NodeSet`: features ``(B, N, D)``, mask ``(B, N)``.
         """
-        if isinstance(inputs, str):
-            raise TypeError("inputs must be a list of str or ids (B, N), got a single str")
         if isinstance(inputs, Tensor):
             ids = inputs
-            if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 2:
-                raise TypeError(
-                    f"ids must be an integer tensor of shape (B, N), got {ids.dtype} "
-                    f"{tuple(ids.shape)}"
-                )
+            what = "an integer tensor of shape (B, N) (token ids) or a sequence of str"
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise arg_error(TypeError, "inputs", what, ids)
+            if ids.dim() != 2:
+                raise arg_error(ValueError, "inputs", what, ids)
             if ids.shape[1] > self.max_length:
                 raise ValueError(
                     f"ids have N={ids.shape[1]} tokens but max_length={self.max_length}: "
@@ -385,12 +448,10 @@ class TextAdapter(nn.Module):
                 )
             if mask is None:
                 mask = ids != self.pad_id
-            elif mask.dtype != torch.bool or mask.shape != ids.shape:
-                raise ValueError(
-                    f"mask must be bool with the shape of ids {tuple(ids.shape)}, got "
-                    f"{mask.dtype} {tuple(mask.shape)}"
-                )
+            else:
+                check_mask("mask", mask, tuple(ids.shape))
         else:
+            inputs = _check_texts("inputs", inputs, "str (or an integer tensor of token ids)")
             if mask is not None:
                 raise ValueError("mask is computed for string inputs; pass it only with ids")
             ids, mask = self.encode(inputs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import struct
 import wave
 from pathlib import Path
 
@@ -64,6 +66,125 @@ def test_load_wav_refuses_float_wav(tmp_path: Path) -> None:
     wavfile.write(path, 8000, np.zeros(100, dtype=np.float32))
     with pytest.raises(ValueError, match="not an integer PCM WAV file"):
         load_wav(path)
+
+
+def riff(*chunks: bytes) -> bytes:
+    """A RIFF/WAVE file of the given chunks (the RIFF size is filled in)."""
+    body = b"WAVE" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def chunk(chunk_id: bytes, body: bytes, size: int | None = None) -> bytes:
+    """One chunk; ``size`` overrides the declared size (for broken files)."""
+    pad = b"\0" * (len(body) & 1)
+    return chunk_id + struct.pack("<I", len(body) if size is None else size) + body + pad
+
+
+def fmt(
+    channels: int = 2, bits: int = 16, rate: int = 8000, tag: int = 1, align: int | None = None
+) -> bytes:
+    """A 16-byte PCM fmt chunk; ``align`` overrides the block size."""
+    width = (bits + 7) // 8
+    align = channels * width if align is None else align
+    return chunk(b"fmt ", struct.pack("<HHIIHH", tag, channels, rate, rate * align, align, bits))
+
+
+SAMPLES = struct.pack("<8h", 0, 1, -1, 2, 100, -100, 32767, -32768)  # 4 stereo 16-bit frames
+GOOD = riff(fmt(), chunk(b"data", SAMPLES))  # 44-byte header + 16 bytes of samples
+
+
+def test_load_wav_skips_other_chunks_and_reads_only_the_data_chunk(tmp_path: Path) -> None:
+    """Chunks before the data (odd-sized, so padded) are skipped; what follows is ignored."""
+    path = tmp_path / "chunks.wav"
+    path.write_bytes(
+        riff(chunk(b"LIST", b"odd"), fmt(), chunk(b"fact", b"1234"), chunk(b"data", SAMPLES))
+        + chunk(b"id3 ", b"trailing metadata")
+    )
+    waveform, rate = load_wav(path)
+    want = torch.tensor([[0, -1, 100, 32767], [1, 2, -100, -32768]]) / 32768.0
+    assert rate == 8000 and torch.equal(waveform, want)
+
+
+BROKEN_WAVS = {
+    "zero bytes": (b"", r"the file is empty \(0 bytes\)"),
+    "cut in the RIFF header": (GOOD[:10], "10 bytes, shorter than the 12-byte RIFF header"),
+    "not RIFF": (b"ID3\x04" + GOOD[4:], "does not start with a RIFF/WAVE header"),
+    "cut in a chunk header": (GOOD[:16], "ends inside a chunk header at byte 12"),
+    "cut in the fmt chunk": (GOOD[:30], r"ends inside its fmt chunk \(10 of 16 bytes"),
+    "fmt chunk too small": (
+        riff(chunk(b"fmt ", b"\0" * 8), chunk(b"data", SAMPLES)),
+        "fmt chunk is 8 bytes, fewer than the 16",
+    ),
+    "cut in another chunk": (
+        riff(fmt(), chunk(b"LIST", b"info", size=100)),
+        r"ends inside its LIST chunk \(4 of 100 bytes",
+    ),
+    "no fmt chunk": (riff(chunk(b"LIST", b"info")), "has no fmt and data chunks"),
+    "no data chunk": (GOOD[:36], "has no data chunk"),
+    "data before fmt": (riff(chunk(b"data", SAMPLES), fmt()), "data chunk comes before any fmt"),
+    "cut in the samples": (GOOD[:-3], "data chunk declares 16 bytes but only 13 follow"),
+    "data size larger than the file": (
+        riff(fmt(), chunk(b"data", SAMPLES, size=0xFFFFFFFF)),
+        "declares 4294967295 bytes but only 16 follow: the file is truncated",
+    ),
+    "cut mid-sample": (
+        riff(fmt(), chunk(b"data", SAMPLES[:-1])),
+        "holds 15 bytes, not a whole number of 4-byte frames .* cut mid-sample",
+    ),
+    "empty data chunk": (
+        riff(fmt(), chunk(b"data", b"")),
+        "holds no audio: its data chunk is empty$",
+    ),
+    "empty data chunk, samples after it": (
+        riff(fmt(), chunk(b"data", b"", size=0)) + SAMPLES,
+        "data chunk is empty but 16 bytes follow it",
+    ),
+    "zero channels": (riff(fmt(channels=0), chunk(b"data", SAMPLES)), "declares 0 channels"),
+    "zero sample rate": (riff(fmt(rate=0), chunk(b"data", SAMPLES)), "sample rate of 0 Hz"),
+    "0-bit samples": (riff(fmt(bits=0), chunk(b"data", SAMPLES)), "sample width of 0 bits"),
+    "48-bit samples": (riff(fmt(bits=48), chunk(b"data", SAMPLES)), "sample width of 48 bits"),
+    "block size not channels x width": (
+        riff(fmt(align=2), chunk(b"data", SAMPLES)),
+        "block_align is 2 bytes but 2 channel.* make 4",
+    ),
+    "float samples": (
+        riff(fmt(bits=32, tag=3), chunk(b"data", SAMPLES)),
+        r"not an integer PCM WAV file \(format tag 0x0003, IEEE float\)",
+    ),
+    "extensible format": (
+        riff(fmt(tag=0xFFFE), chunk(b"data", SAMPLES)),
+        "format tag 0xfffe, WAVE_FORMAT_EXTENSIBLE",
+    ),
+    "compressed": (riff(fmt(tag=0x55), chunk(b"data", SAMPLES)), "format tag 0x0055, MP3"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_WAVS))
+def test_load_wav_refuses_broken_files_naming_path_and_fault(tmp_path: Path, case: str) -> None:
+    """A truncated, empty or inconsistent file is a ValueError with the path and the fault,
+    never partial audio."""
+    data, fault = BROKEN_WAVS[case]
+    path = tmp_path / "broken.wav"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as info:
+        load_wav(path)
+    message = str(info.value)
+    assert message.startswith(f"cannot read WAV file {str(path)!r}: "), message
+    assert re.search(fault, message), message
+
+
+def test_load_wav_refuses_a_file_cut_by_the_wave_writer(tmp_path: Path) -> None:
+    """A file from the wave module, cut at every 7th byte (header and samples): always a
+    ValueError, never partial audio."""
+    path = tmp_path / "whole.wav"
+    write_wav(path, np.arange(-50, 50).reshape(50, 2), width=2)
+    whole = path.read_bytes()
+    assert load_wav(path)[0].shape == (2, 50)
+    cut = tmp_path / "cut.wav"
+    for end in range(len(whole) - 1, 0, -7):
+        cut.write_bytes(whole[:end])
+        with pytest.raises(ValueError, match="cannot read WAV file .*cut.wav"):
+            load_wav(cut)
 
 
 @pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD recordings not found at {FSDD}")

@@ -187,7 +187,7 @@ def test_modality_fusion_errors() -> None:
         fusion([NodeSet(torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool), modality="text")])
     with pytest.raises(ValueError, match="distinct strings"):
         ModalityFusion(D, ("text", "text"))
-    with pytest.raises(ValueError, match="num_latents must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="num_latents must be >= 0, got -1"):
         ModalityFusion(D, ("text",), num_latents=-1)
 
 

@@ -22,7 +22,7 @@ def make(b: int, n: int, d: int = 8, lengths: list[int] | None = None, **kw) -> 
     return NodeSet(feats, mask, **kw)
 
 
-@pytest.mark.parametrize("name", ["nodes", "text", "image", "audio", "fusion", "rl"])
+@pytest.mark.parametrize("name", ["_common", "nodes", "text", "image", "audio", "fusion", "rl"])
 def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(f"modalities.{name}")
     res = doctest.testmod(module, extraglobs={"torch": torch})

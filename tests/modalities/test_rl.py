@@ -70,9 +70,7 @@ def test_constructor_and_input_errors() -> None:
         ent(torch.randn(2, 4, 2))
     with pytest.raises(ValueError, match="N=6 entities > max_entities=5"):
         ent(torch.randn(1, 6, 3))
-    with pytest.raises(
-        ValueError, match=r"mask must be a bool tensor of shape \(B, N\) = \(2, 4\)"
-    ):
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor of shape \(B, N\) = \(2, 4\)"):
         ent(torch.randn(2, 4, 3), torch.ones(2, 4))
     with pytest.raises(ValueError, match="no actor head"):
         RLStateEncoder(4, 8, 1, 2)(torch.randn(1, 4)).distribution()
