@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples docs)
 
-.PHONY: venv lint test demo core-demo bench examples format clean
+.PHONY: venv lint test demo core-demo bench bench-finite examples format clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ core-demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_core
+
+# What the non-finite and memory checks cost on clean inputs, on bench's cases (~10 min).
+bench-finite: $(STAMP)
+	$(PY) -m benchmarks.bench_finite
 
 # Full example runs (minutes each, not in CI); results go to examples/results/*.json.
 examples: $(STAMP)

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._finite import zero_padded_nodes
 from .backends import backend_names
 from .functional import AttentionOutput, BackendName, graph_attention
 from .graph import Graph, as_graph
 from .scores import Score, ScoreFn
 
-#: source features: one tensor for keys and values, or a ``(keys, values)`` pair
+#: source features inside the module: one tensor for keys and values, or (keys, values)
 SourceInput = Tensor | tuple[Tensor, Tensor]
 
 
@@ -65,7 +66,8 @@ class GraphAttention(nn.Module):
 
     Shapes:
         - x: ``(Nd, C)`` or ``(B, Nd, C)`` (``(Nd, B, C)`` with ``batch_first=False``); x_src:
-          ``(Ns, kdim)`` or ``(B, Ns, kdim)`` (``(Ns, B, kdim)``)
+          ``(Ns, kdim)`` or ``(B, Ns, kdim)`` (``(Ns, B, kdim)``); x_value: the same with
+          ``vdim``
         - edge_attr: ``(E, edge_dim)``; key_padding_mask: ``(B, Ns)`` bool, True = padded
         - output: same layout as ``x``, last dim ``C``
 
@@ -273,18 +275,16 @@ class GraphAttention(nn.Module):
         if isinstance(x_src, Tensor):
             if self.kdim != self.vdim:
                 raise ValueError(
-                    f"kdim ({self.kdim}) != vdim ({self.vdim}): pass x_src=(keys, values)"
+                    f"kdim ({self.kdim}) != vdim ({self.vdim}): pass x_src=keys, x_value=values"
                 )
             pairs = (("x_src", x_src, "kdim", self.kdim),)
         elif isinstance(x_src, tuple) and len(x_src) == 2:
             pairs = (
-                ("x_src[0] (keys)", x_src[0], "kdim", self.kdim),
-                ("x_src[1] (values)", x_src[1], "vdim", self.vdim),
+                ("x_src (keys)", x_src[0], "kdim", self.kdim),
+                ("x_value (values)", x_src[1], "vdim", self.vdim),
             )
         else:
-            raise TypeError(
-                f"x_src must be a tensor or a (keys, values) pair, got {type(x_src).__name__}"
-            )
+            raise TypeError(f"x_src must be a torch.Tensor, got {type(x_src).__name__}")
         for name, t, dim_name, dim in pairs:
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -312,7 +312,8 @@ class GraphAttention(nn.Module):
         x: Tensor,
         graph: Graph | Tensor | None = ...,
         *,
-        x_src: SourceInput | None = ...,
+        x_src: Tensor | None = ...,
+        x_value: Tensor | None = ...,
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
         bias: Tensor | None = ...,
@@ -325,7 +326,8 @@ class GraphAttention(nn.Module):
         x: Tensor,
         graph: Graph | Tensor | None = ...,
         *,
-        x_src: SourceInput | None = ...,
+        x_src: Tensor | None = ...,
+        x_value: Tensor | None = ...,
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
         bias: Tensor | None = ...,
@@ -337,7 +339,8 @@ class GraphAttention(nn.Module):
         x: Tensor,
         graph: Graph | Tensor | None = None,
         *,
-        x_src: SourceInput | None = None,
+        x_src: Tensor | None = None,
+        x_value: Tensor | None = None,
         edge_attr: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         bias: Tensor | None = None,
@@ -349,9 +352,11 @@ class GraphAttention(nn.Module):
         Args:
             x: target (query) node features.
             graph: a :class:`Graph`, a PyG ``edge_index`` or ``None`` (complete graph).
-            x_src: source node features for cross-attention (default: ``x``), or a pair
-                ``(keys, values)`` of source features (``kdim`` and ``vdim`` wide), as the
-                separate ``key`` and ``value`` of ``nn.MultiheadAttention``.
+            x_src: source node features for cross-attention (default: ``x``); the keys
+                (``kdim`` wide) when ``x_value`` is given. A tuple is refused: PyG's
+                ``(x_src, x_dst)`` and MHA's ``(key, value)`` would read it differently.
+            x_value: separate value features of the sources (``vdim`` wide), as the
+                ``value`` of ``nn.MultiheadAttention`` (default: ``x_src``).
             edge_attr: edge features ``(E, edge_dim)`` aligned with ``graph.edge_index()``.
             key_padding_mask: ``(B, Ns)`` bool, True = padded source (as in
                 ``nn.MultiheadAttention``).
@@ -369,6 +374,7 @@ class GraphAttention(nn.Module):
             The output, or an :class:`AttentionOutput` (``out``, ``attention``, ``backend``)
             when ``return_attention=True``.
         """
+        x_src = _source(x_src, x_value)
         seq_first = not self.batch_first and isinstance(x, Tensor) and x.dim() == 3
         if seq_first:  # (N, B, C) -> (B, N, C), and back at the end
             x = x.transpose(0, 1)
@@ -388,6 +394,11 @@ class GraphAttention(nn.Module):
             if not batched and key_padding_mask.dim() == 1:
                 key_padding_mask = key_padding_mask[None]
             graph = graph.pad(key_padding_mask=key_padding_mask)
+        pad = graph.key_padding_mask  # (B, Ns) or None
+        if x_src is None:  # padded nodes' NaN or inf must not reach the gradients either
+            x = zero_padded_nodes(x, pad)
+        else:
+            x_src = _map_source(x_src, lambda t: zero_padded_nodes(t, pad))
         q, k, v = self._project(x, x_src)
         q = q.view(bsz, nd, h, dh).transpose(1, 2)  # (B, H, Nd, Dh)
         k = k.view(bsz, ns, h, dh).transpose(1, 2)  # (B, H, Ns, Dh)
@@ -453,6 +464,22 @@ class GraphAttention(nn.Module):
             parts.append(f"score={self.score!r}")
         parts.append(f"backend={self.backend!r}")
         return ", ".join(parts)
+
+
+def _source(x_src: object, x_value: object) -> object:
+    """The module's source input: ``x_src``, or ``(x_src, x_value)`` when values are given
+    apart. A tuple ``x_src`` is refused, naming both readings."""
+    if isinstance(x_src, tuple | list):
+        raise TypeError(
+            f"x_src must be a tensor, got a {type(x_src).__name__} of {len(x_src)}: a pair is "
+            "ambiguous (PyG reads (x_src, x_dst), nn.MultiheadAttention (key, value)). Pass "
+            "the targets as x, the keys as x_src and separate values as x_value"
+        )
+    if x_value is None:
+        return x_src
+    if x_src is None:
+        raise ValueError("x_value was given without x_src: pass the keys as x_src")
+    return (x_src, x_value)
 
 
 def _batch_major(x_src: object) -> object:

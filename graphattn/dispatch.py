@@ -65,12 +65,17 @@ class AutoPolicy:
         crossover_head_dim: how much a small head dim raises the threshold.
         max_mask_elements: the largest ``Nd * Ns`` mask the dense backend materialises.
         fused_min_work: the fewest (edge, group) pairs for which ``fused`` goes first.
+        max_memory_bytes: the most memory a backend may plan to allocate for one call
+            beyond its inputs (each backend estimates its own before allocating and refuses
+            above it, naming the figure); ``None``: the device's total memory (RAM on CPU,
+            the GPU's memory on CUDA).
     """
 
     crossover_density: float = 0.04
     crossover_head_dim: float = 11.0
     max_mask_elements: int = 1 << 26
     fused_min_work: int = 1 << 21
+    max_memory_bytes: int | None = None
 
     def density_threshold(self, head_dim: int) -> float:
         """Edge density above which ``auto`` prefers the dense backend."""

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, overload
 
 import torch
 from torch import Tensor
 
-from .backends import AttentionCall, BackendNotSupportedError, backend_names
+from ._finite import all_finite, mask_padded_inputs, wider_dtype
+from .backends import AttentionCall, Backend, BackendNotSupportedError, BackendResult, backend_names
 from .dispatch import AutoPolicy, auto_policy, choose_backend, select_backend
 from .graph import Graph, as_graph
 from .scores import Score, as_score
@@ -252,7 +253,7 @@ def graph_attention(
     if backend != "auto" and backend not in backend_names():
         raise ValueError(f"backend must be 'auto' or one of {backend_names()}, got {backend!r}")
     chosen = select_backend(call, backend)
-    res = chosen.run(call)
+    res = _run_finite(chosen, call)
     out = res.out if call.batched else res.out[0]
     if not need_weights:
         return out
@@ -310,7 +311,7 @@ def _make_call(
     if edge_values is not None:
         dv = v.shape[-1]
         edge_values = _check_per_edge("edge_values", edge_values, graph, b, h, dv, "Dv", v)
-    return AttentionCall(
+    call = AttentionCall(
         q=q,
         k=k,
         v=v,
@@ -326,6 +327,52 @@ def _make_call(
         batched=batched,
         policy=auto_policy,
     )
+    return call
+
+
+def _run_finite(chosen: Backend, call: AttentionCall) -> BackendResult:
+    """Run ``call`` on ``chosen`` under the rules of :mod:`graphattn._finite`.
+
+    The clean path runs once and sums the output. A non-finite output is looked into: when
+    padded sources hold non-finite values the call runs again with them zeroed; when the
+    inputs are finite (scores overflowed) it runs again in the next wider type and the
+    result is cast back. Compiled code zeroes padded sources up front (no data-dependent
+    branch) and skips the rest.
+
+    Raises:
+        FloatingPointError: a float64 call with finite inputs gave a non-finite output.
+    """
+    if torch.compiler.is_compiling():
+        return chosen.run(mask_padded_inputs(call))
+    res = chosen.run(call)
+    if all_finite(res.out):
+        return res
+    masked = mask_padded_inputs(call)
+    if masked is not call:  # NaN or inf in padded sources: run without them
+        call, res = masked, chosen.run(masked)
+        if all_finite(res.out):
+            return res
+    inputs = (call.q, call.k, call.v, call.bias, call.edge_features, call.edge_values)
+    clean = all_finite(*inputs)
+    dtype = call.q.dtype
+    wide = wider_dtype(dtype)
+    if wide is None:
+        if clean:
+            raise FloatingPointError(
+                "attention scores overflowed float64 on finite inputs (a score beyond "
+                f"{torch.finfo(dtype).max:.3g}); scale the queries and keys down. "
+                f"Call: {call.describe()}"
+            )
+        return res  # non-finite inputs: the output is non-finite where the rules say
+    names = ("q", "k", "v", "bias", "edge_features", "edge_values")
+    up = {  # the same call in the wider type (autograd flows through the casts)
+        name: None if t is None else t.to(wide) for name, t in zip(names, inputs, strict=True)
+    }
+    wide_call = replace(call, **up)
+    backend = chosen if not chosen.reasons(wide_call) else select_backend(wide_call, "auto")
+    wres = _run_finite(backend, wide_call)
+    weights = None if wres.weights is None else wres.weights.to(dtype)
+    return BackendResult(wres.out.to(dtype), weights)
 
 
 def _check_bias(

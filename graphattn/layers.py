@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ._finite import zero_padded_nodes
 from .attention import GraphAttention, RotaryFn
 from .functional import AttentionWeights, BackendName
 from .graph import Graph
@@ -242,6 +243,7 @@ class GraphTransformerLayer(nn.Module):
         Returns:
             The output, or a :class:`LayerOutput` when ``return_attention=True``.
         """
+        x = zero_padded_nodes(x, key_padding_mask)  # NaN padding must not reach gradients
         kwargs = {
             "key_padding_mask": key_padding_mask,
             "edge_attr": edge_attr,

@@ -118,16 +118,28 @@ def test_separate_keys_and_values_match_multihead_attention(dims, backend, gen):
     value = torch.randn(2, 5, vdim, generator=gen, requires_grad=True)
     kpm = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
     ref, _ = mha(x, key, value, key_padding_mask=kpm, need_weights=False)
-    out = ga(x, x_src=(key, value), key_padding_mask=kpm)
+    out = ga(x, x_src=key, x_value=value, key_padding_mask=kpm)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     _assert_grads_close(
         torch.autograd.grad(out.sum(), (x, key, value)),
         torch.autograd.grad(ref.sum(), (x, key, value)),
     )
     with pytest.raises(ValueError, match="keys and values must have the same number of nodes"):
-        ga(x, x_src=(key, value[:, :4]))
-    with pytest.raises(ValueError, match=r"x_src\[1\] \(values\) has feature size 7 but vdim"):
-        ga(x, x_src=(key, torch.randn(2, 5, 7)))
+        ga(x, x_src=key, x_value=value[:, :4])
+    with pytest.raises(ValueError, match=r"x_value \(values\) has feature size 7 but vdim"):
+        ga(x, x_src=key, x_value=torch.randn(2, 5, 7))
+
+
+@pytest.mark.parametrize("pair", [tuple, list])
+def test_a_source_pair_is_refused_as_ambiguous(pair, gen):
+    """PyG reads x_src=(a, b) as (sources, targets), MHA as (key, value): neither guess."""
+    ga = GraphAttention(C, H)
+    x = torch.randn(2, 3, C, generator=gen)
+    src = torch.randn(2, 5, C, generator=gen)
+    with pytest.raises(TypeError, match=r"ambiguous.*\(x_src, x_dst\).*\(key, value\).*x_value"):
+        ga(x, x_src=pair((src, src)))
+    with pytest.raises(ValueError, match="x_value was given without x_src"):
+        ga(x, x_value=src)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,9 +6,11 @@ dim, ``Dv`` value head dim, ``De`` edge feature dim, ``E`` edges.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from ..graph import Graph
@@ -17,7 +19,14 @@ from ..scores import Score
 if TYPE_CHECKING:
     from ..dispatch import AutoPolicy
 
-__all__ = ["AttentionCall", "Backend", "BackendResult", "BackendNotSupportedError"]
+__all__ = [
+    "AttentionCall",
+    "Backend",
+    "BackendResult",
+    "BackendNotSupportedError",
+    "device_memory_bytes",
+    "memory_reasons",
+]
 
 
 class BackendNotSupportedError(ValueError):
@@ -135,3 +144,38 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+_RAM = _physical_memory()  # read once: torch.compile cannot trace os.sysconf
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The device's total memory: physical RAM on CPU, the GPU's memory on CUDA, ``None``
+    (no limit) elsewhere (``meta`` tensors, unknown devices)."""
+    if device.type == "cpu":
+        return _RAM
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
+def memory_reasons(call: AttentionCall, needed: int, what: str) -> list[str]:
+    """``[reason]`` when ``needed`` bytes (what a backend would allocate beyond its inputs,
+    ``what`` says for which tensors) exceed the policy's ``max_memory_bytes`` (default: the
+    device's total memory); else ``[]``."""
+    limit = call.policy.max_memory_bytes
+    if limit is None:
+        limit = device_memory_bytes(call.q.device)
+    if limit is None or needed <= limit:
+        return []
+    return [
+        f"would allocate about {needed / 2**30:.3g} GiB ({what}), over max_memory_bytes="
+        f"{limit} ({limit / 2**30:.3g} GiB)"
+    ]

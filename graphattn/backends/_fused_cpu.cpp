@@ -174,7 +174,9 @@ inline void edge_scores(const Args<T>& a, int64_t e, int64_t i, int64_t j, T* s)
   }
   if (a.bias) {
     const T* bb = a.bias + e * G;
-    for (int64_t g = 0; g < G; ++g) s[g] += bb[g];
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (int64_t g = 0; g < G; ++g)  // -inf removes the edge, even where the score is NaN
+      s[g] = bb[g] == ninf ? ninf : s[g] + bb[g];
   }
 }
 
@@ -202,7 +204,10 @@ void forward_kind(const Args<T>& a, int64_t nd, T* out, T* lse) {
         target_scores<T, KIND>(a, i, e0, e1, sc.data());
         for (int64_t g = 0; g < G; ++g) m[g] = ninf;
         for (int64_t t = 0; t < deg; ++t)
-          for (int64_t g = 0; g < G; ++g) m[g] = sc[t * G + g] > m[g] ? sc[t * G + g] : m[g];
+          for (int64_t g = 0; g < G; ++g) {  // a NaN score wins (and stays): NaN output
+            const T x = sc[t * G + g];
+            m[g] = (x > m[g] || x != x) && m[g] == m[g] ? x : m[g];
+          }
         for (int64_t g = 0; g < G; ++g) l[g] = T(0);
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t t = 0; t < deg; ++t) {
@@ -230,7 +235,7 @@ void forward_kind(const Args<T>& a, int64_t nd, T* out, T* lse) {
         }
         for (int64_t g = 0; g < G; ++g) {
           T* o = out + (i * G + g) * Dv;
-          if (!(m[g] > ninf)) {  // no edge, or every edge removed: a zero message
+          if (m[g] == ninf) {  // no edge, or every edge removed: a zero message
             for (int64_t d = 0; d < Dv; ++d) o[d] = T(0);
             lse[i * G + g] = ninf;
             continue;

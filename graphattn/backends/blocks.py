@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._base import AttentionCall, Backend, BackendResult
+from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from .dense import attend
 
 __all__ = ["BlocksBackend"]
@@ -39,6 +39,8 @@ class BlocksBackend(Backend):
             reasons.append("key padding is not served (each block is already one sample)")
         elif call.graph.complete_blocks() is None:
             reasons.append("the graph is not a disjoint union of complete graphs")
+        if not reasons:
+            reasons += memory_reasons(call, _memory(call), "packed blocks, bias and scores")
         return reasons
 
     def run(self, call: AttentionCall) -> BackendResult:
@@ -49,6 +51,22 @@ class BlocksBackend(Backend):
             call, call.graph.complete_blocks(), edge_bias=edge_bias, dense_bias=dense_bias
         )
         return BackendResult(out, weights)
+
+
+def _memory(call: AttentionCall) -> int:
+    """Bytes the packed call allocates beyond its inputs: packed queries, keys, values and
+    output, a packed bias, and the scores and weights when they are returned."""
+    ptr = call.graph.complete_blocks()  # (P + 1,)
+    b, h, _, d = call.q.shape
+    dv, item = call.v.shape[-1], call.q.element_size()
+    nblocks, longest = len(ptr) - 1, int((ptr[1:] - ptr[:-1]).max())
+    slots = b * h * nblocks * longest  # (B * P, H, L)
+    total = slots * (2 * d + 2 * dv) * item
+    if call.bias is not None:
+        total += 2 * slots * longest * item
+    if call.need_weights:
+        total += 3 * slots * longest * item
+    return total
 
 
 def packed_block_attention(
@@ -80,8 +98,9 @@ def packed_block_attention(
     def pack(x: Tensor) -> Tensor:  # (B, H, N, C) -> (B * P, H, L, C)
         if uniform:
             y = x.reshape(b, h, nblocks, longest, x.shape[-1])
-        else:
+        else:  # slots past a block's end hold a copy of some node: zeroed, never sent
             y = x[:, :, node.reshape(-1)].reshape(b, h, nblocks, longest, x.shape[-1])
+            y.masked_fill_(~valid[:, :, None], 0.0)
         return y.transpose(1, 2).reshape(b * nblocks, h, longest, x.shape[-1])
 
     mask: Tensor | None = None

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._finite import all_finite, bad_rows
 from ..graph import Graph
 from ..scores import Score
 from ..softmax import segment_softmax
 from ..weights import AttentionWeights
-from ._base import AttentionCall, Backend, BackendResult
+from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from ._blockwise import blockwise_attention
 
 __all__ = ["DenseBackend", "attend", "edge_bias_to_dense"]
@@ -72,6 +73,8 @@ class DenseBackend(Backend):
                     f"a {g.num_dst} x {g.num_src} mask ({size} elements) exceeds "
                     f"max_mask_elements={limit}"
                 )
+        if not reasons:
+            reasons += memory_reasons(call, _memory(call), "mask, bias, scores and output")
         return reasons
 
     def run(self, call: AttentionCall) -> BackendResult:
@@ -93,6 +96,25 @@ class DenseBackend(Backend):
 
         res = dense_attention(call, bias=bias, reparam=reparam)
         return BackendResult(res.out, res.weights)
+
+
+def _memory(call: AttentionCall) -> int:
+    """Bytes the dense path allocates beyond its inputs: the mask (bool, or additive with
+    duplicated edges), a dense bias and its conversions, the ``(B, H, Nd, Ns)`` scores and
+    weights of the explicit path (SDPA and the blockwise kernel keep none) and the output."""
+    g = call.graph
+    b, h, nd, _ = call.q.shape
+    ns, dv, item = g.num_src, call.v.shape[-1], call.q.element_size()
+    pairs = nd * ns
+    total = b * h * nd * dv * item  # output
+    if not g.is_complete and not g.mask_free:
+        total += pairs * (1 if g.edge_counts() is None else item) * (b if call.padded else 1)
+    if call.bias is not None:
+        total += 3 * b * h * pairs * item
+    blockwise = call.dropout_p == 0.0 and call.q.dtype in (torch.float32, torch.float64)
+    if call.need_weights or not (call.score.sdpa or blockwise):
+        total += 3 * b * h * pairs * item  # scores, weights, dropped weights
+    return total
 
 
 def edge_bias_to_dense(bias: Tensor, graph: Graph) -> Tensor:
@@ -118,7 +140,8 @@ def edge_bias_to_dense(bias: Tensor, graph: Graph) -> Tensor:
     counts = graph.edge_counts()
     if counts is not None:  # the structure mask adds log(count) itself: keep the mean here
         total = total / counts.view(-1).clamp_min(1).to(total.dtype)
-    dense = torch.where(total > 0, total.clamp_min(1e-38).log() + m, -math.inf)
+    # no edge -> -inf; a NaN or inf bias stays non-finite (as on the edge backend)
+    dense = torch.where(total == 0, -math.inf, total.clamp_min(1e-38).log() + m)
     return dense.view(b, h, graph.num_dst, graph.num_src)
 
 
@@ -160,7 +183,7 @@ def attend(
     otherwise the explicit math.
 
     ``mask`` is boolean (``True`` = attend) or additive, broadcastable to
-    ``(B, H, Nd, Ns)``. ``row_keep`` (broadcastable to ``(B, H, Nd, 1)``) zeroes the output
+    ``(B, H, Nd, Ns)``. ``row_keep`` (bool, broadcastable to ``(B, H, Nd, 1)``) zeroes the output
     and weights of rows without in-edges. ``reparam`` maps the dense weights to the weights
     handed back and the dense weights the output is computed from.
     """
@@ -168,7 +191,7 @@ def attend(
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
         )
-        return _Dense(out if row_keep is None else out * row_keep, None)
+        return _Dense(_keep_rows(out, row_keep), None)
     if (
         not need_weights
         and dropout_p == 0.0
@@ -176,7 +199,7 @@ def attend(
         and (mask is None or not mask.requires_grad)
     ):  # nothing of size Nd x Ns is stored
         out = blockwise_attention(q, k, v, mask, score=score, scale=scale, is_causal=is_causal)
-        return _Dense(out if row_keep is None else out * row_keep, None)
+        return _Dense(_keep_rows(out, row_keep), None)
     logits = score.dense_logits(q, k)  # (B, H, Nd, Ns)
     if score.uses_scale:
         logits = logits * scale
@@ -187,13 +210,30 @@ def attend(
         logits = logits.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else logits + mask
     low = q.dtype in (torch.float16, torch.bfloat16)
     weights = torch.softmax(logits.float() if low else logits, dim=-1).to(q.dtype)
-    if row_keep is not None:
-        weights = weights * row_keep
+    weights = _keep_rows(weights, row_keep)
     returned = weights
     if reparam is not None:
         returned, weights = reparam(weights)
     dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
     return _Dense(torch.matmul(dropped, v), returned if need_weights else None)
+
+
+def _keep_rows(x: Tensor, row_keep: Tensor | None) -> Tensor:
+    """Zero the rows of targets without in-edges (``row_keep`` false), even where ``x`` is
+    NaN there (a NaN query of a target without neighbours)."""
+    return x if row_keep is None else torch.where(row_keep, x, 0.0)
+
+
+def _reached(sends: Tensor, bad: Tensor) -> Tensor:
+    """Targets with an in-edge from a bad source.
+
+    Shapes:
+        - sends: ``(…, Nd, Ns)`` bool, broadcastable to ``(B, H, Nd, Ns)``: the edges
+        - bad: ``(B, H, Ns)`` bool
+        - returns ``(B, H, Nd)`` bool
+    """
+    hits = torch.matmul(sends.to(torch.float32), bad.to(torch.float32)[..., None])
+    return hits[..., 0] > 0  # (B, H, Nd)
 
 
 def dense_attention(call: AttentionCall, *, bias: Tensor | None, reparam: Reparam | None) -> _Dense:
@@ -226,20 +266,30 @@ def dense_attention(call: AttentionCall, *, bias: Tensor | None, reparam: Repara
             mask = mask & keep
         else:
             mask = mask.masked_fill(~keep, -math.inf)
+    edges = mask  # the pairs that are edges, before empty rows are opened below
     row_keep = None
     if mask is not None:
-        has_edge = mask.any(-1) if mask.dtype == torch.bool else (mask > -math.inf).any(-1)
+        has_edge = mask.any(-1) if mask.dtype == torch.bool else (mask != -math.inf).any(-1)
         if not bool(has_edge.all()):
             empty = ~has_edge  # (…, Nd)
             open_row = empty[..., None]
             mask = mask | open_row if mask.dtype == torch.bool else mask.masked_fill(open_row, 0.0)
-            row_keep = (~empty).to(q.dtype)[..., None]  # (…, Nd, 1)
+            row_keep = ~empty[..., None]  # (…, Nd, 1)
             while row_keep.dim() < 4:
                 row_keep = row_keep.unsqueeze(0)
-    return attend(
+    # A non-finite source must reach only its own targets: attend with it set to zero,
+    # then make the output of the targets it reaches NaN (the sum of products would
+    # otherwise carry 0 * NaN to every target). Padded sources reach nobody.
+    k, v = call.k, call.v
+    bad_k = bad_v = None
+    if not graph.is_complete and not all_finite(k, v):
+        bad_k, bad_v = bad_rows(k), bad_rows(v)  # (B, H, Ns)
+        k = k.masked_fill(bad_k[..., None], 0.0)
+        v = v.masked_fill(bad_v[..., None], 0.0)
+    res = attend(
         q,
-        call.k,
-        call.v,
+        k,
+        v,
         mask,
         score=call.score,
         is_causal=is_causal,
@@ -249,3 +299,20 @@ def dense_attention(call: AttentionCall, *, bias: Tensor | None, reparam: Repara
         row_keep=row_keep,
         reparam=reparam,
     )
+    if bad_k is None:
+        return res
+    # values travel every edge of the structure from a real source (a -inf bias makes the
+    # weight zero, and 0 * NaN is NaN on every backend); scores skip edges with a -inf bias
+    carries = graph.materialize_structure()  # (Nd, Ns) bool
+    if pad is not None:
+        carries = carries & ~pad[:, None, None, :]  # (B, 1, Nd, Ns)
+    scores = carries if edges is None or edges.dtype == torch.bool else edges != -math.inf
+    reach_k = _reached(scores, bad_k)  # (B, H, Nd)
+    out = res.out.masked_fill((reach_k | _reached(carries, bad_v))[..., None], math.nan)
+    weights = res.weights
+    if weights is not None and graph.weights_layout == "edges":  # (B, E, H)
+        dst = graph.edge_index()[1]
+        weights = weights.masked_fill(reach_k[:, :, dst].transpose(1, 2), math.nan)
+    elif weights is not None:  # (B, H, Nd, Ns)
+        weights = weights.masked_fill(reach_k[..., None], math.nan)
+    return _Dense(out, weights)

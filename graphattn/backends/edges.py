@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._finite import all_finite
 from ..graph import EdgeStructure
 from ..scores import Score
 from ..weights import AttentionWeights
-from ._base import AttentionCall, Backend, BackendResult
+from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from ._chunks import (
+    CHUNK_ELEMENTS,
     Buffers,
     add_chunk_to_dst,
     chunks,
@@ -52,10 +54,30 @@ class EdgesBackend(Backend):
     name = "edges"
 
     def reasons(self, call: AttentionCall) -> list[str]:
-        return []
+        return memory_reasons(call, edge_memory(call), "per-edge weights and inputs")
 
     def run(self, call: AttentionCall) -> BackendResult:
         return _run(call)
+
+
+def edge_memory(call: AttentionCall, *, fused: bool = False) -> int:
+    """Bytes an edge path allocates beyond its inputs: the sorted edge index, per-edge
+    scores and weights (not kept by the ``fused`` kernel), the sorted per-edge inputs, the
+    chunk buffers, the output and the weights handed back."""
+    g, e = call.batch * call.heads, call.graph.num_edges
+    nd, dv = call.graph.num_dst, call.v.shape[-1]
+    item = call.q.element_size()
+    per_edge = (0 if fused else 2) + (call.bias is not None or call.padded)  # scores, bias
+    if call.edge_features is not None:
+        per_edge += call.edge_features.shape[-1]
+    if call.edge_values is not None:
+        per_edge += dv
+    total = e * 24 + e * g * per_edge * item + 4 * CHUNK_ELEMENTS * item + nd * g * dv * item
+    if call.need_weights:
+        total += e * g * item
+        if call.graph.weights_layout == "dense":
+            total += g * nd * call.graph.num_src * item
+    return total
 
 
 def _node_major(x: Tensor) -> Tensor:
@@ -174,6 +196,8 @@ class _EdgeSoftmax(torch.autograd.Function):
             logits.mul_(scale)
         if bias is not None:
             logits.add_(bias)
+            if not all_finite(q, k, ef):  # -inf removes the edge, even where the score is NaN
+                logits.masked_fill_(bias == -math.inf, -math.inf)
         alpha = segment_softmax_sorted(logits, st)  # (E, G), in place
         ctx.save_for_backward(q, k, ef, alpha)
         ctx.st, ctx.score, ctx.heads, ctx.scale = st, score, heads, scale

@@ -34,9 +34,9 @@ import torch
 from torch import Tensor
 
 from ..scores import GAT, DotProduct, GATv2
-from ._base import AttentionCall, Backend, BackendResult
+from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from ._chunks import by_source
-from .edges import _node_major, sorted_edge_inputs
+from .edges import _node_major, edge_memory, sorted_edge_inputs
 
 __all__ = ["FusedEdgesBackend", "fused_extension"]
 
@@ -101,6 +101,7 @@ class FusedEdgesBackend(Backend):
             reasons.append(f"score {call.score!r} is not served (dot product, GAT, GATv2)")
         if call.need_weights:
             reasons.append("returns no weights (the pure-torch edge path does)")
+        reasons += memory_reasons(call, edge_memory(call, fused=True), "per-edge inputs")
         if not reasons:
             _, why = fused_extension()
             if why is not None:
@@ -115,7 +116,7 @@ class FusedEdgesBackend(Backend):
         bias, ef, ev = sorted_edge_inputs(call, st)
         att = None
         if isinstance(call.score, GATv2):
-            att = call.score.att.expand(b, h, -1).reshape(b * h, -1)  # (G, D)
+            att = call.score.att.to(q.dtype).expand(b, h, -1).reshape(b * h, -1)  # (G, D)
         slope = getattr(call.score, "negative_slope", 0.0)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if call.dropout_p > 0 else 0
         dtype = q.dtype
