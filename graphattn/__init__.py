@@ -40,7 +40,6 @@ from .graph import (
 from .interop import from_pyg
 from .layers import (
     GraphTransformer,
-    GraphTransformerConfig,
     GraphTransformerLayer,
     LayerOutput,
     TransformerOutput,
@@ -98,7 +97,6 @@ __all__ = [
     # layers
     "GraphTransformerLayer",
     "GraphTransformer",
-    "GraphTransformerConfig",
     "LayerOutput",
     "TransformerOutput",
     # positional and structural encodings

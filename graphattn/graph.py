@@ -139,8 +139,6 @@ class Graph:
         edge_index: Tensor,
         num_dst: int | None = None,
         num_src: int | None = None,
-        *,
-        block_ptr: Tensor | None = None,
     ) -> EdgeListGraph:
         """An explicit edge list in PyG's convention (``edge_index[0]`` = source,
         ``edge_index[1]`` = target). Sizes default to ``max index + 1``.
@@ -149,21 +147,18 @@ class Graph:
             edge_index: integer tensor of shape ``(2, E)``.
             num_dst: number of target nodes.
             num_src: number of source nodes (defaults to ``num_dst`` when that is given).
-            block_ptr: optional node offsets ``(G + 1,)`` of the samples of a PyG ``Batch``;
-                a hint that speeds up recognising a batch of complete graphs.
         """
-        return EdgeListGraph(edge_index, num_dst, num_src, block_ptr=block_ptr)
+        return EdgeListGraph(edge_index, num_dst, num_src)
 
     @staticmethod
     def from_pyg(data: Any) -> EdgeListGraph:
-        """Build from a PyG ``Data`` or ``Batch`` (uses ``edge_index``, ``num_nodes`` and, for
-        a batch, ``ptr``)."""
+        """Build from a PyG ``Data`` or ``Batch`` (uses ``edge_index`` and ``num_nodes``; a
+        batch of complete graphs is recognised from the edges themselves)."""
         edge_index = getattr(data, "edge_index", None)
         if edge_index is None:
             raise ValueError(f"data must have an edge_index attribute, got {type(data).__name__}")
         num_nodes = data.num_nodes
-        ptr = getattr(data, "ptr", None)
-        return EdgeListGraph(edge_index, num_nodes, num_nodes, block_ptr=ptr)
+        return EdgeListGraph(edge_index, num_nodes, num_nodes)
 
     # ------------------------------------------------------------------ padding / device
     def pad(
@@ -429,8 +424,6 @@ class EdgeListGraph(Graph):
         edge_index: Tensor,
         num_dst: int | None = None,
         num_src: int | None = None,
-        *,
-        block_ptr: Tensor | None = None,
     ):
         if not isinstance(edge_index, Tensor):
             raise TypeError(f"edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
@@ -473,7 +466,6 @@ class EdgeListGraph(Graph):
             )
         super().__init__(num_dst, num_src, edge_index.device)
         self._edge_index = edge_index
-        self.block_ptr = None if block_ptr is None else torch.as_tensor(block_ptr).long()
 
     @property
     def num_edges(self) -> int:

@@ -32,7 +32,6 @@ __all__ = [
     "LayerOutput",
     "TransformerOutput",
     "GraphTransformerLayer",
-    "GraphTransformerConfig",
     "GraphTransformer",
 ]
 
@@ -283,27 +282,6 @@ class GraphTransformerLayer(nn.Module):
         return ", ".join(parts)
 
 
-@dataclass
-class GraphTransformerConfig:
-    """Everything that defines a :class:`GraphTransformer`; build one with
-    :meth:`GraphTransformer.from_config`. The defaults are those of the Transformer base
-    model and ``nn.TransformerEncoderLayer``, except where a comment says otherwise."""
-
-    num_layers: int = 6  # the Transformer base model's encoder depth
-    embed_dim: int = 512  # model width C (base model)
-    num_heads: int = 8  # heads; embed_dim / num_heads = 64 per head (base model)
-    dim_feedforward: int = 2048  # 4 x embed_dim, the usual feed-forward expansion
-    dropout: float = 0.1  # on attention weights, FFN hidden layer and residual branches
-    activation: str = "relu"  # "relu" (original) or "gelu" (BERT, ViT)
-    norm_first: bool = True  # pre-norm: trains stably without warm-up (Xiong et al., 2020)
-    final_norm: bool = True  # pre-norm stacks need a LayerNorm after the last layer
-    layer_norm_eps: float = 1e-5  # nn.LayerNorm's default
-    bias: bool = True  # biases in linear layers and LayerNorms
-    edge_dim: int | None = None  # size of edge features; None: the layers take none
-    backend: str = "auto"  # attention backend: "auto" picks dense or edge list per graph
-    checkpoint: bool = False  # recompute activations in backward: less memory, ~1/3 more time
-
-
 def _per_layer(name: str, value: Any, num_layers: int, kinds: tuple[type, ...]) -> list[Any]:
     """Broadcast one value to every layer, or check a per-layer list."""
     if isinstance(value, list | tuple):
@@ -399,25 +377,6 @@ class GraphTransformer(nn.Module):
             else None
         )
         self.checkpoint = bool(checkpoint)
-
-    @classmethod
-    def from_config(cls, cfg: GraphTransformerConfig) -> GraphTransformer:
-        """Build from a :class:`GraphTransformerConfig`."""
-        return cls(
-            cfg.num_layers,
-            cfg.embed_dim,
-            cfg.num_heads,
-            dim_feedforward=cfg.dim_feedforward,
-            dropout=cfg.dropout,
-            activation=cfg.activation,
-            norm_first=cfg.norm_first,
-            final_norm=cfg.final_norm,
-            layer_norm_eps=cfg.layer_norm_eps,
-            bias=cfg.bias,
-            edge_dim=cfg.edge_dim,
-            backend=cfg.backend,
-            checkpoint=cfg.checkpoint,
-        )
 
     @classmethod
     def from_transformer_encoder(

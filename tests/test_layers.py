@@ -12,7 +12,6 @@ from graphattn import (
     AttentionWeights,
     Graph,
     GraphTransformer,
-    GraphTransformerConfig,
     GraphTransformerLayer,
     LayerOutput,
     RelativePositionBias1D,
@@ -258,14 +257,11 @@ def test_per_layer_edge_attr(gen):
     torch.testing.assert_close(model(x, [g1, g2], edge_attr=ea), model.norm(h), rtol=0, atol=1e-6)
 
 
-def test_config_and_repr():
-    cfg = GraphTransformerConfig(num_layers=2, embed_dim=C, num_heads=H, dim_feedforward=FF)
-    model = GraphTransformer.from_config(cfg)
+def test_final_norm_and_repr():
+    model = GraphTransformer(2, C, H, dim_feedforward=FF)
     assert model.num_layers == 2 and model.layers[0].linear1.out_features == FF
     assert model.norm is not None
-    post = GraphTransformer.from_config(
-        GraphTransformerConfig(num_layers=1, embed_dim=C, num_heads=H, norm_first=False)
-    )
+    post = GraphTransformer(1, C, H, norm_first=False)
     assert post.norm is None  # post-norm layers end with a norm already
     r = repr(model)
     assert "num_layers=2" in r and "embed_dim=16" in r and "dim_feedforward=24" in r
