@@ -5,7 +5,7 @@ grid, a citation network, a cross-modal bipartite graph) is the same operator wi
 edges. See :func:`graph_attention` and :class:`GraphAttention`.
 """
 
-from . import backends, scores
+from . import backends, kernels, scores
 from .attention import GraphAttention
 from .backends import AttentionCall, Backend, register_backend
 from .conv import ConvOutput, GATConv, GATv2Conv, TransformerConv, add_self_loops
@@ -29,6 +29,8 @@ from .functional import (
     graph_attention,
     segment_softmax,
 )
+from .global_attention import SGFormerAttention
+from .gps import LocalGlobalLayer
 from .graph import (
     CausalGraph,
     CompleteGraph,
@@ -44,6 +46,7 @@ from .layers import (
     LayerOutput,
     TransformerOutput,
 )
+from .partition import NodePartitions, PartitionBatch
 from .positional import (
     AxialRotaryEmbedding,
     LaplacianPE,
@@ -84,6 +87,7 @@ __all__ = [
     "Backend",
     "register_backend",
     "backends",
+    "kernels",
     "scores",
     "Score",
     "GraphAttention",
@@ -94,6 +98,10 @@ __all__ = [
     "ConvOutput",
     "add_self_loops",
     "from_pyg",
+    "SGFormerAttention",
+    "LocalGlobalLayer",
+    "NodePartitions",
+    "PartitionBatch",
     # layers
     "GraphTransformerLayer",
     "GraphTransformer",

@@ -32,6 +32,8 @@ class AutoPolicy:
 
     :meth:`order` ranks the backends; the first one that can serve the call runs:
 
+    0. a kernel score (:mod:`graphattn.kernels`) on a complete graph: ``linear`` (time
+       linear in ``N``), then ``edges``;
     1. an unpadded disjoint union of at least two complete graphs given as an edge list (a
        PyG batch of complete graphs): ``blocks``;
     2. complete and causal graphs, and one complete graph given as an edge list: ``dense``
@@ -81,10 +83,15 @@ class AutoPolicy:
         """Edge density above which ``auto`` prefers the dense backend."""
         return self.crossover_density * (1.0 + self.crossover_head_dim / max(1, head_dim))
 
-    def order(self, graph: Graph, head_dim: int, groups: int = 1) -> list[str]:
-        """Registered backend names, most preferred first, for ``graph``, head dim and
-        ``groups = B * H`` attention groups."""
-        if graph.mask_free or graph.is_complete:
+    def order(
+        self, graph: Graph, head_dim: int, groups: int = 1, *, kernel: bool = False
+    ) -> list[str]:
+        """Registered backend names, most preferred first, for ``graph``, head dim,
+        ``groups = B * H`` attention groups and whether the score is a kernel score
+        (:mod:`graphattn.kernels`: ``linear`` first on complete graphs)."""
+        if kernel and graph.is_complete:
+            first = ["linear", "edges"]
+        elif graph.mask_free or graph.is_complete:
             first = ["dense"]
         elif graph.key_padding_mask is None and _blocks(graph) > 1:
             first = ["blocks", "dense"]
@@ -116,7 +123,8 @@ def select_backend(call: AttentionCall, backend: str) -> Backend:
     """
     if backend == "auto":
         head_dim = max(call.head_dim, call.v.shape[-1])
-        for name in call.policy.order(call.graph, head_dim, call.batch * call.heads):
+        groups = call.batch * call.heads
+        for name in call.policy.order(call.graph, head_dim, groups, kernel=call.score.kernel):
             chosen = get_backend(name)
             if not chosen.reasons(call):
                 return chosen

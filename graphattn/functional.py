@@ -254,6 +254,7 @@ def graph_attention(
         raise ValueError(f"backend must be 'auto' or one of {backend_names()}, got {backend!r}")
     chosen = select_backend(call, backend)
     res = _run_finite(chosen, call)
+    call.score.step()
     out = res.out if call.batched else res.out[0]
     if not need_weights:
         return out

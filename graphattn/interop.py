@@ -13,6 +13,7 @@ from torch import nn
 
 from .conv import GATConv, GATv2Conv, TransformerConv
 from .functional import BackendName
+from .global_attention import SGFormerAttention
 
 __all__ = ["from_pyg"]
 
@@ -20,6 +21,7 @@ _CONVS: dict[str, type[nn.Module]] = {
     "GATConv": GATConv,
     "GATv2Conv": GATv2Conv,
     "TransformerConv": TransformerConv,
+    "SGFormerAttention": SGFormerAttention,
 }
 
 
@@ -58,6 +60,7 @@ def from_pyg(conv: nn.Module, *, backend: BackendName = "auto") -> nn.Module:
     ``GATConv``                   :class:`~graphattn.GATConv`
     ``GATv2Conv``                 :class:`~graphattn.GATv2Conv`
     ``TransformerConv``           :class:`~graphattn.TransformerConv`
+    ``SGFormerAttention``         :class:`~graphattn.SGFormerAttention`
     ============================  ========================================
 
     Every option PyG users set carries over (heads, concat, negative_slope, dropout,
@@ -82,9 +85,11 @@ def from_pyg(conv: nn.Module, *, backend: BackendName = "auto") -> nn.Module:
     name = _pyg_name(conv)
     if name is None:
         raise TypeError(
-            f"conv must be a torch_geometric GATConv, GATv2Conv or TransformerConv, got "
-            f"{type(conv).__module__}.{type(conv).__name__}"
+            f"conv must be a torch_geometric GATConv, GATv2Conv, TransformerConv or "
+            f"SGFormerAttention, got {type(conv).__module__}.{type(conv).__name__}"
         )
+    if name == "SGFormerAttention":
+        return _from_sgformer(conv, backend)
     _refuse_unsupported(conv, name)
     ref = next(conv.parameters())
     common = {
@@ -124,4 +129,20 @@ def from_pyg(conv: nn.Module, *, backend: BackendName = "auto") -> nn.Module:
     with torch.no_grad():
         new.load_state_dict(state, strict=True)
     new.train(conv.training)
+    return new
+
+
+def _from_sgformer(pyg: nn.Module, backend: BackendName) -> SGFormerAttention:
+    """:class:`SGFormerAttention` with a copy of PyG's weights."""
+    ref = pyg.q.weight
+    new = SGFormerAttention(
+        pyg.q.in_features,
+        heads=pyg.heads,
+        head_channels=pyg.head_channels,
+        qkv_bias=pyg.q.bias is not None,
+        backend=backend,
+    ).to(device=ref.device, dtype=ref.dtype)
+    with torch.no_grad():
+        new.load_state_dict(pyg.state_dict(), strict=True)
+    new.train(pyg.training)
     return new

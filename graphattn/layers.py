@@ -25,8 +25,9 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ._finite import zero_padded_nodes
 from .attention import GraphAttention, RotaryFn
-from .functional import AttentionWeights, BackendName
+from .functional import AttentionWeights, BackendName, ScoreLike
 from .graph import Graph
+from .scores import Score
 
 __all__ = [
     "LayerOutput",
@@ -109,7 +110,10 @@ class GraphTransformerLayer(nn.Module):
         bias: biases in the linear layers and LayerNorms.
         edge_dim: size of edge features ``edge_attr`` fed to the attention (see
             :class:`~graphattn.GraphAttention`); ``None``: no edge features.
-        backend: attention backend, ``"auto"``, ``"dense"`` or ``"edges"``.
+        backend: attention backend, ``"auto"`` or a registered backend.
+        score: the attention's score function (see :class:`~graphattn.GraphAttention`):
+            the scaled dot product by default, or e.g. a kernel score of
+            :mod:`graphattn.kernels` for linear-time global attention.
 
     Shapes:
         - x: ``(N, C)`` or ``(B, N, C)`` (batch first); returns the same shape.
@@ -134,6 +138,7 @@ class GraphTransformerLayer(nn.Module):
         bias: bool = True,
         edge_dim: int | None = None,
         backend: BackendName = "auto",
+        score: ScoreLike = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -152,6 +157,7 @@ class GraphTransformerLayer(nn.Module):
             bias=bias,
             edge_dim=edge_dim,
             backend=backend,
+            score=score,
             **factory,
         )
         self.linear1 = nn.Linear(embed_dim, dim_feedforward, bias=bias, **factory)
@@ -321,7 +327,10 @@ class GraphTransformer(nn.Module):
         layer_norm_eps: LayerNorm epsilon.
         bias: biases in linear layers and LayerNorms.
         edge_dim: size of edge features (``None``: none).
-        backend: attention backend of every layer.
+        backend: attention backend of every layer, or a list with one per layer.
+        score: score function of every layer, or a list with one per layer (e.g. the dot
+            product on local edges first, then :class:`~graphattn.kernels.FAVOR` on the
+            complete graph: Polynormer's local-then-global order).
         checkpoint: in training, recompute each layer's activations in the backward pass
             (``torch.utils.checkpoint``, non-reentrant): same gradients, less memory.
 
@@ -350,12 +359,15 @@ class GraphTransformer(nn.Module):
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
         edge_dim: int | None = None,
-        backend: BackendName = "auto",
+        backend: BackendName | Sequence[BackendName] = "auto",
+        score: ScoreLike | Sequence[ScoreLike] = None,
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        backends = _per_layer("backend", backend, num_layers, (str,))
+        scores = _per_layer("score", score, num_layers, (Score, nn.Module, Callable))
         self.layers = nn.ModuleList(
             GraphTransformerLayer(
                 embed_dim,
@@ -367,9 +379,10 @@ class GraphTransformer(nn.Module):
                 layer_norm_eps=layer_norm_eps,
                 bias=bias,
                 edge_dim=edge_dim,
-                backend=backend,
+                backend=layer_backend,
+                score=layer_score,
             )
-            for _ in range(num_layers)
+            for layer_backend, layer_score in zip(backends, scores, strict=True)
         )
         self.norm = (
             nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)

@@ -67,12 +67,19 @@ class Score:
         uses_scale: whether the call's ``scale`` multiplies the score (dot product only).
         dense: whether :meth:`dense_logits` exists (the dense backend serves the score).
         sdpa: whether the dense backend may run it through ``F.scaled_dot_product_attention``.
+        softmax: whether the weights are a softmax of the logits (every score here; a
+            kernel score of :mod:`graphattn.kernels` may not be, and then only the linear
+            backend serves it).
+        kernel: whether the score factors through feature maps (:mod:`graphattn.kernels`),
+            so that the linear backend serves it on complete graphs.
     """
 
     name: ClassVar[str] = "score"
     uses_scale: ClassVar[bool] = False
     dense: ClassVar[bool] = False
     sdpa: ClassVar[bool] = False
+    softmax: ClassVar[bool] = True
+    kernel: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ description
     def tensors(self) -> tuple[Tensor, ...]:
@@ -85,6 +92,10 @@ class Score:
 
     def check(self, q: Tensor, k: Tensor) -> None:
         """Raise if ``q`` ``(B, H, Nd, D)`` and ``k`` ``(B, H, Ns, D)`` do not fit the score."""
+
+    def step(self) -> None:
+        """Called once after every :func:`~graphattn.graph_attention` call that used the
+        score (random-feature scores redraw their features here); a no-op by default."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -7,6 +7,7 @@ name        what it runs
 ``blocks``  a disjoint union of complete graphs packed into one fused call
 ``edges``   message passing over the edge list in pure torch (serves every call)
 ``fused``   the same in one C++ pass per target (CPU; dot product, GAT, GATv2)
+``linear``  kernel scores (:mod:`graphattn.kernels`) on complete graphs, linear in ``N``
 ==========  ==========================================================================
 
 Every backend answers :meth:`Backend.reasons` (why it cannot serve a call) and
@@ -22,6 +23,7 @@ from .blocks import BlocksBackend
 from .dense import DenseBackend
 from .edges import EdgesBackend
 from .fused import FusedEdgesBackend
+from .linear import LinearBackend
 
 __all__ = [
     "AttentionCall",
@@ -60,5 +62,11 @@ def backend_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-for _backend in (DenseBackend(), BlocksBackend(), EdgesBackend(), FusedEdgesBackend()):
+for _backend in (
+    DenseBackend(),
+    BlocksBackend(),
+    EdgesBackend(),
+    FusedEdgesBackend(),
+    LinearBackend(),
+):
     register_backend(_backend)

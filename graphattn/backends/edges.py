@@ -54,6 +54,8 @@ class EdgesBackend(Backend):
     name = "edges"
 
     def reasons(self, call: AttentionCall) -> list[str]:
+        if not call.score.softmax:
+            return [f"score {call.score!r} is not a softmax of logits (the linear backend)"]
         return memory_reasons(call, edge_memory(call), "per-edge weights and inputs")
 
     def run(self, call: AttentionCall) -> BackendResult:
