@@ -412,7 +412,7 @@ def load_cora_for_bench() -> object:
     from torch_geometric.datasets import Planetoid
     from torch_geometric.transforms import NormalizeFeatures
 
-    from graphattn.training import ensure_dataset
+    from examples.training import ensure_dataset
 
     raw = ensure_dataset("cora") / "Cora" / "raw"
     root = os.path.join(tempfile.gettempdir(), "graphattn-bench-planetoid")

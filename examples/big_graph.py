@@ -12,6 +12,8 @@ LocalGlobalLayer`). Peak memory is reported from the kernel's high-water mark.
     python -m examples.big_graph                               # 2M nodes, 1 epoch
     python -m examples.big_graph --nodes 20000 --epochs 5      # small
     torchrun --nproc_per_node 2 -m examples.big_graph --nodes 20000   # data parallel (gloo)
+
+``--out PATH`` writes the results as JSON (rank 0's; a ``{rank}`` in the path: every rank's).
 """
 
 from __future__ import annotations
@@ -169,11 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     rank = int(os.environ.get("RANK", "0"))
     line = json.dumps({"rank": rank, **result})
     print(line, flush=True)
-    if cfg.out and rank == 0:
-        tmp = f"{cfg.out}.tmp"
+    if cfg.out and (rank == 0 or "{rank}" in cfg.out):  # "{rank}": one file per process
+        path = cfg.out.format(rank=rank)
+        tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             f.write(line + "\n")
-        os.replace(tmp, cfg.out)
+        os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ The budget is nanoGPT's ``config/train_shakespeare_char.py`` with its "CPU" over
 gradient clip 1, ``eval_iters=20``. nanoGPT's README reports a validation loss of 1.88 for
 that run. Three changes inside the same budget (same model size, tokens and steps): rotary
 position embeddings in every layer instead of a learned position table; the hidden weight
-matrices trained with :class:`graphattn.training.Muon` (peak lr 0.02) and the rest with AdamW
+matrices trained with :class:`examples.training.Muon` (peak lr 0.02) and the rest with AdamW
 at a peak lr of 3e-3 (cosine to a tenth) instead of AdamW at 1e-3 throughout.
 ``--positions learned --optimizer adamw --lr 1e-3 --min-lr 1e-4`` is nanoGPT's
 configuration exactly.
@@ -37,9 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphattn import Graph, GraphTransformer, RotaryEmbedding
-from graphattn.functional import choose_backend
-from graphattn.training import (
+from examples.training import (
     Muon,
     TrainConfig,
     Trainer,
@@ -49,6 +47,8 @@ from graphattn.training import (
     plot_curves,
     seed_everything,
 )
+from graphattn import Graph, GraphTransformer, RotaryEmbedding
+from graphattn.functional import choose_backend
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,7 +83,7 @@ class CharLMConfig:
     sample_chars: int = 300  # characters to generate after training
     seed: int = 1337  # nanoGPT's seed
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
-    data_dir: str | None = None  # see graphattn.training.resolve_data_dir
+    data_dir: str | None = None  # see examples.training.resolve_data_dir
     out_dir: str = "runs/char_lm"  # metrics, checkpoints, curves
     progress: bool = True  # tqdm bar
 
@@ -121,7 +121,7 @@ class RandomWindows:
     """Endless random contexts ``(x, y)``, y shifted by one (nanoGPT's ``get_batch``).
 
     Each "epoch" is ``batches_per_epoch`` batches drawn from a generator seeded with
-    ``seed + epoch``, so a resumed :class:`~graphattn.training.Trainer` sees the same data.
+    ``seed + epoch``, so a resumed :class:`~examples.training.Trainer` sees the same data.
     """
 
     def __init__(
@@ -245,7 +245,7 @@ class CharLM(nn.Module):
 
 def make_optimizer(model: nn.Module, cfg: CharLMConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (nanoGPT's ``configure_optimizers``), or
-    :class:`~graphattn.training.Muon` on the transformer's hidden matrices and AdamW on the
+    :class:`~examples.training.Muon` on the transformer's hidden matrices and AdamW on the
     embedding (tied to the head), biases and norms."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]

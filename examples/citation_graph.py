@@ -26,7 +26,7 @@ sparse CSR tensor: their first operation is ``nn.Linear``, which multiplies it a
 
 Early stopping follows GAT's code: the patience counter resets when the validation accuracy
 or loss improves; the test accuracy reported is that of the step where both were at their
-best so far. :class:`graphattn.training.Trainer` runs the loop; a callback ends it by
+best so far. :class:`examples.training.Trainer` runs the loop; a callback ends it by
 lowering ``max_steps``.
 
 Each run records its wall time and ``epoch_ms``, the mean time of one training step
@@ -57,8 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphattn import GATConv, GATv2Conv, GraphAttention, LearnedStructureBias
-from graphattn.training import (
+from examples.training import (
     TrainConfig,
     Trainer,
     add_data_dir_argument,
@@ -66,6 +65,7 @@ from graphattn.training import (
     ensure_dataset,
     seed_everything,
 )
+from graphattn import GATConv, GATv2Conv, GraphAttention, LearnedStructureBias
 
 RESULTS = Path(__file__).resolve().parent / "results" / "citation_graph.json"
 VARIANTS = ("dot", "gat", "gatv2", "complete")

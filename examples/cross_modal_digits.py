@@ -63,10 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from examples.vision_hybrid import load_digits_split, random_shift, stem
-from graphattn import GraphTransformer
-from graphattn.plot import plot_attention_graph, plot_attention_heatmap
-from graphattn.training import (
+from examples.training import (
     TrainConfig,
     Trainer,
     add_data_dir_argument,
@@ -75,6 +72,9 @@ from graphattn.training import (
     resolve_data_dir,
     seed_everything,
 )
+from examples.vision_hybrid import load_digits_split, random_shift, stem
+from graphattn import GraphTransformer
+from graphattn.plot import plot_attention_graph, plot_attention_heatmap
 from modalities import (
     AudioFrameAdapter,
     ByteTokenizer,
@@ -288,7 +288,7 @@ class TripleSampler:
     digit and modality a random training item of that digit.
 
     Re-iterable (one "epoch" is ``steps_per_epoch`` batches) and driven by torch's global
-    generator, so :class:`graphattn.training.Trainer` can restore it exactly.
+    generator, so :class:`examples.training.Trainer` can restore it exactly.
 
     Yields:
         ``(digits, {modality: item indices})``, ``(B,)`` each.

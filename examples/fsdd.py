@@ -5,7 +5,7 @@
 recordings) and takes 5-49 in the training set (2700).
 
 Used by ``examples.spoken_digits`` and ``examples.cross_modal_digits``; the folder comes from
-:func:`graphattn.training.ensure_dataset` (``--data-dir``, ``$GRAPHATTN_DATA``,
+:func:`examples.training.ensure_dataset` (``--data-dir``, ``$GRAPHATTN_DATA``,
 ``../shared/data``, the user cache; ``download=True`` fetches it from GitHub).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from graphattn.training import ensure_dataset
+from examples.training import ensure_dataset
 from modalities import load_wav
 
 __all__ = ["SAMPLE_RATE", "Recording", "FSDD", "load_fsdd", "pad_waveforms"]
@@ -79,7 +79,7 @@ def load_fsdd(
 
     Args:
         data_dir: the data folder holding ``fsdd/recordings`` (``None``: resolved as in
-            :func:`graphattn.training.resolve_data_dir`).
+            :func:`examples.training.resolve_data_dir`).
         download: fetch the data set when it is missing (needs internet).
         limit_per_class: keep at most this many train and this many test takes per
             (speaker, digit), the lowest take numbers of each side (smoke tests).

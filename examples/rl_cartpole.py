@@ -20,7 +20,7 @@ environment steps at the first 100-episode evaluation with mean return >= 475; a
 there (or at ``total_steps``).
 
 Writes ``examples/results/rl_cartpole.json`` (atomically) and, in ``--out``: the policy of
-every seed (``seed{s}/policy.pt``, ``graphattn.training.save_checkpoint``), the learning
+every seed (``seed{s}/policy.pt``, ``examples.training.save_checkpoint``), the learning
 curves (``learning_curve.png``) and the attention of the first seed's policy over the four
 variables along one evaluation episode (``attention_episode.png``).
 
@@ -47,8 +47,8 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from torch import Tensor, nn
 
+from examples.training import atomic_write, save_checkpoint, seed_everything
 from graphattn.explain import attention_rollout
-from graphattn.training import atomic_write, save_checkpoint, seed_everything
 from modalities import RLStateEncoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl_cartpole.json"

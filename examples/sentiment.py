@@ -7,7 +7,7 @@ input is the UTF-8 bytes of the sentence (:class:`modalities.ByteTokenizer`).
 The model: every byte is a node. A node's features are the sum of learned vectors of the
 byte n-grams (n = 1..5) that end at it, hashed into 2**18 buckets (as fastText does for
 character n-grams; the table is a sparse ``nn.EmbeddingBag`` trained with
-:class:`graphattn.training.LazyAdamW`) -> learned positions -> a
+:class:`examples.training.LazyAdamW`) -> learned positions -> a
 :class:`~graphattn.GraphTransformer` (one layer on the complete byte graph by default; with
 more layers the lower ones run on a sliding window) with key padding -> masked mean pool ->
 linear. The n-gram vectors carry the words and their parts; attention mixes them in context.
@@ -36,9 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphattn import Graph, GraphTransformer
-from graphattn.plot import plot_attention_heatmap
-from graphattn.training import (
+from examples.training import (
     LazyAdamW,
     TrainConfig,
     Trainer,
@@ -48,6 +46,8 @@ from graphattn.training import (
     plot_curves,
     seed_everything,
 )
+from graphattn import Graph, GraphTransformer
+from graphattn.plot import plot_attention_heatmap
 from modalities import ByteTokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,7 +76,7 @@ class SentimentConfig:
     split_seed: int = 0  # the split is the same for every training seed
     limit: int | None = None  # use this many sentences per class (smoke tests)
     threads: int | None = None  # torch.set_num_threads; None: torch's default
-    data_dir: str | None = None  # see graphattn.training.resolve_data_dir
+    data_dir: str | None = None  # see examples.training.resolve_data_dir
     out_dir: str = "runs/sentiment"  # metrics, checkpoints, curves, heatmaps
     progress: bool = True  # tqdm bar
 

@@ -24,7 +24,7 @@ Two evaluations:
   the sixth, who is never heard in training (one run per held-out speaker).
 
 Writes ``examples/results/spoken_digits.json`` (atomically) and, in ``--out``, per-run metrics
-(``graphattn.training.Trainer``), the attention rollout over the frames of one test recording
+(``examples.training.Trainer``), the attention rollout over the frames of one test recording
 under its log-mel spectrogram (``attention_frames.png``), the last layer's attention map
 (``attention_last_layer.png``) and the official-split confusion matrix
 (``confusion_matrix.png``), all of the seed-0 official-split model.
@@ -52,10 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from examples.fsdd import SAMPLE_RATE, Recording, load_fsdd, pad_waveforms
-from graphattn import AttentionWeights, GraphTransformer
-from graphattn.explain import attention_rollout
-from graphattn.plot import plot_attention_heatmap
-from graphattn.training import (
+from examples.training import (
     BatchLoader,
     TrainConfig,
     Trainer,
@@ -63,6 +60,9 @@ from graphattn.training import (
     atomic_write,
     seed_everything,
 )
+from graphattn import AttentionWeights, GraphTransformer
+from graphattn.explain import attention_rollout
+from graphattn.plot import plot_attention_heatmap
 from modalities import AudioFrameAdapter, masked_mean
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spoken_digits.json"

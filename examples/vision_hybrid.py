@@ -12,7 +12,7 @@ up to one pixel), on a fixed stratified 80/20 split (``random_state=0``), over s
   ``GraphTransformer`` on the complete graph.
 
 Writes ``examples/results/vision_hybrid.json`` (atomically) and, in ``--out``, per-run
-metrics (``graphattn.training.Trainer``) and an attention-rollout overlay of the hybrid model
+metrics (``examples.training.Trainer``) and an attention-rollout overlay of the hybrid model
 on a test digit (``attention_rollout.png``).
 
 Run: ``python -m examples.vision_hybrid [--seeds 5] [--epochs 40] [--quick]``
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from examples.training import BatchLoader, TrainConfig, Trainer, atomic_write, seed_everything
 from graphattn import Graph, GraphTransformer
 from graphattn.explain import attention_rollout
 from graphattn.plot import plot_image_attention
-from graphattn.training import BatchLoader, TrainConfig, Trainer, atomic_write, seed_everything
 from modalities import CNNFeatureAdapter, PatchAdapter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision_hybrid.json"

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks._harness import Step, measure_peak_rss, run_measure_subprocess
+from examples.training import TrainConfig, Trainer, atomic_write, seed_everything
 from graphattn import (
     Graph,
     GraphAttention,
@@ -55,7 +56,6 @@ from graphattn import (
     choose_backend,
     graph_attention,
 )
-from graphattn.training import TrainConfig, Trainer, atomic_write, seed_everything
 
 MODULE = "examples.why_attention"
 RESULTS = Path(__file__).resolve().parent / "results" / "why_attention.json"
@@ -160,7 +160,7 @@ def make_recall_batch(
 
 class RecallStream:
     """Fresh recall batches, ``steps`` per epoch; the epoch seeds the stream (re-iterable, as
-    :class:`~graphattn.training.Trainer` needs)."""
+    :class:`~examples.training.Trainer` needs)."""
 
     def __init__(self, cfg: WhyAttentionConfig, length: int, seed: int) -> None:
         self.cfg, self.length, self.seed = cfg, length, seed

@@ -12,7 +12,7 @@ Every function takes the output ``path`` (the format follows its suffix, e.g. ``
 ``.svg``, ``.pdf``), creates missing folders, and returns the path. Figures are built with
 ``matplotlib.figure.Figure`` and the Agg canvas, never with ``pyplot``: nothing opens a
 window, and the caller's matplotlib backend and global state are left alone. matplotlib is
-an optional dependency (``pip install graphattn[examples]``).
+an optional dependency (the ``plot`` extra: ``pip install -e ".[plot]"``).
 
 Axis legend: ``B`` batch, ``H`` heads, ``Nd`` targets, ``Ns`` sources, ``E`` edges,
 ``L`` layers.
@@ -52,7 +52,7 @@ def _figure(width: float, height: float) -> Figure:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "graphattn.plot needs matplotlib: pip install matplotlib (or graphattn[examples])"
+            "graphattn.plot needs matplotlib: pip install matplotlib (the plot extra of graphattn)"
         ) from err
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)

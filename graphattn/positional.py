@@ -174,6 +174,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.base = float(base)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """``x`` plus the encoding of ``positions`` (default ``0..N-1``)."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has feature size {x.shape[-1]} but dim is {self.dim}")
         pos = _positions(x, positions)  # (N,) or (B, N)
@@ -214,6 +215,8 @@ class LearnedPositionalEncoding(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """``x`` plus the vectors of ``positions`` (default ``0..N-1``); a position outside
+        ``[0, max_positions)`` raises :class:`IndexError` naming it."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has feature size {x.shape[-1]} but dim is {self.dim}")
         pos = _positions(x, positions)  # (N,) or (B, N)
@@ -326,6 +329,7 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, q: Tensor, k: Tensor, q_pos: Tensor | None = None, k_pos: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
+        """Rotate ``q`` at ``q_pos`` and ``k`` at ``k_pos`` (shapes in the class docstring)."""
         q_pos, k_pos = _pair_positions(q, k, q_pos, k_pos)
         return self._rotate(q, q_pos, "q", "q_pos"), self._rotate(k, k_pos, "k", "k_pos")
 
@@ -409,6 +413,7 @@ class AxialRotaryEmbedding(nn.Module):
     def forward(
         self, q: Tensor, k: Tensor, q_pos: Tensor | None = None, k_pos: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
+        """Rotate ``q`` and ``k`` at their ``(row, column)`` positions (default: the grid)."""
         q_pos, k_pos = _pair_positions(q, k, q_pos, k_pos)
         return self.rotate(q, q_pos), self.rotate(k, k_pos)
 
@@ -544,6 +549,8 @@ class RelativePositionBias1D(nn.Module):
         dst_pos: Tensor | None = None,
         src_pos: Tensor | None = None,
     ) -> Tensor:
+        """The bias of every edge of ``graph`` ``(E, H)``, from the bucket of its relative
+        position ``src - dst`` (node indices, or ``src_pos`` / ``dst_pos`` when given)."""
         src, dst = _edge_index_of(graph)  # (E,), (E,)
         ps = src if src_pos is None else src_pos.to(src.device).long()[src]
         pd = dst if dst_pos is None else dst_pos.to(dst.device).long()[dst]
@@ -610,6 +617,8 @@ class RelativePositionBias2D(nn.Module):
         return dr * (2 * w - 1) + dc
 
     def forward(self, graph: Graph | Tensor) -> Tensor:
+        """The bias of every edge of ``graph`` ``(E, H)`` over the grid's cells, from the
+        table row of its 2-D offset."""
         n = self.height * self.width
         if isinstance(graph, Graph) and (graph.num_dst != n or graph.num_src != n):
             raise ValueError(
@@ -731,9 +740,11 @@ class LaplacianPE(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """The projection's ``nn.Linear`` initialisation."""
         self.proj.reset_parameters()
 
     def forward(self, eigvecs: Tensor) -> Tensor:
+        """Project ``eigvecs`` (signs flipped at random in training) to ``([B,] N, D)``."""
         if eigvecs.dim() not in (2, 3) or eigvecs.shape[-1] != self.k:
             raise ValueError(
                 f"eigvecs must have shape (N, K={self.k}) or (B, N, K={self.k}), got "
@@ -874,6 +885,8 @@ class ShortestPathBias(nn.Module):
         return torch.where(d < 0, self.max_distance + 1, d.clamp(max=self.max_distance))
 
     def forward(self, distances: Tensor, graph: Graph | Tensor | None = None) -> Tensor:
+        """The dense bias of ``distances``, or, with ``graph``, the bias of its edges
+        (shapes in the class docstring)."""
         if not isinstance(distances, Tensor) or distances.dim() not in (2, 3):
             raise ValueError(
                 "distances must be a tensor of shape ([B,] Nd, Ns) from "

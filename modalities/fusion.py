@@ -47,6 +47,7 @@ from .nodes import NodeSet
 
 __all__ = ["FusedGraph", "FusionMode", "fuse", "ModalityFusion", "LATENT"]
 
+#: How :func:`fuse` links the modalities (the table in the module docstring).
 FusionMode = Literal["complete", "intra+cross", "bottleneck"]
 _MODES = ("complete", "intra+cross", "bottleneck")
 #: modality name of the latent nodes in bottleneck mode.
@@ -376,7 +377,9 @@ class ModalityFusion(nn.Module):
             nodesets: one node set per modality; each ``modality`` must be one of
                 ``modality_names``.
             mode: default ``"bottleneck"`` when the module has latents, else ``"complete"``.
-            cross_links, symmetric, intra: as in :func:`fuse`.
+            cross_links: as in :func:`fuse`.
+            symmetric: as in :func:`fuse`.
+            intra: as in :func:`fuse`.
         """
         if mode is None:
             mode = "bottleneck" if self.num_latents else "complete"

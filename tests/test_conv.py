@@ -201,7 +201,9 @@ def test_training_mode_dropout_and_state_dict(gen):
 
 
 def test_from_pyg_refusals():
-    with pytest.raises(TypeError, match=r"GATConv, GATv2Conv, TransformerConv or SGFormerAttention.*Linear"):
+    with pytest.raises(
+        TypeError, match=r"GATConv, GATv2Conv, TransformerConv or SGFormerAttention.*Linear"
+    ):
         graphattn.from_pyg(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"aggr='mean'"):
         graphattn.from_pyg(pyg_nn.GATConv(4, 2, aggr="mean"))

@@ -19,7 +19,7 @@ from examples.citation_graph import (  # noqa: E402
     run,
     sparse_dropout,
 )
-from graphattn.training import ensure_dataset  # noqa: E402
+from examples.training import ensure_dataset  # noqa: E402
 
 
 def _cora_dir():

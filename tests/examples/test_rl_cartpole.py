@@ -11,7 +11,7 @@ pytest.importorskip("gymnasium")
 pytest.importorskip("matplotlib")
 
 from examples.rl_cartpole import CartPoleConfig, build_policy, gae, run, train_seed  # noqa: E402
-from graphattn.training import load_checkpoint  # noqa: E402
+from examples.training import load_checkpoint  # noqa: E402
 
 
 def test_gae_bootstraps_only_across_non_terminal_steps():

@@ -1,10 +1,19 @@
-"""Training utilities shared by the examples: seeding, a training loop with progress, metrics
-and exact resume, atomic checkpoints, curves, data folders and downloads, and data-parallel
-training with ``torchrun``.
+"""The training tools the examples share and no library provides in this form.
 
-Import it as ``graphattn.training`` (``import graphattn`` does not load it). Plotting needs
-matplotlib and the progress bar tqdm (``pip install graphattn[examples]``); both are
-imported only when used.
+What a library already does is left to it: batches are a ``torch.utils.data.DataLoader``
+over a ``DistributedSampler`` (:class:`BatchLoader`), downloads are checksummed by ``pooch``
+(:func:`ensure_dataset`), data parallelism is ``DistributedDataParallel``. What stays here:
+
+- :class:`Trainer`: a loop whose checkpoints resume bitwise, mid-epoch included;
+- :func:`save_checkpoint` / :class:`CheckpointManager`: atomic writes, ``weights_only`` loads;
+- :func:`seed_everything` / :func:`rng_state`: every random stream, as checkpoint-safe values;
+- :class:`LazyAdamW` (dense AdamW + lazy sparse Adam in one optimizer) and :class:`Muon`
+  (float32 Newton-Schulz, with AdamW for the other parameters in one optimizer);
+- :func:`plot_curves`, the data-set registry (:data:`DATASETS`) and the default data folder.
+
+This package belongs to the examples, not to ``graphattn``: ``import graphattn`` never loads
+it. It needs NumPy, and pooch for downloads; plotting needs matplotlib and the progress bar
+tqdm (``pip install -e ".[examples]"``), both imported only when used.
 """
 
 from ._atomic import atomic_write
@@ -13,23 +22,14 @@ from .checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
 from .data import (
     DATASETS,
     ENV_VAR,
-    ChecksumError,
     DatasetSource,
     RemoteArchive,
     RemoteFile,
     add_data_dir_argument,
-    download,
     ensure_dataset,
     resolve_data_dir,
 )
-from .distributed import (
-    DistInfo,
-    cleanup,
-    init_distributed,
-    shard_indices,
-    unwrap_model,
-    wrap_ddp,
-)
+from .distributed import DistInfo, cleanup, init_distributed, unwrap_model, wrap_ddp
 from .loop import NonFiniteLossError, TrainConfig, Trainer, TrainResult, train
 from .optim import LazyAdamW, Muon, orthogonalize
 from .plots import load_metrics, plot_curves
@@ -63,8 +63,6 @@ __all__ = [
     "ENV_VAR",
     "resolve_data_dir",
     "add_data_dir_argument",
-    "download",
-    "ChecksumError",
     "RemoteFile",
     "RemoteArchive",
     "DatasetSource",
@@ -75,6 +73,5 @@ __all__ = [
     "init_distributed",
     "wrap_ddp",
     "unwrap_model",
-    "shard_indices",
     "cleanup",
 ]

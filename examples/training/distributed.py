@@ -5,12 +5,13 @@ Launch a script with ``torchrun --nproc_per_node 2 -m your.module`` (or
 
     info = init_distributed()           # reads RANK / WORLD_SIZE / LOCAL_RANK
     model = wrap_ddp(model)             # DistributedDataParallel (unchanged in one process)
-    mine = shard_indices(len(data), info.rank, info.world_size)
+    loader = BatchLoader(x, y, batch_size=32, rank=info.rank, world_size=info.world_size)
     ...
     cleanup()
 
 Every rank must take the same number of optimizer steps (DDP all-reduces gradients in
-``backward``): :func:`shard_indices` pads the shards to equal length for that reason.
+``backward``): ``torch.utils.data.DistributedSampler`` (inside
+:class:`~examples.training.BatchLoader`) pads the shards to equal length for that reason.
 Run without ``torchrun``, :func:`init_distributed` returns a one-process :class:`DistInfo`
 and the same script trains in one process.
 """
@@ -21,9 +22,8 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "init_distributed",
     "wrap_ddp",
     "unwrap_model",
-    "shard_indices",
     "cleanup",
 ]
 
@@ -145,41 +144,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def shard_indices(n: int, rank: int, world_size: int, *, drop_last: bool = False) -> Tensor:
-    """This rank's share of ``range(n)``, every rank getting the same count.
-
-    Rank ``r`` takes items ``r, r + world_size, ...`` (as ``DistributedSampler``). With
-    ``drop_last=False`` the list is padded by wrapping around to ``ceil(n / world_size)``
-    items per rank; with ``drop_last=True`` it is cut to ``floor(n / world_size)``.
-
-    Shapes:
-        - returns: ``(M,)`` int64 indices
-
-    Args:
-        n: number of items (>= 0).
-        rank: this rank, ``0 <= rank < world_size``.
-        world_size: number of ranks (>= 1).
-        drop_last: cut instead of padding.
-
-    Example:
-        >>> shard_indices(5, 0, 2).tolist(), shard_indices(5, 1, 2).tolist()
-        ([0, 2, 4], [1, 3, 0])
-        >>> shard_indices(5, 1, 2, drop_last=True).tolist()
-        [1, 3]
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
-    per_rank = n // world_size if drop_last else -(-n // world_size)
-    if n == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    total = torch.arange(per_rank * world_size) % n  # (world_size * M,)
-    return total[rank::world_size]
 
 
 def cleanup() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from graphattn.training import (
+from examples.training import (
     CheckpointManager,
     load_checkpoint,
     rng_state,
@@ -22,7 +22,7 @@ from graphattn.training import (
     seed_everything,
     set_rng_state,
 )
-from graphattn.training.checkpoint import _PLAIN_DTYPES
+from examples.training.checkpoint import _PLAIN_DTYPES
 
 
 def _draws() -> tuple[float, float, float, float]:
@@ -387,7 +387,7 @@ def test_save_checkpoint_falls_back_to_a_round_trip_without_torchs_private_unpic
     tmp_path, monkeypatch
 ):
     """A torch without ``torch._weights_only_unpickler``: the check does a real round trip."""
-    import graphattn.training.checkpoint as ckpt
+    import examples.training.checkpoint as ckpt
 
     monkeypatch.setattr(ckpt, "_weights_only_unpickler", None)
     good = {"w": torch.ones(3), "step": 4}

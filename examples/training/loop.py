@@ -21,7 +21,7 @@ every piece of state the next step reads:
   random state saved at the start of the epoch is restored, the epoch is passed to
   ``set_epoch`` when the data (or its sampler) has one, the iterator is rebuilt and
   fast-forwarded past the batches already used (they are loaded again: cheap for tensors in
-  memory, :class:`~graphattn.training.BatchLoader`, or a ``DataLoader`` with
+  memory, :class:`~examples.training.BatchLoader`, or a ``DataLoader`` with
   ``num_workers=0``), and then the random state of the checkpoint is restored;
 - evaluation runs between saved random states, so it never changes the training run.
 
@@ -223,7 +223,7 @@ class Trainer:
             ``"loss"`` and extra scalar metrics to log (e.g. ``"acc"``), optionally
             ``"num_samples"`` (else the leading size of the first tensor in the batch).
         data: an iterable that is iterated once per epoch (a ``DataLoader``, a
-            :class:`~graphattn.training.BatchLoader`, a list); may be endless. A one-shot
+            :class:`~examples.training.BatchLoader`, a list); may be endless. A one-shot
             iterator is refused: it could not be rebuilt on resume.
         config: :class:`TrainConfig`.
         scheduler: a learning-rate scheduler, stepped after every optimizer step.

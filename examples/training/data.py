@@ -2,38 +2,37 @@
 
 - :func:`resolve_data_dir`: the data folder, from ``--data-dir``, else the environment
   variable ``GRAPHATTN_DATA``, else ``../shared/data`` next to the repository (what tests and
-  CI use), else a user cache (``$XDG_CACHE_HOME/graphattn`` or ``~/.cache/graphattn``).
-- :func:`download`: one URL to one file, streamed to a temporary file in the destination
-  folder, its SHA-256 checked before it is moved into place.
+  CI use), else the user cache (``pooch.os_cache("graphattn")``: ``~/.cache/graphattn`` on
+  Linux, or ``$XDG_CACHE_HOME/graphattn``).
 - :data:`DATASETS` and :func:`ensure_dataset`: the public sources of the data sets the
-  examples use; nothing is downloaded unless ``download=True``.
+  examples use; nothing is downloaded unless ``download=True``. Each file is fetched by
+  ``pooch.retrieve``, which streams it to a temporary file in the destination folder and
+  moves it into place only when its SHA-256 matches. Archives are then unpacked here, member
+  by member: ``pooch.Untar`` extracts whole folders under their archive names, and on Python
+  3.11 without tarfile's ``"data"`` filter, so it would neither rename the commit-named top
+  folder of a GitHub archive nor refuse a member that climbs out of the data folder.
+
+These belong to the examples, not to ``graphattn``: the library reads no data set itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import os
-import re
 import shutil
 import tarfile
-import urllib.request
-import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from ._atomic import atomic_write, fsync_dir, temp_name
+from ._atomic import atomic_write
 
 __all__ = [
     "ENV_VAR",
     "resolve_data_dir",
     "add_data_dir_argument",
-    "ChecksumError",
-    "download",
     "RemoteFile",
     "RemoteArchive",
     "DatasetSource",
@@ -56,7 +55,8 @@ def resolve_data_dir(arg: PathLike | None = None) -> Path:
         arg: an explicit folder (``--data-dir``); ``None`` or ``""`` means "not given".
 
     Returns:
-        An absolute path (it need not exist yet: downloads create it).
+        An absolute path with every symbolic link resolved (it need not exist yet: downloads
+        create it), so that two spellings of one folder compare equal.
     """
     if arg is not None and str(arg) != "":
         return Path(arg).expanduser().resolve()
@@ -65,9 +65,10 @@ def resolve_data_dir(arg: PathLike | None = None) -> Path:
         return Path(env).expanduser().resolve()
     shared = _REPO_ROOT.parent / "shared" / "data"
     if shared.is_dir():
-        return shared
-    cache = os.environ.get("XDG_CACHE_HOME", "") or Path.home() / ".cache"
-    return (Path(cache).expanduser() / "graphattn").resolve()
+        return shared.resolve()
+    import pooch  # only here and for downloads: the examples run from ../shared without it
+
+    return Path(pooch.os_cache("graphattn")).expanduser().resolve()
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -77,91 +78,18 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--data-dir",
         default=None,
         help=f"data folder (default: ${ENV_VAR}, else ../shared/data next to the repository, "
-        "else ~/.cache/graphattn)",
+        "else the user cache, ~/.cache/graphattn on Linux)",
     )
     return parser
 
 
-class ChecksumError(ValueError):
-    """A downloaded (or present) file does not have the expected SHA-256."""
+def _retrieve(url: str, dest: Path, sha256: str | None) -> Path:
+    """``pooch.retrieve`` of ``url`` into ``dest`` (SHA-256 checked when pinned; a present
+    file with the right digest is not fetched again, one with a wrong digest is)."""
+    import pooch
 
-
-def _check_sha256(sha256: str | None) -> str | None:
-    if sha256 is None:
-        return None
-    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-        raise ValueError(f"sha256 must be 64 hex digits or None, got {sha256!r}")
-    return sha256.lower()
-
-
-def sha256_of(path: PathLike) -> str:
-    """The SHA-256 of a file, as 64 lower-case hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download(
-    url: str, dest: PathLike, sha256: str | None, *, force: bool = False, timeout: float = 60.0
-) -> Path:
-    """Fetch ``url`` into ``dest``, checking its SHA-256 before it takes the final name.
-
-    The body is streamed to a hidden temporary file in ``dest``'s folder; only when the
-    checksum matches is it moved onto ``dest`` with ``os.replace``. On a mismatch (or any
-    failure) the temporary file is removed and ``dest`` is left as it was.
-
-    Args:
-        url: ``https://``, ``http://`` or ``file://`` URL.
-        dest: the file to write; missing folders are created.
-        sha256: expected digest (64 hex digits); ``None`` skips the check with a warning that
-            prints the digest, so it can be pinned.
-        force: download even when ``dest`` exists.
-        timeout: seconds to wait for the server.
-
-    Returns:
-        ``dest`` as a :class:`~pathlib.Path`.
-    """
-    expected = _check_sha256(sha256)
-    if not isinstance(url, str) or not url.startswith(("https://", "http://", "file://")):
-        raise ValueError(f"url must be an https://, http:// or file:// URL, got {url!r}")
-    dest = Path(dest)
-    if dest.exists() and not force:
-        if expected is not None and (got := sha256_of(dest)) != expected:
-            raise ChecksumError(
-                f"{dest} exists but its sha256 is {got}, expected {expected}; delete it or "
-                "pass force=True to download it again"
-            )
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(dest)
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "xb") as f:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                digest.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        got = digest.hexdigest()
-        if expected is not None and got != expected:
-            raise ChecksumError(
-                f"sha256 mismatch for {url}: expected {expected}, got {got}; {dest} was not "
-                "written (the file at the source changed, or the download was corrupted)"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dest.parent)
-    if expected is None:
-        warnings.warn(f"{url} has no pinned sha256; downloaded file has sha256 {got}", stacklevel=2)
-    return dest
-
-
-_download = download  # ensure_dataset's ``download`` flag shadows the function's name
+    known = None if sha256 is None else f"sha256:{sha256}"
+    return Path(pooch.retrieve(url, known, fname=dest.name, path=dest.parent))
 
 
 @dataclass(frozen=True)
@@ -372,8 +300,9 @@ def ensure_dataset(name: str, data_dir: PathLike | None = None, download: bool =
             ``"rt-polarity"``).
         data_dir: the data folder (``--data-dir``); ``None`` resolves it with
             :func:`resolve_data_dir`.
-        download: fetch missing files from the public source (checksums verified where
-            pinned). Without it a missing data set raises ``FileNotFoundError``.
+        download: fetch missing files from the public source with ``pooch.retrieve``
+            (SHA-256 verified where pinned; an unpinned file's digest is logged by pooch).
+            Without it a missing data set raises ``FileNotFoundError``.
 
     Returns:
         ``data_dir / DATASETS[name].folder``.
@@ -392,22 +321,17 @@ def ensure_dataset(name: str, data_dir: PathLike | None = None, download: bool =
             f"(from {source.homepage or source.urls()[0]}; licence: {source.licence})."
         )
     for remote in source.files:
-        _download_file(remote, root)
+        _retrieve(remote.url, root.joinpath(*PurePosixPath(remote.path).parts), remote.sha256)
     for spec in source.archives:
-        tmp = root / f".{name}-archive.download"
+        archive = root / f".{name}-archive.download"
         try:
-            _download(spec.url, tmp, spec.sha256, force=True)
-            if _extract(tmp, spec, root) == 0:
+            _retrieve(spec.url, archive, spec.sha256)
+            if _extract(archive, spec, root) == 0:
                 raise ValueError(f"no member of {spec.url} matched {spec.members}")
         finally:
-            tmp.unlink(missing_ok=True)
+            archive.unlink(missing_ok=True)
     if not source.is_present(root):
         raise FileNotFoundError(
             f"downloaded {name!r} but {list(source.layout)} are still missing under {root}"
         )
     return root
-
-
-def _download_file(remote: RemoteFile, root: Path) -> None:
-    rel = PurePosixPath(remote.path)
-    _download(remote.url, root.joinpath(*rel.parts), remote.sha256)

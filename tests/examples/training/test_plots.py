@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from graphattn.training import plot_curves
+from examples.training import plot_curves
 
 pytest.importorskip("matplotlib")
 from matplotlib.image import imread  # noqa: E402

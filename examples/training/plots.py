@@ -1,8 +1,8 @@
-"""Training curves from the metrics a :class:`~graphattn.training.Trainer` writes.
+"""Training curves from the metrics a :class:`~examples.training.Trainer` writes.
 
 Built with ``matplotlib.figure.Figure`` and the Agg canvas, never ``pyplot``: nothing opens
 a window and matplotlib's global state is left alone. matplotlib is optional
-(``pip install graphattn[examples]``); attention pictures live in :mod:`graphattn.plot`.
+(``pip install -e ".[examples]"``); attention pictures live in :mod:`graphattn.plot`.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
             ``float``, ``complex``, ``bool``, ``str``, non-empty ``bytes``, ``bytearray``,
             ``None``, ``dict``/``OrderedDict``/``Counter``/``list``/``tuple``/``set`` of them,
             and types registered with ``torch.serialization.add_safe_globals``. That covers
-            model/optimizer/scheduler ``state_dict()``s, :func:`~graphattn.training.rng_state`
+            model/optimizer/scheduler ``state_dict()``s, :func:`~examples.training.rng_state`
             and counters; NumPy values, ``datetime`` objects and other classes are refused.
 
     Returns:
@@ -202,7 +202,7 @@ def _dry_run(obj: Any) -> None:
         )
 
     # the unpickler torch.load(weights_only=True) runs (a private module: the equivalence
-    # test in tests/training/test_checkpoint.py notices if torch changes it)
+    # test in tests/examples/training/test_checkpoint.py notices if torch changes it)
     unpickler = _weights_only_unpickler.Unpickler(buf, encoding="utf-8")
     unpickler.persistent_load = persistent_load
     # sparse tensors met by the unpickler wait here to be validated; clear what a failed

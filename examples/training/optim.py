@@ -3,7 +3,7 @@
 Large hashed embedding tables (byte n-grams, feature hashing) touch a few hundred rows per
 step. Dense AdamW reads and writes all of their moments every step; ``torch.optim.SparseAdam``
 updates only the touched rows but refuses dense parameters, so a model with both needs two
-optimizers, which :class:`~graphattn.training.Trainer` and the learning-rate schedulers do not
+optimizers, which :class:`~examples.training.Trainer` and the learning-rate schedulers do not
 take. :class:`LazyAdamW` is one optimizer for both: dense gradients get exactly
 ``torch.optim.AdamW``'s update, sparse gradients ``torch.optim.SparseAdam``'s lazy one.
 """
@@ -158,6 +158,14 @@ class Muon(Optimizer):
     weight decay; the other groups (embeddings, output head, biases, norms) get AdamW with
     their own ``lr``. This is the "Muon with auxiliary Adam" design of Keller Jordan's
     reference implementation; it trains small transformers in fewer steps than AdamW.
+
+    ``torch.optim.Muon`` (torch >= 2.9) makes the same update with ``nesterov=True`` and
+    ``adjust_lr_fn="original"``, for matrices only, but runs Newton-Schulz in bfloat16: about
+    2-3x faster on a CPU with AVX512-BF16, and each update differs from this float32 one by
+    0.2-1.4% (relative norm; measured by the tests). This class keeps float32, so the char_lm
+    results stay those it was measured with, and holds the AdamW groups in the same
+    optimizer, so one learning-rate scheduler and :class:`~examples.training.Trainer` drive
+    both.
 
     Args:
         param_groups: groups, each with ``params`` and ``use_muon`` (bool), optionally

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from graphattn.training import (
+from examples.training import (
     BatchLoader,
     NonFiniteLossError,
     TrainConfig,

@@ -1,32 +1,35 @@
 """Mini-batches of in-memory tensors, in an order that a checkpoint can reproduce.
 
-The order of epoch ``e`` is a permutation drawn from a generator seeded with
-``seed + e`` (as ``DistributedSampler``), so the whole data order is fixed by ``seed`` and
-the epoch number: :class:`~graphattn.training.Trainer` calls :meth:`BatchLoader.set_epoch`
-and records the epoch and the position in it, and a resumed run sees the same batches.
+:class:`BatchLoader` is a ``torch.utils.data.DataLoader`` over a ``TensorDataset`` whose
+sampler is a ``DistributedSampler``: the order of epoch ``e`` is the permutation drawn from a
+generator seeded with ``seed + e``, so the whole data order is fixed by ``seed`` and the epoch
+number. :class:`~examples.training.Trainer` calls :meth:`BatchLoader.set_epoch` and records
+the epoch and the position in it, so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
-
-from .distributed import shard_indices
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 __all__ = ["BatchLoader"]
 
 
-class BatchLoader:
+class BatchLoader(DataLoader):
     """Shuffled mini-batches over tensors that share their first dimension.
 
-    Iterating gives one epoch of tuples ``(t1[idx], t2[idx], ...)``. With ``world_size > 1``
-    each rank sees its own shard (padded so that every rank has the same number of batches).
+    The same as ``DataLoader(TensorDataset(*tensors), batch_size, drop_last=drop_last,
+    sampler=DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed),
+    generator=torch.Generator())``. The sampler gives each rank its own shard, padded so that
+    every rank has the same number of batches (DDP needs every rank to step together). The
+    loader's own generator keeps iteration from drawing the base seed of its workers from
+    torch's global generator, so the global random stream (dropout, augmentation) is the
+    same as if the batches were sliced by hand.
 
     Shapes:
         - tensors: each ``(S, ...)``, same ``S``
-        - each batch: a tuple of ``(batch_size, ...)`` (the last one may be smaller)
+        - each batch: a list of ``(batch_size, ...)`` (the last one may be smaller)
 
     Args:
         *tensors: the data.
@@ -65,50 +68,31 @@ class BatchLoader:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        shard_indices(0, rank, world_size)  # validates rank and world_size
-        self.tensors = tensors
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-
-    @property
-    def num_samples(self) -> int:
-        """Samples in the whole data set (all ranks)."""
-        return int(self.tensors[0].shape[0])
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        dataset = TensorDataset(*tensors)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        )
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            generator=torch.Generator(),
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` for the next iteration."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self.epoch = epoch
-
-    def indices(self) -> Tensor:
-        """``(M,)`` this rank's sample order for the current epoch."""
-        n = self.num_samples
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g)  # (S,)
-        else:
-            order = torch.arange(n)
-        mine = shard_indices(n, self.rank, self.world_size)
-        return order[mine]
-
-    def __len__(self) -> int:
-        m = -(-self.num_samples // self.world_size)
-        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        order = self.indices()
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]  # (batch,)
-            yield tuple(t[idx] for t in self.tensors)
+        self.sampler.set_epoch(epoch)
 
     def __repr__(self) -> str:
+        s = self.sampler
         return (
-            f"BatchLoader(samples={self.num_samples}, batch_size={self.batch_size}, "
-            f"shuffle={self.shuffle}, seed={self.seed}, rank={self.rank}/{self.world_size})"
+            f"BatchLoader(samples={len(self.dataset)}, batch_size={self.batch_size}, "
+            f"shuffle={s.shuffle}, seed={s.seed}, rank={s.rank}/{s.num_replicas})"
         )

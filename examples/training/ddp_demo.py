@@ -1,10 +1,10 @@
 """Data-parallel training on CPU with ``torchrun``: a tiny regression model, trained by
-:class:`~graphattn.training.Trainer` in every process.
+:class:`~examples.training.Trainer` in every process.
 
 Run::
 
-    torchrun --nproc_per_node 2 -m graphattn.training.ddp_demo --out-dir runs/ddp_demo
-    python -m graphattn.training.ddp_demo --out-dir runs/ddp_demo     # one process
+    torchrun --nproc_per_node 2 -m examples.training.ddp_demo --out-dir runs/ddp_demo
+    python -m examples.training.ddp_demo --out-dir runs/ddp_demo     # one process
 
 Each rank trains on its shard (``BatchLoader(rank=, world_size=)``), DDP averages the
 gradients, and at the end each rank writes its weights to ``OUT_DIR/rank{r}.pt``: they are
