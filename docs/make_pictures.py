@@ -60,7 +60,7 @@ class ByteLM(nn.Module):
     def forward(self, ids: Tensor, return_attention: bool = False):
         n = ids.shape[1]
         x = self.embed(ids) + self.pos[:n]  # (B, N, C)
-        res = self.body(x, Graph.causal(n), return_attention=return_attention)
+        res = self.body(x, Graph.causal(n), need_weights=return_attention)
         out = res.out if return_attention else res
         logits = self.head(out)  # (B, N, 256)
         return (logits, res.attentions) if return_attention else logits
@@ -95,7 +95,7 @@ class DigitClassifier(nn.Module):
         b = images.shape[0]
         x = self.pixel(images.reshape(b, 64, 1))  # (B, 64, C)
         x = torch.cat([self.cls.expand(b, -1, -1), x], 1) + self.pos  # (B, 65, C)
-        res = self.body(x, self.graphs, return_attention=return_attention)
+        res = self.body(x, self.graphs, need_weights=return_attention)
         out = res.out if return_attention else res
         logits = self.head(out[:, 0])  # (B, 10)
         return (logits, res.attentions) if return_attention else logits
@@ -152,7 +152,7 @@ def main() -> None:
     lm = train_text(args.text_steps, gen).eval()
     ids = torch.tensor([list(SENTENCE.encode())])
     with torch.no_grad():
-        _, atts = lm(ids, return_attention=True)
+        _, atts = lm(ids, need_weights=True)
     stats = [head_statistics(a) for a in atts]
     # the head of the last layer with the most concentrated attention
     layer, head = len(atts) - 1, int(stats[-1].entropy.argmin())
@@ -175,7 +175,7 @@ def main() -> None:
     clf.eval()
     sample = images[:8]
     with torch.no_grad():
-        logits, atts = clf(sample, return_attention=True)
+        logits, atts = clf(sample, need_weights=True)
     pred = logits.argmax(1)
     i = int((pred == labels[:8]).nonzero()[0])  # first correctly classified test digit
     rollout = attention_rollout(atts)  # (B, 65, 65): layer 0 per edge, layer 1 dense

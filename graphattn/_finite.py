@@ -30,7 +30,14 @@ from torch import Tensor
 
 from .backends._base import AttentionCall
 
-__all__ = ["all_finite", "bad_rows", "mask_padded_inputs", "wider_dtype", "zero_padded_nodes"]
+__all__ = [
+    "all_finite",
+    "bad_rows",
+    "may_be_non_finite",
+    "mask_padded_inputs",
+    "wider_dtype",
+    "zero_padded_nodes",
+]
 
 _WIDER = {
     torch.float16: torch.float32,
@@ -54,6 +61,12 @@ def all_finite(*tensors: Tensor | None) -> bool:
         if not math.isfinite(total) and not math.isfinite(t.abs().amax().item()):
             return False
     return True
+
+
+def may_be_non_finite(*tensors: Tensor | None) -> bool:
+    """``not all_finite(*tensors)``; always True under ``torch.compile``, where the careful
+    path (masks, no data-dependent branch) runs every time instead of breaking the graph."""
+    return torch.compiler.is_compiling() or not all_finite(*tensors)
 
 
 def bad_rows(x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int, renamed
 from ._finite import zero_padded_nodes
 from .backends import backend_names
 from .functional import AttentionOutput, BackendName, graph_attention
@@ -99,8 +100,7 @@ class GraphAttention(nn.Module):
         super().__init__()
         self.batch_first = bool(batch_first)
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         if embed_dim % num_heads != 0:
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
@@ -316,9 +316,11 @@ class GraphAttention(nn.Module):
         x_value: Tensor | None = ...,
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
-        bias: Tensor | None = ...,
+        attn_bias: Tensor | None = ...,
         rotary: RotaryFn | None = ...,
-        return_attention: Literal[False] = ...,
+        need_weights: Literal[False] = ...,
+        bias: Tensor | None = ...,
+        return_attention: bool | None = ...,
     ) -> Tensor: ...
     @overload
     def forward(
@@ -330,9 +332,11 @@ class GraphAttention(nn.Module):
         x_value: Tensor | None = ...,
         edge_attr: Tensor | None = ...,
         key_padding_mask: Tensor | None = ...,
-        bias: Tensor | None = ...,
+        attn_bias: Tensor | None = ...,
         rotary: RotaryFn | None = ...,
-        return_attention: Literal[True],
+        need_weights: Literal[True],
+        bias: Tensor | None = ...,
+        return_attention: bool | None = ...,
     ) -> AttentionOutput: ...
     def forward(
         self,
@@ -343,9 +347,11 @@ class GraphAttention(nn.Module):
         x_value: Tensor | None = None,
         edge_attr: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
-        bias: Tensor | None = None,
+        attn_bias: Tensor | None = None,
         rotary: RotaryFn | None = None,
-        return_attention: bool = False,
+        need_weights: bool = False,
+        bias: Tensor | None = None,
+        return_attention: bool | None = None,
     ) -> Tensor | AttentionOutput:
         """Attend from every target node to its in-edges' sources.
 
@@ -360,20 +366,27 @@ class GraphAttention(nn.Module):
             edge_attr: edge features ``(E, edge_dim)`` aligned with ``graph.edge_index()``.
             key_padding_mask: ``(B, Ns)`` bool, True = padded source (as in
                 ``nn.MultiheadAttention``).
-            bias: additive score bias, see :func:`graph_attention`.
+            attn_bias: additive score bias, see :func:`graph_attention`.
             rotary: a transform ``(q, k) -> (q, k)`` of the projected queries and keys
                 ``(B, H, N, Dh)``, applied right after the projections (before edge features
                 and attention), e.g. a :class:`~graphattn.RotaryEmbedding`. Use
                 ``functools.partial(rope, q_pos=..., k_pos=...)`` for explicit positions.
-            return_attention: also return the attention weights.
+            need_weights: also return the attention weights.
+            bias: the old name of ``attn_bias`` (deprecated: ``bias`` means the projection
+                biases of the constructor).
+            return_attention: the old name of ``need_weights`` (deprecated).
 
         Shapes:
             - x: ``([B,] Nd, C)``; x_src: ``([B,] Ns, kdim)``; returns ``([B,] Nd, C)``.
 
         Returns:
             The output, or an :class:`AttentionOutput` (``out``, ``attention``, ``backend``)
-            when ``return_attention=True``.
+            when ``need_weights=True``.
         """
+        attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
+        need_weights = renamed(
+            "need_weights", need_weights, "return_attention", return_attention, False
+        )
         x_src = _source(x_src, x_value)
         seq_first = not self.batch_first and isinstance(x, Tensor) and x.dim() == 3
         if seq_first:  # (N, B, C) -> (B, N, C), and back at the end
@@ -415,22 +428,22 @@ class GraphAttention(nn.Module):
             k,
             v,
             graph,
-            bias=bias,
+            attn_bias=attn_bias,
             edge_features=edge_features,
             edge_values=edge_features,
             dropout_p=self.dropout if self.training else 0.0,
-            need_weights=return_attention,
+            need_weights=need_weights,
             score=self.score,
             backend=self.backend,
         )
-        out = res.out if return_attention else res
+        out = res.out if need_weights else res
         out = out.transpose(1, 2).reshape(bsz, nd, self.embed_dim)  # (B, Nd, C)
         out = self.out_proj(out)
         if not batched:
             out = out[0]
         if seq_first:
             out = out.transpose(0, 1)  # (Nd, B, C)
-        if not return_attention:
+        if not need_weights:
             return out
         if not batched:
             res.attention.values = res.attention.values[0]

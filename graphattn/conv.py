@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int, renamed
 from ._sparse import linear as _linear
 from .functional import AttentionOutput, BackendName, graph_attention
 from .graph import Graph
@@ -48,7 +49,7 @@ _REDUCE = {"add": "sum", "sum": "sum", "mean": "mean", "min": "amin", "max": "am
 
 @dataclass
 class ConvOutput:
-    """What a conv layer returns with ``return_attention=True``.
+    """What a conv layer returns with ``need_weights=True``.
 
     Attributes:
         out: node outputs ``(Nd, out_features)``.
@@ -223,12 +224,7 @@ def _split_input(x: NodeInput, name: str = "x") -> tuple[Tensor, Tensor]:
 
 
 def _check_channels(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"{name} must be a positive int (lazy initialisation with -1 is not supported), "
-            f"got {value!r}"
-        )
-    return value
+    return check_int(name, value, hint=" (lazy initialisation with -1 is not supported)")
 
 
 def _in_pair(in_channels: int | tuple[int, int]) -> tuple[int, int]:
@@ -441,14 +437,19 @@ class GATConv(_AttentionConv):
         edge_index: Tensor | Graph,
         edge_attr: Tensor | None = None,
         *,
-        return_attention: bool = False,
+        need_weights: bool = False,
+        return_attention: bool | None = None,
     ) -> Tensor | ConvOutput:
-        """Attend over the in-edges (and self-loops) of every target node.
+        """Attend over the in-edges (and self-loops) of every target node
+        (``need_weights``: also return the weights; ``return_attention``: its old name).
 
         Returns:
-            ``(Nd, H * C)`` or ``(Nd, C)``; with ``return_attention=True`` a
+            ``(Nd, H * C)`` or ``(Nd, C)``; with ``need_weights=True`` a
             :class:`ConvOutput` whose weights align with its ``edge_index``.
         """
+        need_weights = renamed(
+            "need_weights", need_weights, "return_attention", return_attention, False
+        )
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         if self.lin is not None:
@@ -465,10 +466,10 @@ class GATConv(_AttentionConv):
             edge_attr = _edge_attr(edge_attr, prep, self.fill_value)
             ef = (self.lin_edge(edge_attr).view(-1, h, c) * self.att_edge).sum(-1, keepdim=True)
         res, out = self._attend(
-            a_dst, a_src, hs, prep.graph, return_attention, score=self.score, edge_features=ef
+            a_dst, a_src, hs, prep.graph, need_weights, score=self.score, edge_features=ef
         )
         out = self._finish_output(_heads_out(out, self.concat), x_dst)
-        return _finish(res, out, return_attention)
+        return _finish(res, out, need_weights)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", negative_slope={self.negative_slope}"
@@ -581,13 +582,18 @@ class GATv2Conv(_AttentionConv):
         edge_index: Tensor | Graph,
         edge_attr: Tensor | None = None,
         *,
-        return_attention: bool = False,
+        need_weights: bool = False,
+        return_attention: bool | None = None,
     ) -> Tensor | ConvOutput:
-        """Attend over the in-edges (and self-loops) of every target node.
+        """Attend over the in-edges (and self-loops) of every target node
+        (``need_weights``: also return the weights; ``return_attention``: its old name).
 
         Returns:
             ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
         """
+        need_weights = renamed(
+            "need_weights", need_weights, "return_attention", return_attention, False
+        )
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         x_l = _linear(self.lin_l, x_src).view(-1, h, c)  # (Ns, H, C): keys and values
@@ -602,10 +608,10 @@ class GATv2Conv(_AttentionConv):
             ef = self.lin_edge(edge_attr).view(-1, h, c)  # (E, H, C)
         score = GATv2(self.att, self.negative_slope)
         res, out = self._attend(
-            x_r, x_l, x_l, prep.graph, return_attention, score=score, edge_features=ef
+            x_r, x_l, x_l, prep.graph, need_weights, score=score, edge_features=ef
         )
         out = self._finish_output(_heads_out(out, self.concat), x_dst)
-        return _finish(res, out, return_attention)
+        return _finish(res, out, need_weights)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", share_weights={self.share_weights}"
@@ -689,13 +695,18 @@ class TransformerConv(_AttentionConv):
         edge_index: Tensor | Graph,
         edge_attr: Tensor | None = None,
         *,
-        return_attention: bool = False,
+        need_weights: bool = False,
+        return_attention: bool | None = None,
     ) -> Tensor | ConvOutput:
-        """Attend over the in-edges of every target node.
+        """Attend over the in-edges of every target node (``need_weights``: also return
+        the weights; ``return_attention``: its old name).
 
         Returns:
             ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
         """
+        need_weights = renamed(
+            "need_weights", need_weights, "return_attention", return_attention, False
+        )
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         query = _linear(self.lin_query, x_dst).view(-1, h, c)  # (Nd, H, C)
@@ -710,7 +721,7 @@ class TransformerConv(_AttentionConv):
             key,
             value,
             prep.graph,
-            return_attention,
+            need_weights,
             edge_features=ef,
             edge_values=ef,
             scale=1.0 / math.sqrt(c),
@@ -723,7 +734,7 @@ class TransformerConv(_AttentionConv):
                 out = gate * x_r + (1 - gate) * out
             else:
                 out = out + x_r
-        return _finish(res, out, return_attention)
+        return _finish(res, out, need_weights)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", beta={self.beta}, root_weight={self.root_weight}"

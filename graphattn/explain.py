@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .attention import GraphAttention
 from .functional import AttentionWeights
 
@@ -155,7 +156,7 @@ def attention_rollout(
 
     Args:
         attentions: one attention per layer, first layer first (e.g.
-            ``GraphTransformer(..., return_attention=True).attentions``).
+            ``GraphTransformer(..., need_weights=True).attentions``).
         residual: add the identity for the residual connection (needs self-attention).
         head_reduce: ``"mean"`` (the paper), ``"max"`` or ``"min"`` over heads.
 
@@ -227,7 +228,7 @@ def force_dense_backend(module: nn.Module) -> Iterator[nn.Module]:
 _NOT_DIFFERENTIABLE = (
     "the attention weights of layer {layer} are not part of the autograd graph that "
     "computed the score ({why}). Gradient x attention needs the weights returned by the "
-    "same forward pass that computed the score (return_attention=True), not under "
+    "same forward pass that computed the score (need_weights=True), not under "
     "torch.no_grad() and not detached."
 )
 
@@ -283,7 +284,7 @@ def grad_attention(
     Args:
         score: the output to explain (e.g. the logit of a class), any shape.
         attentions: the attention of every layer, first layer first, as returned with
-            ``return_attention=True`` (dense ``([B,] H, Nd, Ns)`` or per edge).
+            ``need_weights=True`` (dense ``([B,] H, Nd, Ns)`` or per edge).
         roles: ``(target set, source set)`` names per layer, e.g. ``[("img", "img"),
             ("txt", "txt"), ("txt", "img")]``; ``None`` means every layer is self-attention
             over one node set.
@@ -589,8 +590,7 @@ def perturbation_check(
     if mode not in ("mask", "zero"):
         raise ValueError(f"mode must be 'mask' or 'zero', got {mode!r}")
     b, n, _ = x.shape
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int in [1, N={n}], got {k!r}")
+    check_int("k", k, maximum=n)
     if num_random < 1:
         raise ValueError(f"num_random must be >= 1, got {num_random}")
     allowed = torch.ones(b, n, dtype=torch.bool, device=x.device)

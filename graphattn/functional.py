@@ -26,6 +26,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
+from ._checks import renamed
 from ._finite import all_finite, mask_padded_inputs, wider_dtype
 from .backends import AttentionCall, Backend, BackendNotSupportedError, BackendResult, backend_names
 from .dispatch import AutoPolicy, auto_policy, choose_backend, select_backend
@@ -55,7 +56,7 @@ ScoreLike = Score | Callable[[Tensor, Tensor, Tensor | None], Tensor] | None
 @dataclass
 class AttentionOutput:
     """What ``graph_attention(..., need_weights=True)`` and ``GraphAttention(...,
-    return_attention=True)`` return.
+    need_weights=True)`` return.
 
     Attributes:
         out: the attention output.
@@ -101,7 +102,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
 def _classify_bias(bias: Tensor, graph: Graph, b: int, h: int) -> Literal["edges", "dense"]:
     """Decide whether ``bias`` is per edge ``([B,] E, H)`` or dense ``(…, H, Nd, Ns)``."""
     if not isinstance(bias, Tensor):
-        raise TypeError(f"bias must be a torch.Tensor, got {type(bias).__name__}")
+        raise TypeError(f"attn_bias must be a torch.Tensor, got {type(bias).__name__}")
     nd, ns, e = graph.num_dst, graph.num_src, graph.num_edges
     shape = tuple(bias.shape)
     as_edges = (
@@ -116,7 +117,7 @@ def _classify_bias(bias: Tensor, graph: Graph, b: int, h: int) -> Literal["edges
         as_dense = as_dense and bias.dim() <= 4
     if as_edges and as_dense:
         raise ValueError(
-            f"bias of shape {shape} is ambiguous (per edge (B, E={e}, H={h}) or dense "
+            f"attn_bias of shape {shape} is ambiguous (per edge (B, E={e}, H={h}) or dense "
             f"(H, Nd={nd}, Ns={ns})): pass a dense bias as 4 dims (B or 1, H or 1, Nd, Ns)"
         )
     if as_edges:
@@ -124,39 +125,8 @@ def _classify_bias(bias: Tensor, graph: Graph, b: int, h: int) -> Literal["edges
     if as_dense:
         return "dense"
     raise ValueError(
-        f"bias must be per edge ([B,] E={e}, H={h}) or dense (…, H={h} or 1, Nd={nd}, Ns={ns}), "
-        f"got {shape}"
-    )
-
-
-def _classify_bias(bias: Tensor, graph: Graph, b: int, h: int) -> Literal["edges", "dense"]:
-    """Decide whether ``bias`` is per edge ``([B,] E, H)`` or dense ``(…, H, Nd, Ns)``."""
-    if not isinstance(bias, Tensor):
-        raise TypeError(f"bias must be a torch.Tensor, got {type(bias).__name__}")
-    nd, ns, e = graph.num_dst, graph.num_src, graph.num_edges
-    shape = tuple(bias.shape)
-    as_edges = (
-        bias.dim() in (2, 3) and shape[-2:] == (e, h) and (bias.dim() == 2 or shape[0] in (1, b))
-    )
-    as_dense = bias.dim() >= 3 and shape[-2:] == (nd, ns)
-    if as_dense:
-        try:
-            torch.broadcast_shapes(shape, (b, h, nd, ns))
-        except RuntimeError:
-            as_dense = False
-        as_dense = as_dense and bias.dim() <= 4
-    if as_edges and as_dense:
-        raise ValueError(
-            f"bias of shape {shape} is ambiguous (per edge (B, E={e}, H={h}) or dense "
-            f"(H, Nd={nd}, Ns={ns})): pass a dense bias as 4 dims (B or 1, H or 1, Nd, Ns)"
-        )
-    if as_edges:
-        return "edges"
-    if as_dense:
-        return "dense"
-    raise ValueError(
-        f"bias must be per edge ([B,] E={e}, H={h}) or dense (…, H={h} or 1, Nd={nd}, Ns={ns}), "
-        f"got {shape}"
+        f"attn_bias must be per edge ([B,] E={e}, H={h}) or dense (…, H={h} or 1, Nd={nd}, "
+        f"Ns={ns}), got {shape}"
     )
 
 
@@ -168,13 +138,14 @@ def graph_attention(
     graph: Graph | Tensor | None = ...,
     *,
     score: ScoreLike = ...,
-    bias: Tensor | None = ...,
+    attn_bias: Tensor | None = ...,
     edge_features: Tensor | None = ...,
     edge_values: Tensor | None = ...,
     dropout_p: float = ...,
     scale: float | None = ...,
     need_weights: Literal[False] = ...,
     backend: BackendName = ...,
+    bias: Tensor | None = ...,
 ) -> Tensor: ...
 @overload
 def graph_attention(
@@ -184,13 +155,14 @@ def graph_attention(
     graph: Graph | Tensor | None = ...,
     *,
     score: ScoreLike = ...,
-    bias: Tensor | None = ...,
+    attn_bias: Tensor | None = ...,
     edge_features: Tensor | None = ...,
     edge_values: Tensor | None = ...,
     dropout_p: float = ...,
     scale: float | None = ...,
     need_weights: Literal[True],
     backend: BackendName = ...,
+    bias: Tensor | None = ...,
 ) -> AttentionOutput: ...
 def graph_attention(
     q: Tensor,
@@ -199,13 +171,14 @@ def graph_attention(
     graph: Graph | Tensor | None = None,
     *,
     score: ScoreLike = None,
-    bias: Tensor | None = None,
+    attn_bias: Tensor | None = None,
     edge_features: Tensor | None = None,
     edge_values: Tensor | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
     need_weights: bool = False,
     backend: BackendName = "auto",
+    bias: Tensor | None = None,
 ) -> Tensor | AttentionOutput:
     """Multi-head attention over the in-edges of a graph.
 
@@ -222,7 +195,7 @@ def graph_attention(
             must have ``B`` rows.
         score: a score function (:mod:`graphattn.scores`: ``DotProduct`` by default, ``GAT``,
             ``GATv2``) or a callable on one chunk of edges (see :class:`~graphattn.scores.Custom`).
-        bias: additive score bias (after the score function), per edge ``(E, H)`` /
+        attn_bias: additive score bias (after the score function), per edge ``(E, H)`` /
             ``(B, E, H)`` aligned with ``graph.edge_index()``, or dense, broadcastable to
             ``(B, H, Nd, Ns)``.
         edge_features: per-edge input of the score, ``([B,] E, H, De)``: added to the key of
@@ -234,7 +207,9 @@ def graph_attention(
         scale: multiplies the dot-product score, default ``1 / sqrt(D)``; other scores take no
             scale.
         need_weights: also return the attention weights (see :class:`AttentionOutput`).
-        backend: ``"auto"`` or a registered backend: ``"dense"``, ``"blocks"``, ``"edges"``.
+        backend: ``"auto"`` or a registered backend (``dense``, ``blocks``, ``edges``,
+            ``fused``, ``linear``, or your own: :func:`~graphattn.backends.backend_names`).
+        bias: the old name of ``attn_bias`` (deprecated).
 
     Shapes:
         - q: ``([B,] H, Nd, D)``; k: ``([B,] H, Ns, D)``; v: ``([B,] H, Ns, Dv)``
@@ -247,8 +222,9 @@ def graph_attention(
         BackendNotSupportedError: the requested backend cannot serve the call (the message
             lists every backend's reasons and the call's shapes).
     """
+    attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
     call = _make_call(
-        q, k, v, graph, score, bias, edge_features, edge_values, dropout_p, scale, need_weights
+        q, k, v, graph, score, attn_bias, edge_features, edge_values, dropout_p, scale, need_weights
     )
     if backend != "auto" and backend not in backend_names():
         raise ValueError(f"backend must be 'auto' or one of {backend_names()}, got {backend!r}")

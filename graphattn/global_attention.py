@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .functional import BackendName, graph_attention
 from .graph import Graph
 from .kernels import SGFormer
@@ -58,8 +59,7 @@ class SGFormerAttention(nn.Module):
             ("heads", heads),
             ("head_channels", head_channels),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         self.channels, self.heads, self.head_channels = channels, heads, head_channels
         self.backend = backend
         inner = heads * head_channels

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ._checks import check_int
 from ._finite import zero_padded_nodes
 from .attention import GraphAttention
 from .functional import BackendName, ScoreLike
@@ -73,10 +74,7 @@ class LocalGlobalLayer(nn.Module):
         global_backend: BackendName = "auto",
     ) -> None:
         super().__init__()
-        if isinstance(dim_feedforward, bool) or not isinstance(dim_feedforward, int):
-            raise ValueError(f"dim_feedforward must be a positive int, got {dim_feedforward!r}")
-        if dim_feedforward <= 0:
-            raise ValueError(f"dim_feedforward must be a positive int, got {dim_feedforward!r}")
+        check_int("dim_feedforward", dim_feedforward)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         acts: dict[str, Any] = {"relu": nn.ReLU(), "gelu": nn.GELU()}

@@ -33,6 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = [
     "Graph",
     "CompleteGraph",
@@ -72,14 +74,6 @@ class EdgeStructure:
         return self.ptr.numel() - 1
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
 class Graph:
     """Base class of all graph kinds: the in-edges of ``num_dst`` targets from ``num_src``
     sources, plus an optional key padding mask.
@@ -105,8 +99,8 @@ class Graph:
     weights_layout: Literal["dense", "edges"] = "edges"
 
     def __init__(self, num_dst: int, num_src: int, device: torch.device | str | None = None):
-        self.num_dst = _check_count("num_dst", num_dst)
-        self.num_src = _check_count("num_src", num_src)
+        self.num_dst = check_int("num_dst", num_dst, minimum=0)
+        self.num_src = check_int("num_src", num_src, minimum=0)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.key_padding_mask: Tensor | None = None
         self._cache: dict[Any, Any] = {}
@@ -353,7 +347,7 @@ class WindowGraph(Graph):
 
     def __init__(self, num_nodes: int, radius: int, *, causal: bool = False, device=None):
         super().__init__(num_nodes, num_nodes, device)
-        self.radius = _check_count("radius", radius)
+        self.radius = check_int("radius", radius, minimum=0)
         self.causal = bool(causal)
 
     @property
@@ -389,9 +383,9 @@ class GridGraph(Graph):
     kind = "grid"
 
     def __init__(self, height: int, width: int, radius: int = 1, device=None):
-        self.height = _check_count("height", height)
-        self.width = _check_count("width", width)
-        self.radius = _check_count("radius", radius)
+        self.height = check_int("height", height, minimum=0)
+        self.width = check_int("width", width, minimum=0)
+        self.radius = check_int("radius", radius, minimum=0)
         super().__init__(height * width, height * width, device)
 
     def _span(self, n: int) -> int:
@@ -452,8 +446,8 @@ class EdgeListGraph(Graph):
             num_dst = max(hi_dst, hi_src) if num_src is None else hi_dst
         if num_src is None:
             num_src = max(hi_dst, hi_src)
-        _check_count("num_dst", num_dst)
-        _check_count("num_src", num_src)
+        check_int("num_dst", num_dst, minimum=0)
+        check_int("num_src", num_src, minimum=0)
         if hi_src > num_src:
             raise IndexError(
                 f"edge_index[0] (sources) has index {hi_src - 1}, out of range for "

@@ -34,6 +34,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ._checks import check_int
 from .scores import Score
 
 __all__ = ["KernelScore", "FAVOR", "SGFormer"]
@@ -103,13 +104,9 @@ class FAVOR(KernelScore):
         redraw_every: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        for arg, value in (("num_features", num_features), ("head_dim", head_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be a positive int, got {value!r}")
-        if redraw_every is not None and (
-            isinstance(redraw_every, bool) or not isinstance(redraw_every, int) or redraw_every < 1
-        ):
-            raise ValueError(f"redraw_every must be a positive int or None, got {redraw_every!r}")
+        check_int("num_features", num_features)
+        check_int("head_dim", head_dim)
+        check_int("redraw_every", redraw_every, optional=True)
         scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite positive number, got {scale!r}")

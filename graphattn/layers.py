@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ._checks import check_int, renamed
 from ._finite import zero_padded_nodes
 from .attention import GraphAttention, RotaryFn
 from .functional import AttentionWeights, BackendName, ScoreLike
@@ -42,7 +43,7 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F
 
 @dataclass
 class LayerOutput:
-    """What ``GraphTransformerLayer(..., return_attention=True)`` returns.
+    """What ``GraphTransformerLayer(..., need_weights=True)`` returns.
 
     Attributes:
         out: the layer output, shaped like its input ``([B,] N, C)``.
@@ -55,7 +56,7 @@ class LayerOutput:
 
 @dataclass
 class TransformerOutput:
-    """What ``GraphTransformer(..., return_attention=True)`` returns.
+    """What ``GraphTransformer(..., need_weights=True)`` returns.
 
     Attributes:
         out: the final node features ``([B,] N, C)``.
@@ -144,10 +145,7 @@ class GraphTransformerLayer(nn.Module):
     ) -> None:
         super().__init__()
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        if isinstance(dim_feedforward, bool) or not isinstance(dim_feedforward, int):
-            raise ValueError(f"dim_feedforward must be a positive int, got {dim_feedforward!r}")
-        if dim_feedforward <= 0:
-            raise ValueError(f"dim_feedforward must be a positive int, got {dim_feedforward!r}")
+        check_int("dim_feedforward", dim_feedforward)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.self_attn = GraphAttention(
@@ -226,9 +224,11 @@ class GraphTransformerLayer(nn.Module):
         *,
         key_padding_mask: Tensor | None = None,
         edge_attr: Tensor | None = None,
-        bias: Tensor | None = None,
+        attn_bias: Tensor | None = None,
         rotary: RotaryFn | None = None,
-        return_attention: bool = False,
+        need_weights: bool = False,
+        bias: Tensor | None = None,
+        return_attention: bool | None = None,
     ) -> Tensor | LayerOutput:
         """Run the layer.
 
@@ -237,38 +237,45 @@ class GraphTransformerLayer(nn.Module):
             graph: a :class:`~graphattn.Graph`, an ``edge_index`` or ``None`` (complete).
             key_padding_mask: ``(B, N)`` bool, True = padded (as ``src_key_padding_mask``).
             edge_attr: edge features ``(E, edge_dim)`` (needs ``edge_dim``).
-            bias: additive score bias, per edge ``([B,] E, H)`` or dense ``(…, H, N, N)``.
+            attn_bias: additive score bias, per edge ``([B,] E, H)`` or dense
+                ``(…, H, N, N)``.
             rotary: a ``(q, k) -> (q, k)`` transform such as
                 :class:`~graphattn.RotaryEmbedding`.
-            return_attention: also return the attention weights.
+            need_weights: also return the attention weights.
+            bias: the old name of ``attn_bias`` (deprecated).
+            return_attention: the old name of ``need_weights`` (deprecated).
 
         Shapes:
             - x: ``([B,] N, C)``; returns ``([B,] N, C)``.
 
         Returns:
-            The output, or a :class:`LayerOutput` when ``return_attention=True``.
+            The output, or a :class:`LayerOutput` when ``need_weights=True``.
         """
+        attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
+        need_weights = renamed(
+            "need_weights", need_weights, "return_attention", return_attention, False
+        )
         x = zero_padded_nodes(x, key_padding_mask)  # NaN padding must not reach gradients
         kwargs = {
             "key_padding_mask": key_padding_mask,
             "edge_attr": edge_attr,
-            "bias": bias,
+            "attn_bias": attn_bias,
             "rotary": rotary,
         }
         attention = None
         if self.norm_first:
-            h = self.self_attn(self.norm1(x), graph, return_attention=return_attention, **kwargs)
-            if return_attention:
+            h = self.self_attn(self.norm1(x), graph, need_weights=need_weights, **kwargs)
+            if need_weights:
                 h, attention = h.out, h.attention
             x = x + self.dropout1(h)  # ([B,] N, C)
             x = x + self._ff_block(self.norm2(x))
         else:
-            h = self.self_attn(x, graph, return_attention=return_attention, **kwargs)
-            if return_attention:
+            h = self.self_attn(x, graph, need_weights=need_weights, **kwargs)
+            if need_weights:
                 h, attention = h.out, h.attention
             x = self.norm1(x + self.dropout1(h))  # ([B,] N, C)
             x = self.norm2(x + self._ff_block(x))
-        if return_attention:
+        if need_weights:
             return LayerOutput(x, attention)
         return x
 
@@ -364,8 +371,7 @@ class GraphTransformer(nn.Module):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        check_int("num_layers", num_layers)
         backends = _per_layer("backend", backend, num_layers, (str,))
         scores = _per_layer("score", score, num_layers, (Score, nn.Module, Callable))
         self.layers = nn.ModuleList(
@@ -435,9 +441,11 @@ class GraphTransformer(nn.Module):
         *,
         key_padding_mask: Tensor | None = None,
         edge_attr: Tensor | Sequence[Tensor | None] | None = None,
-        bias: Tensor | Sequence[Tensor | None] | None = None,
+        attn_bias: Tensor | Sequence[Tensor | None] | None = None,
         rotary: RotaryFn | None = None,
-        return_attention: bool = False,
+        need_weights: bool = False,
+        bias: Tensor | Sequence[Tensor | None] | None = None,
+        return_attention: bool | None = None,
     ) -> Tensor | TransformerOutput:
         """Run all layers.
 
@@ -448,41 +456,48 @@ class GraphTransformer(nn.Module):
             key_padding_mask: ``(B, N)`` bool, True = padded; shared by all layers.
             edge_attr: edge features ``(E, edge_dim)``, or a list with one per layer (needed
                 when the layers' graphs differ).
-            bias: additive score bias (see :class:`GraphTransformerLayer`), or one per layer.
+            attn_bias: additive score bias (see :class:`GraphTransformerLayer`), or one per
+                layer.
             rotary: a ``(q, k) -> (q, k)`` transform applied in every layer.
-            return_attention: also return every layer's attention weights.
+            need_weights: also return every layer's attention weights.
+            bias: the old name of ``attn_bias`` (deprecated).
+            return_attention: the old name of ``need_weights`` (deprecated).
 
         Shapes:
             - x: ``([B,] N, C)``; returns ``([B,] N, C)``.
 
         Returns:
-            The output, or a :class:`TransformerOutput` when ``return_attention=True``.
+            The output, or a :class:`TransformerOutput` when ``need_weights=True``.
         """
+        attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
+        need_weights = renamed(
+            "need_weights", need_weights, "return_attention", return_attention, False
+        )
         num = len(self.layers)
         graphs = _per_layer("graph", graph, num, (Graph, Tensor))
         edge_attrs = _per_layer("edge_attr", edge_attr, num, (Tensor,))
-        biases = _per_layer("bias", bias, num, (Tensor,))
+        biases = _per_layer("attn_bias", attn_bias, num, (Tensor,))
         use_checkpoint = self.checkpoint and self.training and torch.is_grad_enabled()
         attentions: list[AttentionWeights] = []
         for layer, g, ea, b in zip(self.layers, graphs, edge_attrs, biases, strict=True):
             kwargs = {
                 "key_padding_mask": key_padding_mask,
                 "edge_attr": ea,
-                "bias": b,
+                "attn_bias": b,
                 "rotary": rotary,
-                "return_attention": return_attention,
+                "need_weights": need_weights,
             }
             if use_checkpoint:
                 res = _checkpoint(layer, x, g, use_reentrant=False, **kwargs)
             else:
                 res = layer(x, g, **kwargs)
-            if return_attention:
+            if need_weights:
                 attentions.append(res.attention)
                 res = res.out
             x = res  # ([B,] N, C)
         if self.norm is not None:
             x = self.norm(x)
-        if return_attention:
+        if need_weights:
             return TransformerOutput(x, attentions)
         return x
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = ["NodePartitions", "PartitionBatch"]
 
 
@@ -73,13 +75,11 @@ class NodePartitions:
         if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
             got = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else edge_index
             raise ValueError(f"edge_index must be a (2, E) tensor, got {got!r}")
-        for name, value in (("num_nodes", num_nodes), ("num_parts", num_parts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("num_nodes", num_nodes)
+        check_int("num_parts", num_parts)
         if num_parts > num_nodes:
             raise ValueError(f"num_parts ({num_parts}) must not exceed num_nodes ({num_nodes})")
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+        check_int("world_size", world_size)
         if num_parts % world_size:
             raise ValueError(
                 f"num_parts ({num_parts}) must be a multiple of world_size ({world_size}), so "

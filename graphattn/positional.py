@@ -13,7 +13,7 @@ Three ways to tell attention where a node is, each of which works on any graph:
 - **relative biases** are added to the score of each edge: :class:`RelativePositionBias1D`
   (T5 buckets), :class:`RelativePositionBias2D` (Swin offsets) and
   :class:`ShortestPathBias` (Graphormer); they return a per-edge bias ``(E, H)`` for
-  ``bias=`` of :func:`~graphattn.graph_attention` / :class:`~graphattn.GraphAttention`,
+  ``attn_bias=`` of :func:`~graphattn.graph_attention` / :class:`~graphattn.GraphAttention`,
   or a dense ``(H, Nd, Ns)`` bias for the complete graph.
 
 Axis legend: ``B`` batch, ``N`` nodes (positions), ``Nd`` targets, ``Ns`` sources, ``E``
@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .graph import Graph
 
 __all__ = [
@@ -50,12 +51,6 @@ __all__ = [
     "shortest_path_distance",
     "ShortestPathBias",
 ]
-
-
-def _check_positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 # ================================================================== absolute (added to x)
@@ -99,9 +94,8 @@ def sinusoidal_encoding(
         >>> sinusoidal_encoding(3, 4)[0]
         tensor([0., 1., 0., 1.])
     """
-    _check_positive("dim", dim)
-    if isinstance(num_positions, bool) or not isinstance(num_positions, int) or num_positions < 0:
-        raise ValueError(f"num_positions must be an int >= 0, got {num_positions!r}")
+    check_int("dim", dim)
+    check_int("num_positions", num_positions, minimum=0)
     pos = torch.arange(num_positions, device=device)
     return _sinusoid(pos, dim, base).to(dtype or torch.get_default_dtype())  # (N, D)
 
@@ -127,9 +121,9 @@ def sinusoidal_2d(
     Shapes:
         - returns ``(height * width, D)``; row ``r * width + c`` encodes cell ``(r, c)``.
     """
-    _check_positive("height", height)
-    _check_positive("width", width)
-    _check_positive("dim", dim)
+    check_int("height", height)
+    check_int("width", width)
+    check_int("dim", dim)
     if dim % 4 != 0:
         raise ValueError(f"dim must be divisible by 4 for a 2-D encoding, got {dim}")
     rows = torch.arange(height, device=device).repeat_interleave(width)  # (N,)
@@ -170,7 +164,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def __init__(self, dim: int, *, base: float = 10000.0) -> None:
         super().__init__()
-        self.dim = _check_positive("dim", dim)
+        self.dim = check_int("dim", dim)
         self.base = float(base)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
@@ -205,8 +199,8 @@ class LearnedPositionalEncoding(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.max_positions = _check_positive("max_positions", max_positions)
-        self.dim = _check_positive("dim", dim)
+        self.max_positions = check_int("max_positions", max_positions)
+        self.dim = check_int("dim", dim)
         self.weight = nn.Parameter(torch.empty(max_positions, dim, device=device, dtype=dtype))
         self.reset_parameters()
 
@@ -315,7 +309,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        _check_positive("head_dim", head_dim)
+        check_int("head_dim", head_dim)
         if head_dim % 2 != 0:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
         self.head_dim, self.base = head_dim, float(base)
@@ -368,12 +362,12 @@ class AxialRotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, height: int, width: int, base: float = 10000.0) -> None:
         super().__init__()
-        _check_positive("head_dim", head_dim)
+        check_int("head_dim", head_dim)
         if head_dim % 4 != 0:
             raise ValueError(f"head_dim must be divisible by 4 for axial rotary, got {head_dim}")
         self.head_dim = head_dim
-        self.height = _check_positive("height", height)
-        self.width = _check_positive("width", width)
+        self.height = check_int("height", height)
+        self.width = check_int("width", width)
         self.base = float(base)
         half = head_dim // 2
         inv_freq = base ** (-torch.arange(0, half, 2, dtype=torch.float32) / half)
@@ -511,9 +505,9 @@ class RelativePositionBias1D(nn.Module):
         bidirectional: bool = True,
     ) -> None:
         super().__init__()
-        self.num_heads = _check_positive("num_heads", num_heads)
-        self.num_buckets = _check_positive("num_buckets", num_buckets)
-        self.max_distance = _check_positive("max_distance", max_distance)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.num_buckets = check_int("num_buckets", num_buckets)
+        self.max_distance = check_int("max_distance", max_distance)
         self.bidirectional = bool(bidirectional)
         least = 4 if bidirectional else 2
         if num_buckets < least:
@@ -598,9 +592,9 @@ class RelativePositionBias2D(nn.Module):
 
     def __init__(self, num_heads: int, height: int, width: int) -> None:
         super().__init__()
-        self.num_heads = _check_positive("num_heads", num_heads)
-        self.height = _check_positive("height", height)
-        self.width = _check_positive("width", width)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.height = check_int("height", height)
+        self.width = check_int("width", width)
         num_offsets = (2 * height - 1) * (2 * width - 1)
         self.relative_position_bias_table = nn.Parameter(torch.empty(num_offsets, num_heads))
         self.reset_parameters()
@@ -662,8 +656,7 @@ def _dense_adjacency(graph: Graph | Tensor, num_nodes: int | None) -> tuple[Tens
     src, dst = _edge_index_of(graph)
     if num_nodes is None:
         num_nodes = int(torch.maximum(src.max(), dst.max())) + 1 if src.numel() else 0
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
-        raise ValueError(f"num_nodes must be an int >= 0, got {num_nodes!r}")
+    check_int("num_nodes", num_nodes, minimum=0)
     if src.numel() and int(torch.maximum(src.max(), dst.max())) >= num_nodes:
         hi = int(torch.maximum(src.max(), dst.max()))
         raise IndexError(f"edge_index has node {hi}, out of range for num_nodes={num_nodes}")
@@ -700,7 +693,7 @@ def laplacian_eigenvector_pe(
     Shapes:
         - returns ``(N, K)`` float32 (and ``(K,)``).
     """
-    _check_positive("k", k)
+    check_int("k", k)
     adj, n = _dense_adjacency(graph, num_nodes)
     adj = adj + adj.T
     adj.fill_diagonal_(0.0)
@@ -734,8 +727,8 @@ class LaplacianPE(nn.Module):
 
     def __init__(self, k: int, dim: int) -> None:
         super().__init__()
-        self.k = _check_positive("k", k)
-        self.dim = _check_positive("dim", dim)
+        self.k = check_int("k", k)
+        self.dim = check_int("dim", dim)
         self.proj = nn.Linear(k, dim)
         self.reset_parameters()
 
@@ -778,7 +771,7 @@ def random_walk_pe(graph: Graph | Tensor, num_nodes: int | None = None, k: int =
         - returns ``(N, K)`` float32: column ``t - 1`` is the diagonal of ``P^t``,
           ``P = D_out^{-1} A``.
     """
-    _check_positive("k", k)
+    check_int("k", k)
     adj, n = _dense_adjacency(graph, num_nodes)
     walk = adj / adj.sum(1, keepdim=True).clamp(min=1)  # (N, N) row-stochastic
     out, power = [], walk
@@ -814,7 +807,7 @@ def shortest_path_distance(
     """
     adj, n = _dense_adjacency(graph, num_nodes)  # rows = sources
     if max_distance is not None:
-        _check_positive("max_distance", max_distance)
+        check_int("max_distance", max_distance)
     step = adj.T > 0  # (N, N) step[i, m]: an edge m -> i
     if not directed:
         step = step | step.T
@@ -870,8 +863,8 @@ class ShortestPathBias(nn.Module):
 
     def __init__(self, num_heads: int, max_distance: int) -> None:
         super().__init__()
-        self.num_heads = _check_positive("num_heads", num_heads)
-        self.max_distance = _check_positive("max_distance", max_distance)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.max_distance = check_int("max_distance", max_distance)
         self.spatial_bias = nn.Embedding(max_distance + 2, num_heads)  # + unreachable
         self.reset_parameters()
 

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .functional import AttentionWeights
 from .graph import CompleteGraph, EdgeListGraph, Graph
 
@@ -49,7 +50,7 @@ class WeightedGraph:
         return self.graph.edge_index()
 
     def log_bias(self, eps: float = 1e-12) -> Tensor:
-        """``log(head_weights)``, ``(E, H)``: a per-edge ``bias=`` for a later layer on
+        """``log(head_weights)``, ``(E, H)``: a per-edge ``attn_bias=`` for a later layer on
         :attr:`graph`, so that it starts from the preferences of the layer that was pruned
         (with zero content scores it reproduces the kept weights, renormalised)."""
         return self.head_weights.clamp_min(eps).log()
@@ -139,8 +140,7 @@ def attention_to_graph(
     """
     if top_k is None and mass is None:
         raise ValueError("attention_to_graph needs top_k, mass, or both")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    check_int("top_k", top_k, optional=True)
     if mass is not None and not 0.0 < float(mass) <= 1.0:
         raise ValueError(f"mass must lie in (0, 1], got {mass}")
     if reduce_heads not in ("mean", "max"):
@@ -185,7 +185,7 @@ class LearnedStructureBias(nn.Module):
     """A learned, content-independent structural bias over the complete graph.
 
     Produces logits ``L[h, i, j]`` that are added to the attention scores
-    (``bias=`` of :class:`~graphattn.GraphAttention`), either one free logit per pair and
+    (``attn_bias=`` of :class:`~graphattn.GraphAttention`), either one free logit per pair and
     head, or low rank, ``L[h] = prior + U[h] V[h]^T`` (rank ``r``), which costs
     ``H * (Nd + Ns) * r`` parameters instead of ``H * Nd * Ns``.
 
@@ -213,7 +213,7 @@ class LearnedStructureBias(nn.Module):
         num_src: number of source nodes ``Ns`` for cross-attention (default ``num_nodes``).
 
     Shapes:
-        - ``forward()``: ``(1, H, Nd, Ns)``, a dense bias for ``bias=``.
+        - ``forward()``: ``(1, H, Nd, Ns)``, a dense bias for ``attn_bias=``.
         - ``edge_bias(graph)``: ``(E, H)``, a per-edge bias on a sparse graph.
 
     Example:
@@ -221,7 +221,7 @@ class LearnedStructureBias(nn.Module):
         >>> from graphattn import GraphAttention
         >>> attn, structure = GraphAttention(16, 4), LearnedStructureBias(10, 4, rank=2)
         >>> x = torch.randn(3, 10, 16)
-        >>> y = attn(x, bias=structure())
+        >>> y = attn(x, attn_bias=structure())
         >>> loss = y.square().mean() + 0.01 * structure.sparsity_penalty()
         >>> structure.learned_graph(top_k=3).graph.num_edges
         30
@@ -242,10 +242,8 @@ class LearnedStructureBias(nn.Module):
         num_src = num_nodes if num_src is None else num_src
         sizes = (("num_nodes", num_nodes), ("num_heads", num_heads), ("num_src", num_src))
         for name, value in sizes:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
-            raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+            check_int(name, value)
+        check_int("rank", rank, optional=True)
         self.num_dst, self.num_src, self.num_heads, self.rank = num_nodes, num_src, num_heads, rank
         factory = {"device": device, "dtype": dtype}
         shape = (num_heads, num_nodes, num_src)
@@ -292,12 +290,12 @@ class LearnedStructureBias(nn.Module):
         return self.prior + torch.einsum("hir,hjr->hij", self.u, self.v)  # (H, Nd, Ns)
 
     def forward(self) -> Tensor:
-        """The dense bias ``(1, H, Nd, Ns)`` to pass as ``bias=``."""
+        """The dense bias ``(1, H, Nd, Ns)`` to pass as ``attn_bias=``."""
         return self.structure_logits()[None]
 
     def edge_bias(self, graph: Graph | Tensor) -> Tensor:
         """The logits of the edges of a sparse graph (or ``edge_index``), ``(E, H)``, to pass
-        as a per-edge ``bias=`` when the layer runs on that graph."""
+        as a per-edge ``attn_bias=`` when the layer runs on that graph."""
         edge_index = graph.edge_index() if isinstance(graph, Graph) else graph
         src, dst = edge_index[0], edge_index[1]
         if len(src) and (int(src.max()) >= self.num_src or int(dst.max()) >= self.num_dst):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -356,22 +357,32 @@ class RLStateEncoder(nn.Module):
         obs: Tensor | np.ndarray,
         mask: Tensor | None = None,
         *,
-        return_attention: bool = False,
+        need_weights: bool = False,
+        return_attention: bool | None = None,
     ) -> RLOutput:
         """Encode observations and evaluate the heads.
 
         Args:
             obs: vector ``(B, obs_dim)`` or entities ``(B, N, F)`` (tensor or array).
             mask: entities only: ``(B, N)`` bool, True = real entity.
-            return_attention: also return each layer's attention weights.
+            need_weights: also return each layer's attention weights.
+            return_attention: the old name of ``need_weights`` (deprecated).
 
         Shapes:
             - returns :class:`RLOutput` with embedding ``(B, D)`` and value ``(B,)``.
         """
+        if return_attention is not None:
+            warnings.warn(
+                "return_attention= is now called need_weights= (one word per concept); the "
+                "old name will be removed",
+                FutureWarning,
+                stacklevel=2,
+            )
+            need_weights = return_attention
         x, mask = self.embed(obs, mask)  # (B, N, D), (B, N)
         kpm = None if bool(mask.all()) else ~mask
-        res = self.encoder(x, key_padding_mask=kpm, return_attention=return_attention)
-        nodes, attentions = (res.out, res.attentions) if return_attention else (res, None)
+        res = self.encoder(x, key_padding_mask=kpm, need_weights=need_weights)
+        nodes, attentions = (res.out, res.attentions) if need_weights else (res, None)
         emb = masked_mean(nodes, mask)  # (B, D): mean over real nodes
         out = RLOutput(
             embedding=emb,

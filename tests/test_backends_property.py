@@ -86,7 +86,7 @@ def test_backends_agree_with_each_other_and_the_reference(p):
         if backend == "reference":
             out = _reference(graph, q, k, v, bias)
         else:
-            out = graph_attention(q, k, v, graph, bias=bias, backend=backend)
+            out = graph_attention(q, k, v, graph, attn_bias=bias, backend=backend)
         assert torch.isfinite(out).all()
         grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
         pairs = zip(grads, inputs, strict=True)
@@ -108,8 +108,8 @@ def test_backends_agree_with_each_other_and_the_reference(p):
 def test_weights_agree_and_normalise(p):
     graph, q, k, v, bias = _inputs(p)
     with torch.no_grad():
-        wd = graph_attention(q, k, v, graph, bias=bias, need_weights=True, backend="dense")
-        we = graph_attention(q, k, v, graph, bias=bias, need_weights=True, backend="edges")
+        wd = graph_attention(q, k, v, graph, attn_bias=bias, need_weights=True, backend="dense")
+        we = graph_attention(q, k, v, graph, attn_bias=bias, need_weights=True, backend="edges")
     assert wd.attention.layout == we.attention.layout == "edges"
     torch.testing.assert_close(wd.attention.values, we.attention.values, rtol=0, atol=1e-9)
     dense = we.attention.to_dense()  # (B, H, Nd, Ns)

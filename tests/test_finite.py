@@ -152,7 +152,7 @@ def test_fuzz_non_finite_values_stay_where_the_rule_says(c):
     for backend in [*BACKENDS, "auto"]:  # every backend that serves the call
         try:
             outputs[backend] = graph_attention(
-                q, k, v, graph, score=score, bias=bias, backend=backend
+                q, k, v, graph, score=score, attn_bias=bias, backend=backend
             )
             event(f"ran on {backend}")
         except BackendNotSupportedError:
@@ -342,7 +342,7 @@ def test_a_minus_inf_bias_zeroes_the_weight_but_values_still_count(where, backen
     q, k, v = (torch.randn(1, 1, 3, 4, generator=gen) for _ in range(3))
     (k if where == "k" else v)[0, 0, 0] = math.nan
     bias = torch.tensor([[[-math.inf], [0.0], [0.0]]])  # (B, E, H)
-    out = graph_attention(q, k, v, graph, bias=bias, backend=backend)
+    out = graph_attention(q, k, v, graph, attn_bias=bias, backend=backend)
     assert bool(torch.isfinite(out[0, 0, 1]).all()) == (where == "k")
     assert torch.isnan(out[0, 0, 0]).all()  # 0 -> 0 is a live edge
     assert torch.equal(out[0, 0, 2], torch.zeros(4))  # no in-edge

@@ -171,7 +171,7 @@ def test_per_edge_bias_matches_reference(name, bias_shape, backend, gen):
     q, k, v = _qkv(b, h, g.num_dst, g.num_src, 2, gen)
     shape = {"EH": (e, h), "BEH": (b, e, h), "1EH": (1, e, h)}[bias_shape]
     bias = _randn(*shape, gen=gen)  # copies of a duplicated edge get different biases
-    out = graph_attention(q, k, v, g, bias=bias, backend=backend)
+    out = graph_attention(q, k, v, g, attn_bias=bias, backend=backend)
     dense_bias = edge_bias_as_dense(bias, g.edge_index(), g.num_dst, g.num_src)
     ref = dense_reference(q, k, v, _counts(g), bias=dense_bias)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
@@ -194,7 +194,7 @@ def test_dense_bias_matches_reference(name, padded, bias_shape, backend, gen):
     q, k, v = _qkv(b, h, g.num_dst, g.num_src, 2, gen)
     shape = {"1HNN": (1, h), "B1NN": (b, 1), "BHNN": (b, h)}[bias_shape]
     bias = _randn(*shape, g.num_dst, g.num_src, gen=gen)
-    out = graph_attention(q, k, v, g, bias=bias, backend=backend)
+    out = graph_attention(q, k, v, g, attn_bias=bias, backend=backend)
     ref = dense_reference(q, k, v, _counts(g), bias=bias)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
 
@@ -206,7 +206,7 @@ def test_unbatched_matches_batched(name, with_bias, backend, gen):
     g = GRAPHS[name]()
     q, k, v = _qkv(None, 2, g.num_dst, g.num_src, 3, gen)
     bias = _randn(g.num_edges, 2, gen=gen) if with_bias else None
-    out = graph_attention(q, k, v, g, bias=bias, backend=backend)
+    out = graph_attention(q, k, v, g, attn_bias=bias, backend=backend)
     assert out.shape == (2, g.num_dst, 3)
     dense_bias = None
     if with_bias:
@@ -214,7 +214,7 @@ def test_unbatched_matches_batched(name, with_bias, backend, gen):
     torch.testing.assert_close(
         out, dense_reference(q, k, v, _counts(g), dense_bias), atol=1e-10, rtol=0
     )
-    batched = graph_attention(q[None], k[None], v[None], g, bias=bias, backend=backend)
+    batched = graph_attention(q[None], k[None], v[None], g, attn_bias=bias, backend=backend)
     torch.testing.assert_close(out, batched[0], rtol=0, atol=0)
 
 
@@ -297,10 +297,10 @@ def test_weights(name, padded, with_bias, backend, gen):
     b, h, nd, ns = 2, 2, g.num_dst, g.num_src
     q, k, v = _qkv(b, h, nd, ns, 3, gen)
     bias = _randn(g.num_edges, h, gen=gen) if with_bias else None
-    res = graph_attention(q, k, v, g, bias=bias, need_weights=True, backend=backend)
+    res = graph_attention(q, k, v, g, attn_bias=bias, need_weights=True, backend=backend)
     assert res.backend == backend
     torch.testing.assert_close(
-        res.out, graph_attention(q, k, v, g, bias=bias, backend=backend), rtol=0, atol=1e-12
+        res.out, graph_attention(q, k, v, g, attn_bias=bias, backend=backend), rtol=0, atol=1e-12
     )
     w = res.attention
     if g.kind in ("complete", "causal"):
@@ -345,8 +345,8 @@ def test_per_edge_weights_agree_across_backends(name, with_bias, gen):
     g = GRAPHS[name]()
     q, k, v = _qkv(2, 2, g.num_dst, g.num_src, 3, gen)
     bias = _randn(2, g.num_edges, 2, gen=gen) if with_bias else None
-    wd = graph_attention(q, k, v, g, bias=bias, need_weights=True, backend="dense").attention
-    we = graph_attention(q, k, v, g, bias=bias, need_weights=True, backend="edges").attention
+    wd = graph_attention(q, k, v, g, attn_bias=bias, need_weights=True, backend="dense").attention
+    we = graph_attention(q, k, v, g, attn_bias=bias, need_weights=True, backend="edges").attention
     torch.testing.assert_close(wd.to_edges(), we.to_edges(), rtol=0, atol=1e-10)
 
 
@@ -383,7 +383,7 @@ def test_gradcheck(backend, bias_kind, gen):
         inputs.append(_randn(1, 2, 5, 5, gen=gen, requires_grad=True))
 
     def fn(q, k, v, bias=None):
-        return graph_attention(q, k, v, g, bias=bias, backend=backend)
+        return graph_attention(q, k, v, g, attn_bias=bias, backend=backend)
 
     assert gradcheck(fn, tuple(inputs), eps=1e-6, atol=1e-8)
 
@@ -402,7 +402,7 @@ def test_gradcheck_edge_values_and_bias(gen):
     ev = _randn(2, g.num_edges, 2, 3, gen=gen, requires_grad=True)
 
     def fn(q, k, v, bias, ev):
-        return graph_attention(q, k, v, g, bias=bias, edge_values=ev, backend="edges")
+        return graph_attention(q, k, v, g, attn_bias=bias, edge_values=ev, backend="edges")
 
     assert gradcheck(fn, (q, k, v, bias, ev), eps=1e-6, atol=1e-8)
 
@@ -414,7 +414,7 @@ def test_backward_backends_agree(with_bias, gen):
     grad_out = _randn(2, 2, 5, 3, gen=gen)
     grads = []
     for backend in BACKENDS:
-        out = graph_attention(q, k, v, g, bias=bias, backend=backend)
+        out = graph_attention(q, k, v, g, attn_bias=bias, backend=backend)
         inputs = (q, k, v) + ((bias,) if with_bias else ())
         grads.append(torch.autograd.grad(out, inputs, grad_out))
     for a, b in zip(*grads, strict=True):
@@ -431,7 +431,7 @@ def test_target_without_in_edges_gets_exact_zero(backend, with_bias, gen):
     assert torch.equal(g.in_degree(), torch.tensor([2, 3, 1, 0, 0]))
     q, k, v = _qkv(2, 2, 5, 5, 3, gen, requires_grad=True)
     bias = _randn(g.num_edges, 2, gen=gen, requires_grad=True) if with_bias else None
-    out = graph_attention(q, k, v, g, bias=bias, backend=backend)
+    out = graph_attention(q, k, v, g, attn_bias=bias, backend=backend)
     assert torch.isfinite(out).all()
     assert (out[:, :, 3:] == 0).all()
     out.pow(2).sum().backward()
@@ -443,7 +443,7 @@ def test_target_without_in_edges_gets_exact_zero(backend, with_bias, gen):
     q2 = q.detach().clone()
     q2[:, :, 3:] = 1e3
     k2, v2 = k.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
-    graph_attention(q2, k2, v2, g, bias=bias, backend=backend).pow(2).sum().backward()
+    graph_attention(q2, k2, v2, g, attn_bias=bias, backend=backend).pow(2).sum().backward()
     torch.testing.assert_close(k2.grad, k.grad, rtol=0, atol=1e-12)
     torch.testing.assert_close(v2.grad, v.grad, rtol=0, atol=1e-12)
 
@@ -466,11 +466,12 @@ def test_fully_padded_sample_is_zero(name, backend, with_bias, gen):
     g = g.pad(lengths=[g.num_src, 0])
     q, k, v = _qkv(2, 2, g.num_dst, g.num_src, 3, gen, requires_grad=True)
     bias = _randn(g.num_edges, 2, gen=gen, requires_grad=True) if with_bias else None
-    out = graph_attention(q, k, v, g, bias=bias, backend=backend)
+    out = graph_attention(q, k, v, g, attn_bias=bias, backend=backend)
     assert torch.isfinite(out).all()
     assert (out[1] == 0).all()
     torch.testing.assert_close(
-        out[0], graph_attention(q[:1], k[:1], v[:1], g.unpadded(), bias=bias, backend=backend)[0]
+        out[0],
+        graph_attention(q[:1], k[:1], v[:1], g.unpadded(), attn_bias=bias, backend=backend)[0],
     )
     out.sum().backward()
     for t in (q, k, v):
@@ -687,7 +688,7 @@ def test_error_bias_shape(shape, gen):
         _err(
             ValueError,
             rf"bias.*{pattern}",
-            lambda b=backend: graph_attention(q, k, v, g, bias=bias, backend=b),
+            lambda b=backend: graph_attention(q, k, v, g, attn_bias=bias, backend=b),
         )
 
 
@@ -723,7 +724,7 @@ def test_error_misc(gen):
     _err(
         TypeError,
         r"bias.*floating.*int64",
-        lambda: graph_attention(q, k, v, bias=torch.zeros(9, 1, dtype=torch.long)),
+        lambda: graph_attention(q, k, v, attn_bias=torch.zeros(9, 1, dtype=torch.long)),
     )
 
 

@@ -62,7 +62,7 @@ def _compare(
             t["v"],
             graph,
             score=score,
-            bias=t["bias"],
+            attn_bias=t["bias"],
             edge_features=t["edge_features"],
             edge_values=t["edge_values"],
             backend=backend,
@@ -191,7 +191,15 @@ def test_gradcheck(kernel, kind, gen):
     def fn(q, k, v, bias, ef, ev, *att):
         sc = scores.GATv2(att[0]) if kind == "gatv2" else score
         return graph_attention(
-            q, k, v, graph, score=sc, bias=bias, edge_features=ef, edge_values=ev, backend="fused"
+            q,
+            k,
+            v,
+            graph,
+            score=sc,
+            attn_bias=bias,
+            edge_features=ef,
+            edge_values=ev,
+            backend="fused",
         )
 
     assert gradcheck(fn, tuple(inputs), eps=1e-6, atol=1e-8)

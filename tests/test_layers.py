@@ -120,8 +120,8 @@ def test_layer_backends_agree_on_sparse_graph_with_bias_and_rotary(norm_first, g
     nn.init.normal_(rpb.relative_attention_bias.weight)
     rope = RotaryEmbedding(C // H)
     x = torch.randn(2, 11, C, generator=gen)
-    a = dense(x, g, bias=rpb(g), rotary=rope)
-    b = edges(x, g, bias=rpb(g), rotary=rope)
+    a = dense(x, g, attn_bias=rpb(g), rotary=rope)
+    b = edges(x, g, attn_bias=rpb(g), rotary=rope)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
@@ -129,7 +129,7 @@ def test_layer_return_attention(gen):
     layer = GraphTransformerLayer(C, H, dim_feedforward=FF).eval()
     x = torch.randn(2, 6, C, generator=gen)
     g = Graph.causal(6)
-    res = layer(x, g, return_attention=True)
+    res = layer(x, g, need_weights=True)
     assert isinstance(res, LayerOutput)
     torch.testing.assert_close(res.out, layer(x, g), rtol=0, atol=1e-6)
     dense = res.attention.to_dense()  # (B, H, N, N)
@@ -169,7 +169,7 @@ def test_stack_wrong_number_of_graphs():
     with pytest.raises(ValueError, match=r"list of 2 entries.*num_layers=3"):
         model(torch.randn(2, 5, C), [None, None])
     with pytest.raises(ValueError, match=r"bias is a list of 4 entries.*num_layers=3"):
-        model(torch.randn(2, 5, C), bias=[None] * 4)
+        model(torch.randn(2, 5, C), attn_bias=[None] * 4)
     with pytest.raises(TypeError, match="graph must be one of"):
         model(torch.randn(2, 5, C), "complete")
 
@@ -178,7 +178,7 @@ def test_stack_return_attention_has_one_record_per_layer(gen):
     model = GraphTransformer(3, C, H, dim_feedforward=FF).eval()
     x = torch.randn(2, 8, C, generator=gen)
     graphs = _graphs(8, gen)
-    res = model(x, graphs, return_attention=True)
+    res = model(x, graphs, need_weights=True)
     assert isinstance(res, TransformerOutput)
     assert len(res.attentions) == 3
     assert all(isinstance(a, AttentionWeights) for a in res.attentions)
@@ -226,7 +226,7 @@ def test_checkpoint_gives_the_same_gradients(norm_first, gen):
 def test_checkpoint_with_return_attention(gen):
     model = GraphTransformer(2, C, H, dim_feedforward=FF, dropout=0.0, checkpoint=True).train()
     x = torch.randn(2, 6, C, generator=gen, requires_grad=True)
-    res = model(x, return_attention=True)
+    res = model(x, need_weights=True)
     assert len(res.attentions) == 2
     res.out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -176,7 +176,7 @@ def test_linear_backend_refuses_what_it_cannot_serve(gen):
     score = FAVOR(16, 4)
     cases = [
         ({"need_weights": True}, "never forms the Nd x Ns weights"),
-        ({"bias": torch.zeros(1, 1, 7, 7, dtype=q.dtype)}, "biases and per-edge inputs"),
+        ({"attn_bias": torch.zeros(1, 1, 7, 7, dtype=q.dtype)}, "biases and per-edge inputs"),
         ({"dropout_p": 0.1}, "dropout on the weights needs them"),
     ]
     for kwargs, reason in cases:
@@ -196,7 +196,7 @@ def test_graph_attention_module_with_a_kernel_score_runs_linear(gen):
     ga = GraphAttention(16, 4, score=FAVOR(32, 4))
     x = torch.randn(2, 9, 16)
     assert ga(x).shape == (2, 9, 16)
-    res = ga(x, return_attention=True)  # weights: the edge backend, on the same kernel
+    res = ga(x, need_weights=True)  # weights: the edge backend, on the same kernel
     assert res.backend == "edges"
     torch.testing.assert_close(res.out, ga(x), rtol=1e-5, atol=1e-6)
 

@@ -208,7 +208,7 @@ def test_graph_attention_rotary_backends_agree(rope_kind, gen):
     outs, grads = [], []
     for backend in ("dense", "edges"):
         attn.backend = backend
-        res = attn(x, g, rotary=rope, return_attention=True)
+        res = attn(x, g, rotary=rope, need_weights=True)
         outs.append((res.out, res.attention.to_dense()))
         grads.append(torch.autograd.grad(res.out.sum(), x)[0])
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-5)
@@ -335,7 +335,9 @@ def _check_backends_agree_with_bias(g: Graph, bias_edges, bias_dense, gen):
     q = torch.randn(2, H, g.num_dst, 8, generator=gen, requires_grad=True)
     k = torch.randn(2, H, g.num_src, 8, generator=gen)
     v = torch.randn(2, H, g.num_src, 8, generator=gen)
-    outs = [graph_attention(q, k, v, g, bias=bias_edges, backend=b) for b in ("dense", "edges")]
+    outs = [
+        graph_attention(q, k, v, g, attn_bias=bias_edges, backend=b) for b in ("dense", "edges")
+    ]
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
     mask = g.materialize().long()
     want = dense_reference(q, k, v, mask, bias=bias_dense)
@@ -381,9 +383,9 @@ def test_relative_bias_dense_equals_per_edge_on_complete_graph(kind, gen):
     complete = Graph.complete(n).edge_index()
     attn = GraphAttention(32, H, backend="dense")
     x = torch.randn(2, n, 32, generator=gen)
-    want = attn(x, None, bias=dense()[None])
+    want = attn(x, None, attn_bias=dense()[None])
     attn.backend = "edges"
-    got = attn(x, complete, bias=per_edge(Graph.from_edge_index(complete, n)))
+    got = attn(x, complete, attn_bias=per_edge(Graph.from_edge_index(complete, n)))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 

@@ -132,7 +132,7 @@ def _run_both(graph, kind, score, extra, t, backend):
         t["v"],
         graph,
         score=score,
-        bias=t["bias"],
+        attn_bias=t["bias"],
         edge_features=t["ef"],
         edge_values=t["ev"],
         need_weights=True,
@@ -298,7 +298,7 @@ def test_gradcheck(kind, backend, gen):
             kw["v"],
             graph,
             score=sc,
-            bias=kw.get("bias"),
+            attn_bias=kw.get("bias"),
             edge_features=kw.get("ef"),
             backend=backend,
         )

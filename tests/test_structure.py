@@ -58,7 +58,7 @@ def test_top_k_on_sparse_graph_with_duplicates_and_zero_weight_edges(gen):
     ei = random_edge_index(7, 7, 40, gen)  # duplicates likely
     attn = GraphAttention(C, H, backend="edges")
     x = torch.randn(2, 7, C, generator=gen)
-    res = attn(x, Graph.from_edge_index(ei, 7, 7), return_attention=True)
+    res = attn(x, Graph.from_edge_index(ei, 7, 7), need_weights=True)
     counts = edge_counts(ei, 7, 7)
     for k in (1, 2, 100):
         wg = attention_to_graph(res.attention, top_k=k)
@@ -75,7 +75,7 @@ def test_padded_sources_are_never_kept(gen):
     attn = GraphAttention(C, H, backend="dense")
     x = torch.randn(2, 6, C, generator=gen)
     kpm = torch.tensor([[False] * 4 + [True] * 2] * 2)  # node 4, 5 padded in every sample
-    res = attn(x, key_padding_mask=kpm, return_attention=True)
+    res = attn(x, key_padding_mask=kpm, need_weights=True)
     wg = attention_to_graph(res.attention, top_k=6)
     assert torch.equal(wg.graph.in_degree(), torch.full((6,), 4))
     assert int(wg.edge_index[0].max()) == 3
@@ -134,7 +134,7 @@ def test_rejects_bad_arguments():
 def test_unpruned_graph_on_edge_backend_matches_dense_layer(gen):
     x = torch.randn(3, N, C, generator=gen)
     dense = GraphAttention(C, H, backend="dense")
-    res = dense(x, return_attention=True)
+    res = dense(x, need_weights=True)
     wg = attention_to_graph(res.attention, top_k=N)
     assert wg.graph.num_edges == N * N
     sparse = GraphAttention(C, H, backend="edges")
@@ -147,7 +147,7 @@ def test_pruned_graph_drives_a_sparse_layer(gen):
     plain torch with that graph as mask."""
     x = torch.randn(2, N, C, generator=gen)
     dense = GraphAttention(C, H, backend="dense")
-    wg = attention_to_graph(dense(x, return_attention=True).attention, top_k=3)
+    wg = attention_to_graph(dense(x, need_weights=True).attention, top_k=3)
     sparse = GraphAttention(C, H, backend="edges")
     out = sparse(x, wg.graph)
     q, k, v = sparse._project(x, None)
@@ -166,7 +166,7 @@ def test_log_bias_reproduces_kept_weights_without_content_scores(backend, gen):
     with torch.no_grad():
         attn.in_proj_weight[:C] = 0  # queries 0: scores are the bias alone
     x = torch.randn(1, N, C, generator=gen)
-    res = attn(x, wg.graph, bias=wg.log_bias(), return_attention=True)
+    res = attn(x, wg.graph, attn_bias=wg.log_bias(), need_weights=True)
     got = res.attention.to_dense()[0]  # (H, N, N)
     expect = torch.zeros(H, N, N)
     src, dst = wg.edge_index
@@ -185,7 +185,7 @@ def test_learned_bias_gets_gradients(rank, backend, gen):
     lsb = LearnedStructureBias(N, H, rank=rank)
     attn = GraphAttention(C, H, backend=backend)
     x = torch.randn(2, N, C, generator=gen)
-    y = attn(x, bias=lsb())
+    y = attn(x, attn_bias=lsb())
     loss = y.square().mean() + 0.1 * lsb.sparsity_penalty()
     loss.backward()
     params = dict(lsb.named_parameters())
@@ -201,7 +201,7 @@ def test_dense_bias_and_edge_bias_agree(gen):
     x = torch.randn(2, N, C, generator=gen)
     g = Graph.from_edge_index(Graph.complete(N).edge_index())
     torch.testing.assert_close(
-        attn(x, g, bias=lsb.edge_bias(g)), attn(x, bias=lsb()), rtol=0, atol=1e-5
+        attn(x, g, attn_bias=lsb.edge_bias(g)), attn(x, attn_bias=lsb()), rtol=0, atol=1e-5
     )
 
 
@@ -238,7 +238,7 @@ def test_learned_bias_cross_attention_and_repr():
     lsb = LearnedStructureBias(3, 2, num_src=5, rank=2)
     assert lsb().shape == (1, 2, 3, 5)
     attn = GraphAttention(8, 2)
-    y = attn(torch.randn(1, 3, 8), x_src=torch.randn(1, 5, 8), bias=lsb())
+    y = attn(torch.randn(1, 3, 8), x_src=torch.randn(1, 5, 8), attn_bias=lsb())
     assert y.shape == (1, 3, 8)
     assert "num_src=5" in repr(lsb) and "rank=2" in repr(lsb)
     lsb.reset_parameters()
@@ -257,12 +257,12 @@ def test_transformer_dense_layer_graph_drives_the_next_layer(gen):
     torch.manual_seed(0)
     model = GraphTransformer(2, C, H, dim_feedforward=32, dropout=0.0)
     x = torch.randn(2, N, C, generator=gen)
-    ref = model(x, return_attention=True)
+    ref = model(x, need_weights=True)
     model.layers[1].self_attn.backend = "edges"
     full = attention_to_graph(ref.attentions[0], top_k=N)
     torch.testing.assert_close(model(x, [None, full.graph]), ref.out, rtol=0, atol=1e-5)
     pruned = attention_to_graph(ref.attentions[0], top_k=2)
-    res = model(x, [None, pruned.graph], return_attention=True)
+    res = model(x, [None, pruned.graph], need_weights=True)
     assert res.attentions[1].layout == "edges" and res.attentions[1].values.shape[1] == 2 * N
     assert torch.isfinite(res.out).all()
 
@@ -270,6 +270,6 @@ def test_transformer_dense_layer_graph_drives_the_next_layer(gen):
 def test_learned_bias_in_transformer_gets_gradients(gen):
     model = GraphTransformer(2, C, H, dim_feedforward=32, dropout=0.0)
     lsb = LearnedStructureBias(N, H, rank=2)
-    out = model(torch.randn(2, N, C, generator=gen), bias=[lsb(), None])
+    out = model(torch.randn(2, N, C, generator=gen), attn_bias=[lsb(), None])
     (out.square().mean() + lsb.sparsity_penalty()).backward()
     assert lsb.u.grad.abs().sum() > 0 and lsb.v.grad.abs().sum() > 0

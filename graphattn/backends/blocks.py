@@ -16,8 +16,9 @@ import math
 import torch
 from torch import Tensor
 
+from .._finite import bad_rows, may_be_non_finite
 from ._base import AttentionCall, Backend, BackendResult, memory_reasons
-from .dense import attend
+from .dense import _nan_weight_rows, attend
 
 __all__ = ["BlocksBackend"]
 
@@ -50,6 +51,10 @@ class BlocksBackend(Backend):
         out, weights = packed_block_attention(
             call, call.graph.complete_blocks(), edge_bias=edge_bias, dense_bias=dense_bias
         )
+        if may_be_non_finite(call.q):  # a NaN query's row is NaN (SDPA on CPU returns zeros)
+            rows = bad_rows(call.q)  # (B, H, N): every node of a block has in-edges
+            out = out.masked_fill(rows[..., None], math.nan)
+            weights = _nan_weight_rows(weights, rows, call.graph)
         return BackendResult(out, weights)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._finite import all_finite, bad_rows
+from .._finite import all_finite, bad_rows, may_be_non_finite
 from ..graph import Graph
 from ..scores import Score
 from ..softmax import segment_softmax
@@ -299,20 +299,38 @@ def dense_attention(call: AttentionCall, *, bias: Tensor | None, reparam: Repara
         row_keep=row_keep,
         reparam=reparam,
     )
-    if bad_k is None:
+    # A NaN or inf query makes its own target's output NaN, as on the edge backend (the CPU
+    # SDPA kernel returns zeros for such a row); targets without in-edges stay zero.
+    bad_q = None
+    if may_be_non_finite(q):
+        bad_q = bad_rows(q)  # (B, H, Nd)
+        if row_keep is not None:
+            bad_q = bad_q & row_keep[..., 0]
+    if bad_k is None and bad_q is None:
         return res
-    # values travel every edge of the structure from a real source (a -inf bias makes the
-    # weight zero, and 0 * NaN is NaN on every backend); scores skip edges with a -inf bias
-    carries = graph.materialize_structure()  # (Nd, Ns) bool
-    if pad is not None:
-        carries = carries & ~pad[:, None, None, :]  # (B, 1, Nd, Ns)
-    scores = carries if edges is None or edges.dtype == torch.bool else edges != -math.inf
-    reach_k = _reached(scores, bad_k)  # (B, H, Nd)
-    out = res.out.masked_fill((reach_k | _reached(carries, bad_v))[..., None], math.nan)
-    weights = res.weights
-    if weights is not None and graph.weights_layout == "edges":  # (B, E, H)
+    no_rows = torch.zeros(q.shape[:-1], dtype=torch.bool, device=q.device)  # (B, H, Nd)
+    weight_rows = out_rows = no_rows if bad_q is None else bad_q
+    if bad_k is not None:
+        # values travel every edge of the structure from a real source (a -inf bias makes
+        # the weight zero, and 0 * NaN is NaN on every backend); scores skip -inf edges
+        carries = graph.materialize_structure()  # (Nd, Ns) bool
+        if pad is not None:
+            carries = carries & ~pad[:, None, None, :]  # (B, 1, Nd, Ns)
+        scores = carries if edges is None or edges.dtype == torch.bool else edges != -math.inf
+        weight_rows = weight_rows | _reached(scores, bad_k)  # (B, H, Nd)
+        out_rows = weight_rows | _reached(carries, bad_v)
+    return _Dense(
+        res.out.masked_fill(out_rows[..., None], math.nan),
+        _nan_weight_rows(res.weights, weight_rows, graph),
+    )
+
+
+def _nan_weight_rows(weights: Tensor | None, rows: Tensor, graph: Graph) -> Tensor | None:
+    """``weights`` with the rows of targets ``rows`` ``(B, H, Nd)`` set to NaN, in either
+    layout: dense ``(B, H, Nd, Ns)`` or per edge ``(B, E, H)``."""
+    if weights is None:
+        return None
+    if graph.weights_layout == "edges":
         dst = graph.edge_index()[1]
-        weights = weights.masked_fill(reach_k[:, :, dst].transpose(1, 2), math.nan)
-    elif weights is not None:  # (B, H, Nd, Ns)
-        weights = weights.masked_fill(reach_k[..., None], math.nan)
-    return _Dense(out, weights)
+        return weights.masked_fill(rows[:, :, dst].transpose(1, 2), math.nan)
+    return weights.masked_fill(rows[..., None], math.nan)

@@ -123,7 +123,7 @@ def test_modality_summary() -> None:
     torch.testing.assert_close(summary, torch.tensor([[1.0, 0.0], [0.875, 0.125]]))
     # from real attention weights: rows sum to 1
     attn = GraphAttention(D, 2)
-    res = attn(fused.nodes.features, fused.graph, return_attention=True)
+    res = attn(fused.nodes.features, fused.graph, need_weights=True)
     torch.testing.assert_close(fused.modality_summary(res.attention).sum(1), torch.ones(2))
     with pytest.raises(ValueError, match="N=4"):
         fused.modality_summary(torch.zeros(3, 3))
@@ -200,7 +200,7 @@ def test_three_real_adapters_fused_end_to_end() -> None:
     )
     fusion = ModalityFusion(16, ("text", "image", "audio"), num_latents=2)
     fused = fusion([text, image, audio], intra="own")
-    res = GraphAttention(16, 4)(fused.nodes.features, fused.graph, return_attention=True)
+    res = GraphAttention(16, 4)(fused.nodes.features, fused.graph, need_weights=True)
     assert torch.isfinite(res.out).all()
     summary = fused.modality_summary(res.attention)
     assert summary.shape == (4, 4)

@@ -120,7 +120,7 @@ def test_from_cartpole_space_runs_and_returns_attention() -> None:
             env.observation_space, env.action_space, dim=16, num_layers=2, num_heads=2
         )
         assert enc.obs_dim == 4 and enc.num_actions == 2
-        out = enc(obs[None], return_attention=True)  # numpy float32 observation
+        out = enc(obs[None], need_weights=True)  # numpy float32 observation
         action = out.distribution().sample()
         env.step(int(action))
     finally:
