@@ -39,7 +39,7 @@ GAT's keys and queries are one scalar per node and head; GATv2's keys are its va
 Run: ``python -m benchmarks.bench_core [--quick] [--out PATH] [--device cpu|cuda]
 [--cases PREFIX ...]``.
 Peak memory on CPU is measured per (implementation, case) in a fresh process (this module
-with the hidden ``--measure-one CASE IMPL`` flag); see ``benchmarks/_harness.py``.
+with the hidden ``--measure-one CASE IMPL`` flag); see ``benchmarks/timing.py``.
 """
 
 from __future__ import annotations
@@ -58,18 +58,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmarks._harness import (
+from benchmarks._harness import fmt, format_table, run_info, write_json_atomic
+from benchmarks.timing import (
     MIB,
     Step,
-    fmt,
-    format_table,
     measure_peak_cuda,
     measure_peak_rss,
-    run_info,
     run_measure_subprocess,
     sync_fn,
     time_alternating,
-    write_json_atomic,
 )
 from graphattn import Graph, GraphAttention
 

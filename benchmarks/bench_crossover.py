@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import torch
 
+from benchmarks.timing import time_alternating
 from graphattn import Graph, GraphAttention, choose_backend
 
 
@@ -34,18 +34,10 @@ def random_graph(n: int, k: int, gen: torch.Generator) -> Graph:
     return Graph.from_edge_index(torch.stack([src[perm], dst[perm]]), n, n)
 
 
-def time_pair(fns: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds of each function, calls alternated."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+def time_pair(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each function, calls alternated, after one warm-up each."""
+    timing = time_alternating(fns, repeats=repeats, min_repeats=repeats, warmup=1)
+    return timing.median_ms
 
 
 def main(argv: list[str] | None = None) -> None:

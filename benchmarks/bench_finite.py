@@ -34,8 +34,9 @@ import graphattn.backends.fused as fused_mod
 import graphattn.functional as functional_mod
 import graphattn.layers as layers_mod
 
-from ._harness import format_table, run_info, time_alternating, write_json_atomic
+from ._harness import format_table, run_info, write_json_atomic
 from .bench_core import PEER, THREADS, make_cases
+from .timing import time_alternating
 
 MODULE = "benchmarks.bench_finite"
 GOAL = 1.02

@@ -16,13 +16,17 @@ head dim 8, edges sorted by target, fp32, 2 threads. Forward only unless stated.
     backend's choice).
 (iii) segment softmax over the in-edges of each target: ``scatter_reduce`` amax +
     ``scatter_add`` (PyG style), vs ``torch.segment_reduce`` with offsets.
-(iv) the full edge backend (``graphattn.backends.edges.edge_attention``) and the fused C++
-    kernel (``backend="fused"``), forward and forward+backward, against a naive autograd
-    formulation.
+(iv) the full edge backend (``graphattn.backends.edges.edge_attention``, and
+    ``graph_attention(backend="edges")``) and the fused C++ kernel
+    (``graph_attention(backend="fused")``), forward and forward+backward, against a naive
+    autograd formulation.
 
-The chunked variants (and the full backend, through ``graphattn.backends._chunks.CHUNK_ELEMENTS``)
-run with chunk sizes of 2**18 .. 2**21 elements. Each row: median of 5 runs after one
-warm-up, and the largest absolute difference from the naive result.
+The chunked variants run with chunk sizes of 2**18 .. 2**21 elements; the full backend with
+the library's own chunk size. The edge backend's formulations of the row dot, the segment
+sums (0/1 incidence matrix products) and the in-place segment softmax are written out here
+(they are private to ``graphattn.backends``), as the rows marked "the edge backend's". Each
+row: median of 5 runs after one warm-up (:func:`benchmarks.timing.time_alternating`), and
+the largest absolute difference from the naive result.
 
 Run: ``python -m benchmarks.bench_formulations [--quick] [--out PATH] [--skip-compile]``
 """
@@ -32,7 +36,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -42,12 +45,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import graphattn.backends._chunks as chunks_mod
 from benchmarks._harness import fmt, format_table, run_info, write_json_atomic
-from graphattn import Graph, scores
-from graphattn.backends._chunks import rowdot as _rowdot
-from graphattn.backends._chunks import segment_softmax_sorted, sum_to_dst, sum_to_src
+from benchmarks.timing import time_alternating
+from graphattn import Graph, graph_attention, scores, segment_softmax
 from graphattn.backends.edges import edge_attention
+from graphattn.backends.fused import fused_extension
 
 
 def _view(flat: Tensor, n: int, g: int, d: int) -> Tensor:
@@ -61,15 +63,46 @@ CHUNKS = [1 << 18, 1 << 19, 1 << 20, 1 << 21]
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
-    """Median milliseconds of ``repeats`` calls after one warm-up; also the last result."""
+    """Median milliseconds of ``repeats`` calls after one warm-up; also the warm-up's result."""
     res = fn()
-    times = []
-    for _ in range(repeats):
-        res = None
-        t0 = time.perf_counter()
-        res = fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), times, res
+    timing = time_alternating({"fn": fn}, repeats=repeats, min_repeats=repeats, warmup=0)
+    return timing.median_ms["fn"], timing.times_ms["fn"], res
+
+
+def rowdot(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out[n, g] = sum_d a[n, g, d] * b[n, g, d]`` via one batched matmul (the edge
+    backend's row dot)."""
+    n, g, d = a.shape
+    torch.bmm(a.view(n * g, 1, d), b.view(n * g, d, 1), out=out.view(n * g, 1, 1))
+
+
+def incidence(rows: Tensor, num_rows: int) -> Tensor:
+    """The ``(num_rows, E)`` 0/1 CSR matrix with a one at ``(rows[e], e)``: the edge
+    backend's sums of per-edge rows into their targets (``rows = dst``) or sources
+    (``rows = src``), with int32 indices (sparse kernels convert int64 ones on every call)."""
+    e = rows.numel()
+    crow = torch.zeros(num_rows + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(rows, minlength=num_rows), 0, out=crow[1:])
+    col = torch.sort(rows, stable=True).indices  # (E,) edge positions, row by row
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow.int(), col.int(), torch.ones(e), (num_rows, e))
+
+
+def incidence_sum(inc: Tensor, x: Tensor) -> Tensor:
+    """``inc @ x`` over the flattened features. Shapes: x ``(E, *F)``; returns ``(R, *F)``."""
+    return (inc @ x.reshape(x.shape[0], -1)).view(inc.shape[0], *x.shape[1:])
+
+
+def segment_softmax_inplace(s: Tensor, ptr: Tensor, dst: Tensor, inc: Tensor) -> Tensor:
+    """The edge backend's in-place softmax of ``s`` ``(E, G)`` over each target's sorted
+    in-edges: segment max, ``sub_``/``exp_`` in place, incidence-matrix sums, ``div_``."""
+    m = torch.segment_reduce(s, "max", offsets=ptr, axis=0)  # (N, G)
+    m = torch.where(torch.isfinite(m), m, torch.zeros(()))
+    s.sub_(m.index_select(0, dst)).exp_()
+    z = incidence_sum(inc, s)  # (N, G)
+    z = torch.where(z > 0, z, torch.ones(()))
+    return s.div_(z.index_select(0, dst))
 
 
 def _err(out: Tensor | None, ref: Tensor | None) -> float | None:
@@ -103,13 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     gen = torch.Generator().manual_seed(0)
     src = torch.randint(0, n, (e,), generator=gen)  # (E,)
     dst = torch.arange(n).repeat_interleave(deg)  # (E,) sorted by target
-    st = Graph.from_edge_index(torch.stack([src, dst]), n, n).edge_structure()
+    graph = Graph.from_edge_index(torch.stack([src, dst]), n, n)
+    st = graph.edge_structure()
     ptr = st.ptr  # (N + 1,)
+    to_dst = incidence(dst, n)  # (N, E): targets x sorted edges
+    to_src = incidence(src, n)  # (N, E): sources x sorted edges
     q = torch.randn(n, h, d, generator=gen)  # (N, H, D)
     k = torch.randn(n, h, d, generator=gen)  # (N, H, D)
     v = torch.randn(n, h, d, generator=gen)  # (N, H, D)
     raw_scores = torch.randn(e, h, generator=gen)  # (E, H)
-    alpha = segment_softmax_sorted(raw_scores.clone(), st)  # (E, H)
+    alpha = segment_softmax(raw_scores, dst, n)  # (E, H)
     # block-diagonal CSR pattern over (H*N, H*N): row h*N + target, column h*N + source
     heads = torch.arange(h)
     crow = torch.cat([(ptr[:-1][None] + heads[:, None] * e).reshape(-1), torch.tensor([h * e])])
@@ -161,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                 b = min(a + m, e)
                 kb = torch.index_select(k, 0, src[a:b], out=_view(buf_a, b - a, h, d))
                 qb = torch.index_select(q, 0, dst[a:b], out=_view(buf_b, b - a, h, d))
-                _rowdot(kb, qb, out[a:b])
+                rowdot(kb, qb, out[a:b])
             return out
 
         for c in CHUNKS:
@@ -182,9 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         record("scores", "sparse.sampled_addmm, block-diag CSR", scores_sampled, ref_s)
 
         if not args.skip_compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.force_disable_caches = True  # time a cold compile
+            torch.compiler.config.force_disable_caches = True  # time a cold compile
             compiled = torch.compile(scores_naive, dynamic=True)
             t0 = time.perf_counter()
             compiled(q, k, src, dst)
@@ -241,7 +275,6 @@ def main(argv: list[str] | None = None) -> None:
             ref_a,
         )
         msg = alpha[..., None] * v[src]  # (E, H, D), the per-edge messages
-        sum_to_dst(st, msg)  # builds the incidence matrix once (cached on st)
         ref_sum = record(
             "segment sum",
             "index_add_(0, dst, messages) (sorted targets)",
@@ -256,11 +289,10 @@ def main(argv: list[str] | None = None) -> None:
         record(
             "segment sum",
             "CSR incidence (N x E) @ messages",
-            lambda: sum_to_dst(st, msg),
+            lambda: incidence_sum(to_dst, msg),
             ref_sum,
-            note="graphattn's",
+            note="the edge backend's",
         )
-        sum_to_src(st, msg)
         ref_src = record(
             "source sum",
             "index_add_(0, src, messages) (random sources)",
@@ -269,9 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         record(
             "source sum",
             "CSR incidence by source (N x E) @ messages",
-            lambda: sum_to_src(st, msg),
+            lambda: incidence_sum(to_src, msg),
             ref_src,
-            note="graphattn's",
+            note="the edge backend's",
         )
 
     # ------------------------------------------------------------------ (iii) softmax
@@ -296,16 +328,16 @@ def main(argv: list[str] | None = None) -> None:
 
         def softmax_inplace() -> Tensor:
             buf.copy_(s)
-            return segment_softmax_sorted(buf, st)
+            return segment_softmax_inplace(buf, ptr, dst, to_dst)
 
         ref_sm = record("softmax", "scatter_reduce amax + scatter_add (PyG)", softmax_scatter)
         record("softmax", "segment_reduce max/sum with offsets", softmax_segment, ref_sm)
         record(
             "softmax",
-            "segment_softmax_sorted, in place (+copy_)",
+            "segment max + incidence sums, in place (+copy_)",
             softmax_inplace,
             ref_sm,
-            note="graphattn's",
+            note="the edge backend's",
         )
 
     # ------------------------------------------------------------------ (iv) full backend
@@ -338,54 +370,36 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         ref_f = record("full fwd", "naive autograd formulation", lambda: naive_attention(q, k, v))
     ref_fb = record("full fwd+bwd", "naive autograd formulation (dq)", fwd_bwd(naive_attention))
-    default_chunk = chunks_mod.CHUNK_ELEMENTS
-    try:
-        for c in CHUNKS:
-            chunks_mod.CHUNK_ELEMENTS = c
-            note = "library default" if c == default_chunk else ""
-            with torch.no_grad():
-                record(
-                    "full fwd",
-                    "graphattn edge_attention",
-                    lambda: graphattn_edges(q, k, v),
-                    ref_f,
-                    c,
-                    note,
-                )
-            record(
-                "full fwd+bwd",
-                "graphattn edge_attention (dq)",
-                fwd_bwd(graphattn_edges),
-                ref_fb,
-                c,
-                note,
-            )
-    finally:
-        chunks_mod.CHUNK_ELEMENTS = default_chunk
-    from graphattn.backends.fused import _FusedEdgeAttention, fused_extension
-
-    if fused_extension()[0] is not None:
-
-        def graphattn_fused(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            return _FusedEdgeAttention.apply(
-                q, k, v, None, None, None, None, st, 0, scale, 0.0, 0.0, 0
-            )
-
-        with torch.no_grad():
-            record(
-                "full fwd",
-                "graphattn fused C++ kernel",
-                lambda: graphattn_fused(q, k, v),
-                ref_f,
-                note="backend='fused'",
-            )
+    with torch.no_grad():
         record(
-            "full fwd+bwd",
-            "graphattn fused C++ kernel (dq)",
-            fwd_bwd(graphattn_fused),
-            ref_fb,
-            note="backend='fused'",
+            "full fwd",
+            "graphattn edge_attention",
+            lambda: graphattn_edges(q, k, v),
+            ref_f,
+            note="library chunk size",
         )
+    record(
+        "full fwd+bwd",
+        "graphattn edge_attention (dq)",
+        fwd_bwd(graphattn_edges),
+        ref_fb,
+        note="library chunk size",
+    )
+
+    def public_call(backend: str) -> Callable[..., Tensor]:
+        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            heads_first = [t.transpose(0, 1) for t in (q, k, v)]  # (H, N, D) views
+            out = graph_attention(*heads_first, graph, scale=scale, backend=backend)
+            return out.transpose(0, 1)  # (N, H, D)
+
+        return run
+
+    backends = ["edges"] + (["fused"] if fused_extension()[0] is not None else [])
+    for backend in backends:
+        name = f"graph_attention(backend={backend!r})"
+        with torch.no_grad():
+            record("full fwd", name, lambda b=backend: public_call(b)(q, k, v), ref_f)
+        record("full fwd+bwd", name + " (dq)", fwd_bwd(public_call(backend)), ref_fb)
 
     headers = ["section", "formulation", "chunk", "median ms", "max err", "note"]
     body = [

@@ -34,15 +34,8 @@ from torch import nn
 from graphattn import GraphAttention, SGFormerAttention
 from graphattn.kernels import FAVOR
 
-from ._harness import (
-    Step,
-    format_table,
-    measure_peak_rss,
-    run_info,
-    run_measure_subprocess,
-    time_alternating,
-    write_json_atomic,
-)
+from ._harness import format_table, run_info, write_json_atomic
+from .timing import Step, measure_peak_rss, run_measure_subprocess, time_alternating
 
 MODULE = "benchmarks.bench_global"
 THREADS = 2

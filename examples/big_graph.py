@@ -13,17 +13,17 @@ LocalGlobalLayer`). Peak memory is reported from the kernel's high-water mark.
     python -m examples.big_graph --nodes 20000 --epochs 5      # small
     torchrun --nproc_per_node 2 -m examples.big_graph --nodes 20000   # data parallel (gloo)
 
-``--out PATH`` writes the results as JSON (rank 0's; a ``{rank}`` in the path: every rank's).
+``--results PATH`` writes the results as JSON (rank 0's; a ``{rank}`` in the path: every
+rank's). Every field of :class:`Config` is a flag (``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
-import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,26 +31,32 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from examples.harness import parse_config, write_json
 from graphattn import LocalGlobalLayer, NodePartitions
 from graphattn.kernels import SGFormer
 
 
 @dataclass
 class Config:
-    nodes: int = 2_000_000
-    degree: int = 16
-    classes: int = 10
-    p_in: float = 0.6
-    features: int = 32
-    snr: float = 0.3
-    dim: int = 64
-    heads: int = 8
-    parts: int = 40
-    epochs: int = 1
-    lr: float = 3e-3
-    seed: int = 0
-    threads: int = 2
-    out: str | None = None
+    """One run; the defaults are the 2-million-node run."""
+
+    nodes: int = 2_000_000  # nodes of the stochastic block model
+    degree: int = 16  # in-edges per node
+    classes: int = 10  # blocks (the labels)
+    p_in: float = 0.6  # share of a node's in-edges from its own block
+    features: int = 32  # input features per node
+    snr: float = 0.3  # scale of the block means against unit noise
+    dim: int = 64  # node width of the model
+    heads: int = 8  # attention heads
+    parts: int = 40  # random node partition: parts per epoch (one per step)
+    epochs: int = 1  # passes over the partition
+    lr: float = 3e-3  # Adam
+    seed: int = 0  # graph, split, partition and weights
+    threads: int = 2  # torch.set_num_threads per process
+    results: str | None = None  # the results JSON ('{rank}' in it: one file per process)
+
+
+ALIASES = {"results": ["--out"]}  # the flag's old spelling
 
 
 def stochastic_block_model(cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,23 +166,12 @@ def run(cfg: Config) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field, default in asdict(Config()).items():
-        kind = type(default) if default is not None else str
-        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = Config(**vars(args))
-    result = run(cfg)
-    rank = int(os.environ.get("RANK", "0"))
-    line = json.dumps({"rank": rank, **result})
-    print(line, flush=True)
-    if cfg.out and (rank == 0 or "{rank}" in cfg.out):  # "{rank}": one file per process
-        path = cfg.out.format(rank=rank)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(line + "\n")
-        os.replace(tmp, path)
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg = parse_config(Config, argv, __doc__, aliases=ALIASES)
+    result = {"rank": int(os.environ.get("RANK", "0")), **run(cfg)}
+    print(json.dumps(result), flush=True)
+    if cfg.results and (result["rank"] == 0 or "{rank}" in cfg.results):
+        write_json(cfg.results.format(rank=result["rank"]), result)  # "{rank}": one per process
 
 
 if __name__ == "__main__":

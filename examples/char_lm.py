@@ -15,7 +15,12 @@ at a peak lr of 3e-3 (cosine to a tenth) instead of AdamW at 1e-3 throughout.
 ``--positions learned --optimizer adamw --lr 1e-3 --min-lr 1e-4`` is nanoGPT's
 configuration exactly.
 
-Run: ``python -m examples.char_lm [--graph causal|window] [--steps 2000] [--quick]``
+Writes ``examples/results/char_lm.json`` (one entry per graph kind, merged; the speed
+comparison under ``"speed"``) and, in ``--out-dir``/GRAPH, the metrics, the curves and a
+summary of the run.
+
+Run: ``python -m examples.char_lm [--graph causal|window] [--steps 2000] [--quick]
+[--compare-speed]`` (every field of :class:`CharLMConfig` is a flag: ``--help``)
 
 Axis legend: ``B`` batch, ``N`` nodes (characters in the context), ``C`` embed dim,
 ``V`` vocabulary.
@@ -23,41 +28,46 @@ Axis legend: ``B`` batch, ``N`` nodes (characters in the context), ``C`` embed d
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.timing import time_alternating
+from examples.harness import (
+    Experiment,
+    config_from_args,
+    config_parser,
+    count_params,
+    format_table,
+    write_json,
+)
 from examples.training import (
     Muon,
     TrainConfig,
     Trainer,
-    add_data_dir_argument,
-    atomic_write,
     ensure_dataset,
     plot_curves,
     seed_everything,
 )
-from graphattn import Graph, GraphTransformer, RotaryEmbedding
-from graphattn.functional import choose_backend
+from graphattn import Graph, GraphTransformer, RotaryEmbedding, choose_backend
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "char_lm.json"
 
 
 @dataclass
 class CharLMConfig:
     """One run. The defaults are nanoGPT's shakespeare_char budget for CPUs."""
 
-    graph: str = "causal"  # "causal" (GPT) or "window" (causal sliding window)
+    graph: Literal["causal", "window"] = "causal"  # "window": causal sliding window
     window_radius: int = 16  # "window": each node attends to itself and 16 predecessors
     num_layers: int = 4  # nanoGPT CPU: n_layer=4
     num_heads: int = 4  # n_head=4
@@ -66,12 +76,12 @@ class CharLMConfig:
     batch_size: int = 12  # batch_size=12
     steps: int = 2000  # max_iters=2000
     dropout: float = 0.0  # dropout=0.0
-    positions: str = "rotary"  # "rotary" (RoPE in every layer) or "learned" (nanoGPT's wpe)
+    positions: Literal["rotary", "learned"] = "rotary"  # RoPE in every layer, or nanoGPT's wpe
     lr: float = 3e-3  # nanoGPT: learning_rate=1e-3
     min_lr: float = 3e-4  # min_lr = learning_rate / 10
     warmup_steps: int = 100  # warmup_iters=100
     weight_decay: float = 0.1  # nanoGPT's default for 2-D weights
-    optimizer: str = "muon"  # "muon" (Muon on hidden matrices + AdamW) or "adamw" (nanoGPT)
+    optimizer: Literal["muon", "adamw"] = "muon"  # Muon on hidden matrices + AdamW, or AdamW
     muon_lr: float = 0.02  # Muon's peak learning rate (hidden matrices), same schedule
     beta2: float = 0.99  # "make a bit bigger because number of tokens per iter is small"
     grad_clip: float = 1.0  # grad_clip=1.0
@@ -84,8 +94,17 @@ class CharLMConfig:
     seed: int = 1337  # nanoGPT's seed
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     data_dir: str | None = None  # see examples.training.resolve_data_dir
-    out_dir: str = "runs/char_lm"  # metrics, checkpoints, curves
+    out_dir: str = "runs/char_lm"  # per graph kind: metrics, checkpoints, curves, summary
+    results: str | None = str(RESULTS)  # the JSON every run is merged into (None: in out_dir)
     progress: bool = True  # tqdm bar
+
+
+PRESETS = {
+    "quick": (
+        "a check, not a result",
+        {"steps": 200, "train_chars": 200_000, "eval_every": 50, "final_eval_iters": 20},
+    )
+}
 
 
 # ----------------------------------------------------------------------------- data
@@ -210,18 +229,18 @@ class CharLM(nn.Module):
             return Graph.causal(n)
         return Graph.window(n, self.graph.radius, causal=True)
 
-    def forward(self, ids: Tensor, *, return_attention: bool = False) -> Any:
+    def forward(self, ids: Tensor, *, need_weights: bool = False) -> Any:
         """Logits ``(B, N, V)`` of the next character for ids ``(B, N)``, ``N <= context``."""
         n = ids.shape[1]
         x = self.token(ids)  # (B, N, C)
         if self.position is not None:
             x = x + self.position.weight[:n]
         res = self.body(
-            self.drop(x), self.graph_for(n), rotary=self.rotary, return_attention=return_attention
+            self.drop(x), self.graph_for(n), rotary=self.rotary, need_weights=need_weights
         )
-        h = res.out if return_attention else res  # (B, N, C)
+        h = res.out if need_weights else res  # (B, N, C)
         logits = self.head(h)  # (B, N, V)
-        return (logits, res.attentions) if return_attention else logits
+        return (logits, res.attentions) if need_weights else logits
 
     @torch.no_grad()
     def generate(
@@ -301,16 +320,15 @@ def estimate_loss(model: CharLM, ids: Tensor, cfg: CharLMConfig, iters: int, see
 
 # ----------------------------------------------------------------------------- run
 def run(cfg: CharLMConfig) -> dict[str, Any]:
-    """Train one model and return (and write) its results."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    """Train one model, print its table and sample, merge its results into the JSON."""
+    exp = Experiment("char_lm", cfg)
     seed_everything(cfg.seed)
     data = load_shakespeare(cfg.data_dir, cfg.val_fraction, cfg.train_chars)
     model = CharLM(len(data.chars), cfg)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     loader = RandomWindows(data.train, cfg.context, cfg.batch_size, cfg.seed)
-    out_dir = Path(cfg.out_dir)
+    out_dir = exp.out_dir / cfg.graph
 
     def step_fn(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
@@ -351,8 +369,8 @@ def run(cfg: CharLMConfig) -> dict[str, Any]:
     model.eval()
     sample = data.decode(model.generate(start, cfg.sample_chars, generator=g)[0, 1:].tolist())
     curves = plot_curves(
-        out_dir / "metrics.jsonl",
-        out_dir / f"curves_{cfg.graph}.png",
+        result.history,
+        out_dir / "curves.png",
         names=["loss"],
         title=f"char LM, {cfg.graph} graph",
     )
@@ -372,14 +390,32 @@ def run(cfg: CharLMConfig) -> dict[str, Any]:
         "tokens_per_s": tokens / train_s,
         "elapsed_s": result.elapsed_s + final_eval_s,
         "threads": torch.get_num_threads(),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": count_params(model),
         "sample": sample,
         "curves": str(curves),
         "config": asdict(cfg),
         "anchor": {"nanoGPT README, shakespeare_char CPU budget, val loss": 1.88},
     }
-    with open(out_dir / f"char_lm_{cfg.graph}.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    write_json(out_dir / "summary.json", summary)
+    table = format_table(
+        ["graph", "edges", "val(20)", "val(200)", "train(200)", "ms/step", "tokens/s", "wall s"],
+        [
+            [
+                cfg.graph,
+                summary["graph_edges"],
+                f"{summary['val_loss']:.4f}",
+                f"{final_val:.4f}",
+                f"{final_train:.4f}",
+                f"{summary['ms_per_step']:.1f}",
+                f"{summary['tokens_per_s']:.0f}",
+                f"{summary['elapsed_s']:.0f}",
+            ]
+        ],
+    )
+    print(f"{table}\nanchor: nanoGPT README, same budget: val loss 1.88; goal <= 1.70")
+    print(f"\nsample ({cfg.graph} graph, {cfg.sample_chars} characters):\n{sample}")
+    merge_results(exp.path, summary)
+    print(f"wrote {out_dir / 'summary.json'} and {exp.path}", flush=True)
     return summary
 
 
@@ -387,11 +423,12 @@ def compare_speed(cfg: CharLMConfig, steps: int = 40, rounds: int = 5) -> dict[s
     """Training-step time of the causal and the window model, measured in one process.
 
     Both models (same weights) take ``rounds`` turns of ``steps`` optimizer steps each on the
-    same batches, alternating causal / window, so that a busy machine slows both alike; the
-    result is the median per-step time of each and their ratio.
+    same batches, alternating causal / window after one warm-up turn each
+    (:func:`benchmarks.timing.time_alternating`), so that a busy machine slows both alike;
+    the result is the median per-step time of each and their ratio, merged into the JSON
+    under ``"speed"``.
     """
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    exp = Experiment("char_lm", cfg)
     data = load_shakespeare(cfg.data_dir, cfg.val_fraction, cfg.train_chars)
     models, opts = {}, {}
     for graph in ("causal", "window"):
@@ -400,47 +437,46 @@ def compare_speed(cfg: CharLMConfig, steps: int = 40, rounds: int = 5) -> dict[s
         opts[graph] = make_optimizer(models[graph], cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     batches = [get_batch(data.train, cfg.context, cfg.batch_size, g) for _ in range(steps)]
-    per_step: dict[str, list[float]] = {"causal": [], "window": []}
-    for _ in range(rounds + 1):  # the first round warms up and is dropped
-        for graph in ("causal", "window"):
-            model, opt = models[graph], opts[graph]
-            t0 = time.perf_counter()
+
+    def train_steps(graph: str) -> Callable[[], None]:
+        model, opt = models[graph], opts[graph]
+
+        def run_steps() -> None:
             for x, y in batches:
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
                 opt.step()
-            per_step[graph].append(1e3 * (time.perf_counter() - t0) / steps)
+
+        return run_steps
+
+    timing = time_alternating(
+        {graph: train_steps(graph) for graph in models},
+        repeats=rounds,
+        min_repeats=rounds,
+        warmup=1,
+    )
     out: dict[str, Any] = {"steps_per_round": steps, "rounds": rounds}
-    for graph, times in per_step.items():
-        times = sorted(times[1:])
+    for graph, model in models.items():
         out[graph] = {
-            "ms_per_step": times[len(times) // 2],
-            "edges": models[graph].graph.num_edges,
-            "backend": choose_backend(models[graph].graph, head_dim=cfg.embed_dim // cfg.num_heads),
+            "ms_per_step": timing.median_ms[graph] / steps,
+            "edges": model.graph.num_edges,
+            "backend": choose_backend(model.graph, head_dim=cfg.embed_dim // cfg.num_heads),
         }
     out["window_over_causal"] = out["window"]["ms_per_step"] / out["causal"]["ms_per_step"]
     out["threads"] = torch.get_num_threads()
+    c, w = out["causal"], out["window"]
+    print(
+        f"causal: {c['ms_per_step']:.1f} ms/step ({c['edges']} edges, {c['backend']}); "
+        f"window: {w['ms_per_step']:.1f} ms/step ({w['edges']} edges, {w['backend']}); "
+        f"window/causal {out['window_over_causal']:.2f}, {out['threads']} thread(s)"
+    )
+    merge_results(exp.path, out, key="speed")
     return out
 
 
-def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    print(
-        f"\n{'graph':<8} {'edges':>6} {'val(20)':>8} {'val(200)':>9} {'train(200)':>10} "
-        f"{'ms/step':>8} {'tokens/s':>9} {'wall s':>7}"
-    )
-    for r in rows:
-        print(
-            f"{r['graph']:<8} {r['graph_edges']:>6} {r['val_loss']:>8.4f} "
-            f"{r['val_loss_200']:>9.4f} "
-            f"{r['train_loss_200']:>10.4f} {r['ms_per_step']:>8.1f} {r['tokens_per_s']:>9.0f} "
-            f"{r['elapsed_s']:>7.0f}"
-        )
-    print("anchor: nanoGPT README, same budget: val loss 1.88; goal <= 1.70")
-
-
 def merge_results(path: Path, summary: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-    """Keep one entry per graph kind in ``examples/results/char_lm.json`` (or store
-    ``summary`` under a top-level ``key``)."""
+    """Keep one entry per graph kind in the results JSON (or store ``summary`` under a
+    top-level ``key``)."""
     merged: dict[str, Any] = {}
     if path.exists():
         try:
@@ -451,64 +487,21 @@ def merge_results(path: Path, summary: dict[str, Any], key: str | None = None) -
         merged[key] = summary
     else:
         merged.setdefault("runs", {})[summary["graph"]] = summary
-    with atomic_write(path, "w") as f:
-        f.write(json.dumps(merged, indent=2) + "\n")
+    write_json(path, merged)
     return merged
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--graph", choices=("causal", "window"), default="causal")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    parser.add_argument("--min-lr", type=float, default=None, help="final learning rate")
-    parser.add_argument("--positions", choices=("learned", "rotary"), default=None)
-    parser.add_argument("--optimizer", choices=("adamw", "muon"), default=None)
-    parser.add_argument("--muon-lr", type=float, default=None, help="Muon's peak learning rate")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--out-dir", default=None, help="default: runs/char_lm_<graph>")
-    parser.add_argument("--results", default=str(RESULTS / "char_lm.json"))
-    parser.add_argument("--quick", action="store_true", help="200 steps on 200k characters")
+    parser = config_parser(CharLMConfig, __doc__, PRESETS)
     parser.add_argument(
         "--compare-speed",
         action="store_true",
         help="only time training steps of the causal and window models, alternating, in one "
         "process; stored under 'speed' in the results JSON",
     )
-    parser.add_argument("--no-progress", action="store_true")
-    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
-    cfg = CharLMConfig(
-        graph=args.graph,
-        steps=args.steps,
-        seed=args.seed,
-        threads=args.threads,
-        data_dir=args.data_dir,
-        out_dir=args.out_dir or f"runs/char_lm_{args.graph}",
-        progress=not args.no_progress,
-    )
-    for name in ("lr", "min_lr", "positions", "optimizer", "muon_lr"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.compare_speed:
-        speed = compare_speed(cfg)
-        c, w = speed["causal"], speed["window"]
-        print(
-            f"causal: {c['ms_per_step']:.1f} ms/step ({c['edges']} edges, {c['backend']}); "
-            f"window: {w['ms_per_step']:.1f} ms/step ({w['edges']} edges, {w['backend']}); "
-            f"window/causal {speed['window_over_causal']:.2f}, {speed['threads']} thread(s)"
-        )
-        merge_results(Path(args.results), speed, key="speed")
-        return speed
-    if args.quick:
-        cfg.steps, cfg.train_chars, cfg.eval_every, cfg.final_eval_iters = 200, 200_000, 50, 20
-    summary = run(cfg)
-    print_table([summary])
-    print(f"\nsample ({cfg.graph} graph, {cfg.sample_chars} characters):\n{summary['sample']}")
-    if not args.quick:
-        merge_results(Path(args.results), summary)
-    return summary
+    cfg = config_from_args(CharLMConfig, args, PRESETS, parser)
+    return compare_speed(cfg) if args.compare_speed else run(cfg)
 
 
 if __name__ == "__main__":

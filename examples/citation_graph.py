@@ -32,43 +32,37 @@ lowering ``max_steps``.
 Each run records its wall time and ``epoch_ms``, the mean time of one training step
 (forward, backward and Adam over the full graph; the validation pass after it excluded).
 
-Writes ``examples/results/citation_graph.json`` (atomically); it holds the variants of this
-run only.
+Writes ``examples/results/citation_graph.json`` (:mod:`examples.harness`); it holds the
+variants of this run only.
 
 Run: ``python -m examples.citation_graph [--variants dot gat gatv2 complete] [--seeds 10]
-[--threads 1] [--data-dir ...] [--quick]``
+[--threads 1] [--data-dir ...] [--quick]`` (every field of :class:`CitationConfig` is a
+flag: ``--help``)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import shutil
 import statistics
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from examples.training import (
-    TrainConfig,
-    Trainer,
-    add_data_dir_argument,
-    atomic_write,
-    ensure_dataset,
-    seed_everything,
-)
+from examples.harness import Experiment, count_params, format_table, parse_config, pm, summarize
+from examples.training import TrainConfig, Trainer, ensure_dataset, seed_everything
 from graphattn import GATConv, GATv2Conv, GraphAttention, LearnedStructureBias
 
 RESULTS = Path(__file__).resolve().parent / "results" / "citation_graph.json"
-VARIANTS = ("dot", "gat", "gatv2", "complete")
+Variant = Literal["dot", "gat", "gatv2", "complete"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 PYG_CONVS: dict[str, type[nn.Module]] = {"gat": GATConv, "gatv2": GATv2Conv}
 
 
@@ -76,7 +70,7 @@ PYG_CONVS: dict[str, type[nn.Module]] = {"gat": GATConv, "gatv2": GATv2Conv}
 class CitationConfig:
     """One run of the example; the defaults are the full run (GAT's hyper-parameters)."""
 
-    variants: tuple[str, ...] = VARIANTS  # which models to train
+    variants: tuple[Variant, ...] = VARIANTS  # which models to train, in this order
     seeds: int = 10  # seeds 0..seeds-1 for the "dot", "gat" and "gatv2" models
     complete_seeds: int = 1  # seeds for the "complete" model (a dense 2708 x 2708 graph)
     hidden: int = 8  # features per head in layer 1 (GAT: 8)
@@ -94,24 +88,32 @@ class CitationConfig:
     # "gat"/"gatv2" always add them inside their layers, as PyG)
     structure_rank: int = 16  # rank of LearnedStructureBias on the complete graph
     data_dir: str | None = None  # holds planetoid/Cora/raw (see resolve_data_dir)
-    cache_dir: str = "runs/citation_graph"  # raw files are copied here; Planetoid processes
-    results_path: str = str(RESULTS)
+    out_dir: str = "runs/citation_graph"  # Cora's raw files are copied and processed here
+    results: str | None = str(RESULTS)  # the summary JSON (None: in out_dir)
     threads: int | None = None  # torch.set_num_threads (None: leave as is)
 
 
+PRESETS = {
+    "quick": (
+        "a check, not a result",
+        {"seeds": 1, "complete_seeds": 1, "max_epochs": 20, "complete_max_epochs": 20},
+    )
+}
+
+
 # ----------------------------------------------------------------------------- data
-def load_cora(data_dir: str | None, cache_dir: str | Path) -> Any:
+def load_cora(data_dir: str | None, out_dir: str | Path) -> Any:
     """Cora as a PyG ``Data`` with row-normalised features and the Planetoid masks.
 
     The raw files are copied from ``<data_dir>/planetoid/Cora/raw`` into
-    ``<cache_dir>/planetoid/Cora/raw``, because ``Planetoid`` writes ``processed/`` next to
+    ``<out_dir>/planetoid/Cora/raw``, because ``Planetoid`` writes ``processed/`` next to
     ``raw/`` and the shared data folder may be read-only.
     """
     from torch_geometric.datasets import Planetoid
     from torch_geometric.transforms import NormalizeFeatures
 
     src = ensure_dataset("cora", data_dir) / "Cora" / "raw"
-    root = Path(cache_dir) / "planetoid"
+    root = Path(out_dir) / "planetoid"
     dst = root / "Cora" / "raw"
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
@@ -196,9 +198,9 @@ class GATNet(nn.Module):
         else:  # complete graph: graph=None, dense (1, H, N, N) biases
             graph, bias1, bias2 = None, self.structure[0](), self.structure[1]()
         h = F.dropout(x, self.dropout, self.training)  # (N, F)
-        h = self.attn1(self.query1(h), graph, x_src=h, bias=bias1)  # (N, H * d)
+        h = self.attn1(self.query1(h), graph, x_src=h, attn_bias=bias1)  # (N, H * d)
         h = F.dropout(F.elu(h), self.dropout, self.training)
-        return self.attn2(self.query2(h), graph, x_src=h, bias=bias2)  # (N, K)
+        return self.attn2(self.query2(h), graph, x_src=h, attn_bias=bias2)  # (N, K)
 
 
 def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -262,10 +264,6 @@ def sparse_csr(x: Tensor) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return x.to_sparse_csr()
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # ----------------------------------------------------------------------------- training
@@ -362,19 +360,11 @@ def train_one(
         log_every=1,
         progress=False,
     )
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    trainer = Trainer(
-        model,
-        opt,
-        step_fn,
-        [None],  # one full-graph batch per epoch
-        config,
-        eval_fn=eval_fn,
-        callbacks=[stopper, lambda t: losses.append(t.last_train["loss"])],
-    )
-    result = trainer.fit()
-    wall = time.perf_counter() - t0
+    data_per_epoch = [None]  # one full-graph batch per epoch
+    result = Trainer(
+        model, opt, step_fn, data_per_epoch, config, eval_fn=eval_fn, callbacks=[stopper]
+    ).fit()
+    losses = result.values("loss")
     return {
         "variant": variant,
         "seed": seed,
@@ -384,136 +374,59 @@ def train_one(
         "steps": result.step,
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "wall_s": wall,
+        "wall_s": result.elapsed_s,
         "epoch_ms": statistics.fmean(step_ms),
-        "params": count_params(model),
+        "params": count_params(model, trainable=True),
     }
-
-
-def summarize(runs: list[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per variant of ``variants`` with runs, in :data:`VARIANTS`' order."""
-    rows = []
-    for v in [v for v in VARIANTS if v in variants]:
-        mine = [r for r in runs if r["variant"] == v]
-        if not mine:
-            continue
-        accs = [r["test_acc"] for r in mine]
-        rows.append(
-            {
-                "variant": v,
-                "params": mine[0]["params"],
-                "seeds": len(accs),
-                "mean_acc": statistics.fmean(accs),
-                "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "accs": accs,
-                "mean_steps": statistics.fmean(r["steps"] for r in mine),
-                "epoch_ms": statistics.fmean(r["epoch_ms"] for r in mine),
-                "wall_s": sum(r["wall_s"] for r in mine),
-            }
-        )
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'variant':<9} {'params':>8} {'seeds':>5} {'test acc (mean ± std)':>22} "
-        f"{'epochs':>7} {'epoch ms':>9} {'wall s':>8}"
-    ]
-    for r in rows:
-        acc = f"{100 * r['mean_acc']:.2f} ± {100 * r['std_acc']:.2f} %"
-        lines.append(
-            f"{r['variant']:<9} {r['params']:>8,} {r['seeds']:>5} {acc:>22} "
-            f"{r['mean_steps']:>7.0f} {r['epoch_ms']:>9.1f} {r['wall_s']:>8.1f}"
-        )
-    return "\n".join(lines)
 
 
 def run(cfg: CitationConfig) -> dict[str, Any]:
     """Train every variant for its seeds, print the table and write the JSON."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS}")
-    data = load_cora(cfg.data_dir, cfg.cache_dir)
+    exp = Experiment("citation_graph", cfg)
+    data = load_cora(cfg.data_dir, cfg.out_dir)
     x_csr = sparse_csr(data.x)  # (N, F): the input of gat/gatv2, built once
-    t_start = time.perf_counter()
-    runs = []
     for variant in dict.fromkeys(cfg.variants):  # in the given order, each once
         for seed in range(cfg.complete_seeds if variant == "complete" else cfg.seeds):
             r = train_one(variant, seed, cfg, data, x_csr)
-            print(
+            exp.add(
+                r,
                 f"{variant} seed {seed}: test acc {100 * r['test_acc']:.1f} % "
                 f"(val {100 * r['val_acc']:.1f} % at epoch {r['chosen_step']} of "
                 f"{r['steps']}), {r['epoch_ms']:.1f} ms an epoch, {r['wall_s']:.1f} s",
-                flush=True,
             )
-            runs.append(r)
-            _write_results(cfg, runs, t_start, final=False)  # a cut-short run keeps its seeds
-    result = _write_results(cfg, runs, t_start, final=True)
-    print(result["table"], flush=True)
-    print(f"wrote {cfg.results_path}", flush=True)
-    return result
-
-
-def _write_results(
-    cfg: CitationConfig, runs: list[dict[str, Any]], t_start: float, final: bool
-) -> dict[str, Any]:
-    """Summarise the runs so far and write the JSON atomically."""
-    rows = summarize(runs, cfg.variants)
-    result = {
-        "example": "citation_graph",
-        "data": "Cora, Planetoid public split (140 train / 500 val / 1000 test)",
-        "complete": final,
-        "threads": torch.get_num_threads(),
-        "total_wall_s": time.perf_counter() - t_start,
-        "config": asdict(cfg),
-        "summary": rows,
-        "runs": runs,
-        "table": format_table(rows),
-    }
-    with atomic_write(Path(cfg.results_path), "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    return result
-
-
-def parse_args(argv: Sequence[str] | None) -> CitationConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_data_dir_argument(p)
-    p.add_argument(
-        "--seeds", type=int, default=10, help="seeds of the 'dot', 'gat' and 'gatv2' models"
+    rows = summarize(exp.runs, "variant", groups=VARIANTS)  # in VARIANTS' order
+    for row in rows:
+        mine = [r for r in exp.runs if r["variant"] == row["variant"]]
+        row["params"] = mine[0]["params"]
+        row["mean_steps"] = statistics.fmean(r["steps"] for r in mine)
+        row["epoch_ms"] = statistics.fmean(r["epoch_ms"] for r in mine)
+    table = format_table(
+        ["variant", "params", "seeds", "test acc (mean ± std)", "epochs", "epoch ms", "wall s"],
+        [
+            [
+                r["variant"],
+                f"{r['params']:,}",
+                r["seeds"],
+                pm(r["mean"], r["std"]),
+                f"{r['mean_steps']:.0f}",
+                f"{r['epoch_ms']:.1f}",
+                f"{r['wall_s']:.1f}",
+            ]
+            for r in rows
+        ],
     )
-    p.add_argument("--complete-seeds", type=int, default=1, help="seeds of the 'complete' model")
-    p.add_argument(
-        "--variants",
-        nargs="+",
-        choices=VARIANTS,
-        default=list(VARIANTS),
-        help="models to train, in this order (the JSON holds these only)",
+    return exp.finish(
+        table,
+        data="Cora, Planetoid public split (140 train / 500 val / 1000 test)",
+        summary=rows,
     )
-    p.add_argument("--out", default="runs/citation_graph", help="cache of the processed data")
-    p.add_argument("--results", default=str(RESULTS), help="summary JSON path")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--quick", action="store_true", help="1 seed, 20 epochs: a check")
-    a = p.parse_args(argv)
-    cfg = CitationConfig(
-        variants=tuple(dict.fromkeys(a.variants)),
-        seeds=a.seeds,
-        complete_seeds=a.complete_seeds,
-        data_dir=a.data_dir,
-        cache_dir=a.out,
-        results_path=a.results,
-        threads=a.threads,
-    )
-    if a.quick:
-        cfg.seeds = cfg.complete_seeds = 1
-        cfg.max_epochs = cfg.complete_max_epochs = 20
-    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(argv))
+    return run(parse_config(CitationConfig, argv, __doc__, PRESETS))
 
 
 if __name__ == "__main__":

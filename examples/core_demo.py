@@ -5,30 +5,27 @@
 3. Attention weights come back per edge and sum to one over each target's in-edges.
 4. A complete graph handed over as an edge list is recognised and run by the dense kernel.
 
+Times are medians of calls alternated between the two implementations after one warm-up
+each (:func:`benchmarks.timing.time_alternating`, as the benchmarks time them).
+
 Run: ``python -m examples.core_demo``
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from benchmarks.timing import time_alternating
 from graphattn import Graph, GraphAttention
 
 
-def median_ms(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each function, calls alternated, after one warm-up each."""
+    return time_alternating(fns, repeats=repeats, min_repeats=repeats, warmup=1).median_ms
 
 
 def fwd_bwd(module: nn.Module, *args, **kwargs) -> Callable[[], None]:
@@ -61,8 +58,8 @@ def main() -> None:
         out = attn(x, key_padding_mask=pad)
         print(f"  backend={backend:<5}  max |graphattn - MHA| = {(out - ref).abs().max():.2e}")
     attn.backend = "auto"
-    t_ga = median_ms(fwd_bwd(attn, x))
-    t_mha = median_ms(fwd_bwd(mha, x, x, x, need_weights=False))
+    t = median_ms({"ga": fwd_bwd(attn, x), "mha": fwd_bwd(mha, x, x, x, need_weights=False)}, 5)
+    t_ga, t_mha = t["ga"], t["mha"]
     print(f"  fwd+bwd: graphattn {t_ga:.1f} ms, MHA {t_mha:.1f} ms, ratio {t_ga / t_mha:.2f}")
 
     with warnings.catch_warnings():
@@ -78,12 +75,12 @@ def main() -> None:
     attn = GraphAttention.from_transformer_conv(conv)
     graph = Graph.from_edge_index(edge_index, n, n)
     xs = torch.randn(n, embed, requires_grad=True)
-    res = attn(xs, graph, return_attention=True)
+    res = attn(xs, graph, need_weights=True)
     diff = (res.out - conv(xs, edge_index)).abs().max()
     print(f"  {graph}")
     print(f"  auto picked backend={res.backend!r}; max |graphattn - TransformerConv| = {diff:.2e}")
-    t_ga = median_ms(fwd_bwd(attn, xs, graph), repeats=3)
-    t_pyg = median_ms(fwd_bwd(conv, xs, edge_index), repeats=3)
+    t = median_ms({"ga": fwd_bwd(attn, xs, graph), "pyg": fwd_bwd(conv, xs, edge_index)}, 3)
+    t_ga, t_pyg = t["ga"], t["pyg"]
     print(
         f"  fwd+bwd: graphattn {t_ga:.0f} ms, TransformerConv {t_pyg:.0f} ms, "
         f"ratio {t_ga / t_pyg:.2f}"
@@ -103,11 +100,11 @@ def main() -> None:
     conv = TransformerConv(embed, embed // heads, heads=heads, root_weight=False)
     attn = GraphAttention.from_transformer_conv(conv)
     xc = torch.randn(n, embed, requires_grad=True)
-    res = attn(xc, full, return_attention=True)
+    res = attn(xc, full, need_weights=True)
     diff = (res.out - conv(xc, full)).abs().max()
     print(f"  auto picked backend={res.backend!r} (recognised as complete); max diff = {diff:.2e}")
-    t_ga = median_ms(fwd_bwd(attn, xc, full), repeats=3)
-    t_pyg = median_ms(fwd_bwd(conv, xc, full), repeats=2)
+    t = median_ms({"ga": fwd_bwd(attn, xc, full), "pyg": fwd_bwd(conv, xc, full)}, 3)
+    t_ga, t_pyg = t["ga"], t["pyg"]
     print(
         f"  fwd+bwd: graphattn {t_ga:.0f} ms, TransformerConv {t_pyg:.0f} ms, "
         f"ratio {t_ga / t_pyg:.3f}"

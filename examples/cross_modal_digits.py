@@ -39,39 +39,31 @@ query's digit. Goals: audio -> image and text -> audio R@1 >= 95 %.
 Without FSDD (no ``--data-dir``/``$GRAPHATTN_DATA``/``../shared/data`` copy) the example says
 so and runs images + text only.
 
-Writes ``examples/results/cross_modal_digits.json`` (atomically) and, in ``--out``, per-run
-metrics and loss curves, ``attention_graph.png`` (the strongest attention edges of the fused
-graph of one test triple) and ``modality_attention.png`` (the modality-by-modality attention
-table).
+Writes ``examples/results/cross_modal_digits.json`` (:mod:`examples.harness`) and, in
+``--out-dir``, per-run metrics and loss curves, ``attention_graph.png`` (the strongest
+attention edges of the fused graph of one test triple) and ``modality_attention.png`` (the
+modality-by-modality attention table).
 
 Run: ``python -m examples.cross_modal_digits [--seeds 3] [--steps 600] [--threads 1]``;
-``--demo``: the short flagship version (one seed of ``paired``, about two minutes).
+``--demo``: the short flagship version (one seed of ``paired``, about two minutes). Every
+field of :class:`CrossModalConfig` is a flag (``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from examples.training import (
-    TrainConfig,
-    Trainer,
-    add_data_dir_argument,
-    atomic_write,
-    plot_curves,
-    resolve_data_dir,
-    seed_everything,
-)
+from examples.harness import Experiment, count_params, parse_config, stats
+from examples.training import TrainConfig, Trainer, plot_curves, seed_everything
 from examples.vision_hybrid import load_digits_split, random_shift, stem
 from graphattn import GraphTransformer
 from graphattn.plot import plot_attention_graph, plot_attention_heatmap
@@ -88,7 +80,8 @@ from modalities import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cross_modal_digits.json"
-VARIANTS = ("paired", "zero_shot")
+Variant = Literal["paired", "zero_shot"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 ALL_MODALITIES = ("audio", "image", "text")
 GOALS = {"audio->image": 0.95, "text->audio": 0.95}  # class-level recall@1 on held-out items
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -119,7 +112,7 @@ TEXT_MAX_LEN = 32  # bytes incl. BOS/EOS; the longest phrase needs 30
 class CrossModalConfig:
     """One run of the example; the defaults are the full run."""
 
-    variants: tuple[str, ...] = VARIANTS  # which training protocols to run
+    variants: tuple[Variant, ...] = VARIANTS  # which training protocols to run
     seeds: int = 3  # seeds 0..seeds-1 per variant
     steps: int = 600  # optimizer steps per run (batch_size triples each)
     batch_size: int = 64  # triples per step; ~6 per digit, so every row has positives
@@ -137,13 +130,13 @@ class CrossModalConfig:
     hop_length: int = 192  # 24 ms between frames: <= 30 audio nodes per clip
     eval_tuples: int = 300  # matched test tuples (and as many swapped) for the fusion metrics
     shift: int = 1  # random translation of the images by up to this many pixels
-    use_audio: bool = True  # False: images + text only (also the automatic FSDD fallback)
+    audio: bool = True  # False: images + text only (also the automatic FSDD fallback)
     data_dir: str | None = None  # folder holding fsdd/ (None: resolve_data_dir)
     audio_per_class: int | None = None  # FSDD takes per (speaker, digit) and side (smoke)
     image_train_limit: int | None = None  # first n training images (smoke tests)
     image_test_limit: int | None = None  # first n test images (smoke tests)
     out_dir: str = "runs/cross_modal_digits"  # metrics, curves and pictures
-    results_path: str = str(RESULTS)  # the summary JSON
+    results: str | None = str(RESULTS)  # the summary JSON (None: in out_dir)
     threads: int | None = None  # torch.set_num_threads (None: leave as is)
     progress: bool = True  # tqdm bar per run
 
@@ -161,6 +154,15 @@ class CrossModalConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ValueError(f"CrossModalConfig.{name} must be an int >= 2, got {value!r}")
+
+
+PRESETS = {
+    "quick": ("a check, not a result", {"seeds": 1, "steps": 20}),
+    "demo": (
+        "the flagship demo (~2-3 min on one CPU thread)",
+        {"seeds": 1, "steps": 300, "variants": ("paired",)},
+    ),
+}
 
 
 # ----------------------------------------------------------------------------- data
@@ -268,7 +270,7 @@ def load_all(cfg: CrossModalConfig) -> tuple[dict[str, Split], str | None]:
     """The splits of every available modality, and a note when FSDD had to be left out."""
     splits: dict[str, Split] = {}
     note = None
-    if cfg.use_audio:
+    if cfg.audio:
         try:
             splits["audio"] = load_audio(cfg.data_dir, cfg.audio_per_class, cfg.max_samples)
         except FileNotFoundError as err:
@@ -277,7 +279,7 @@ def load_all(cfg: CrossModalConfig) -> tuple[dict[str, Split], str | None]:
                 "folder holding fsdd/recordings for the audio modality."
             )
     else:
-        note = "audio switched off (use_audio=False): images + text only"
+        note = "audio switched off (--no-audio): images + text only"
     splits["image"] = load_images(cfg.image_train_limit, cfg.image_test_limit)
     splits["text"] = load_text()
     return splits, note
@@ -406,23 +408,19 @@ class CrossModalNet(nn.Module):
         """Join trunk outputs of several modalities into one complete graph."""
         return self.fusion_embed(nodesets, mode="complete")
 
-    def match(self, nodesets: Sequence[NodeSet], return_attention: bool = False) -> Any:
+    def match(self, nodesets: Sequence[NodeSet], need_weights: bool = False) -> Any:
         """Matched-or-not logit of each sample's fused graph.
 
         Shapes:
             - nodesets: ``(B, N_m, D)`` each; returns logits ``(B,)`` (and, with
-              ``return_attention``, the :class:`FusedGraph` and every fusion layer's
+              ``need_weights``, the :class:`FusedGraph` and every fusion layer's
               attention weights).
         """
         fused = self.fuse(nodesets)
-        res = self.fusion(fused.nodes.features, fused.graph, return_attention=return_attention)
-        out = res.out if return_attention else res  # (B, N, D)
+        res = self.fusion(fused.nodes.features, fused.graph, need_weights=need_weights)
+        out = res.out if need_weights else res  # (B, N, D)
         logits = self.match_head(masked_mean(out, fused.nodes.mask)).squeeze(-1)  # (B,)
-        return (logits, fused, res.attentions) if return_attention else logits
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+        return (logits, fused, res.attentions) if need_weights else logits
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -578,7 +576,7 @@ def evaluate(
         torch.manual_seed(4321)  # the same negatives every evaluation
         neg, labels = mismatched(nodes, y)
         torch.set_rng_state(gen_state)
-        logits, fused, attns = model.match(nodes, return_attention=True)  # (n,)
+        logits, fused, attns = model.match(nodes, need_weights=True)  # (n,)
         neg_logits = model.match(neg)  # (n,)
         correct = (logits > 0).float().sum() + ((neg_logits > 0).float() == labels).float().sum()
         match_acc[key] = float(correct / (2 * n_tuples))
@@ -602,8 +600,9 @@ def evaluate(
 # ----------------------------------------------------------------------------- training
 def train_one(
     variant: str, seed: int, cfg: CrossModalConfig, splits: dict[str, Split]
-) -> dict[str, Any]:
-    """Train one variant with one seed; returns its evaluation, losses and timing."""
+) -> tuple[dict[str, Any], CrossModalNet]:
+    """Train one variant with one seed; returns its evaluation, losses and timing, and the
+    trained model."""
     modalities = tuple(m for m in ALL_MODALITIES if m in splits)
     pairs, groups = variant_plan(variant, modalities)
     seed_everything(seed)
@@ -661,34 +660,27 @@ def train_one(
         grad_clip=1.0,
     )
     t0 = time.perf_counter()
-    Trainer(model, opt, step_fn, sampler, config, scheduler=sched, eval_fn=eval_fn).fit()
-    train_wall = time.perf_counter() - t0
-    result = dict(last_eval)  # the Trainer's final evaluation (after the last step)
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if '"kind": "train"' in line
-    ]
+    result = Trainer(model, opt, step_fn, sampler, config, scheduler=sched, eval_fn=eval_fn).fit()
+    losses = result.values("loss")
     plot_curves(
-        run_dir / "metrics.jsonl",
+        result.history,
         run_dir / "curves.png",
         names=["loss", "nce", "match", "match_acc"],
         title=f"cross_modal_digits {variant} seed {seed}",
     )
-    return {
+    record = {
         "variant": variant,
         "seed": seed,
         "pairs": [f"{a}-{b}" for a, b in pairs],
         "fusion_groups": ["+".join(g) for g in groups],
-        **result,
-        "first_loss": records[0]["loss"],
-        "last_loss": records[-1]["loss"],
+        **last_eval,  # the Trainer's final evaluation (after the last step), in full
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
         "steps": cfg.steps,
         "wall_s": time.perf_counter() - t0,
-        "train_wall_s": train_wall,
-        "_model": model,
-        "_groups": groups,
+        "train_wall_s": result.elapsed_s,
     }
+    return record, model
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -733,7 +725,7 @@ def save_pictures(
     model.eval()
     y, idx = held_out_tuples(splits, group, 1, seed=7)
     nodes = [_trim(model.encode(m, [t[idx[m]] for t in splits[m].test])) for m in group]
-    logit, fused, attns = model.match(nodes, return_attention=True)
+    logit, fused, attns = model.match(nodes, need_weights=True)
     labels: list[str] = []
     for m, ns in zip(group, nodes, strict=True):
         if m == "text":
@@ -772,29 +764,22 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
         mine = [r for r in runs if r["variant"] == variant]
-        rec: dict[str, Any] = {}
-        for d in mine[0]["recall@1"]:
-            vals = [r["recall@1"][d] for r in mine]
-            rec[d] = {
-                "mean": statistics.fmean(vals),
-                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                "min": min(vals),
-                "values": vals,
-            }
-        match = {g: statistics.fmean(r["match_acc"][g] for r in mine) for g in mine[0]["match_acc"]}
         rows.append(
             {
                 "variant": variant,
                 "seeds": len(mine),
-                "recall@1": rec,
-                "match_acc": match,
+                "recall@1": {d: stats(r["recall@1"][d] for r in mine) for d in mine[0]["recall@1"]},
+                "match_acc": {
+                    g: statistics.fmean(r["match_acc"][g] for r in mine)
+                    for g in mine[0]["match_acc"]
+                },
                 "wall_s": sum(r["wall_s"] for r in mine),
             }
         )
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_recall_table(rows: list[dict[str, Any]]) -> str:
     """Directions as rows, variants as columns (``mean ± std`` % over seeds), goal column."""
     dirs = list(dict.fromkeys(d for r in rows for d in r["recall@1"]))
     head = f"{'R@1 (class-level)':<16}" + "".join(f"{r['variant']:>20}" for r in rows)
@@ -833,9 +818,7 @@ def format_attention(table: dict[str, Any], label: str) -> str:
 
 def run(cfg: CrossModalConfig) -> dict[str, Any]:
     """Train every variant for every seed, print the tables, write the JSON and pictures."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    t_start = time.perf_counter()
+    exp = Experiment("cross_modal_digits", cfg)
     splits, note = load_all(cfg)
     if note:
         print(note, flush=True)
@@ -849,42 +832,35 @@ def run(cfg: CrossModalConfig) -> dict[str, Any]:
         "data (train/test): " + ", ".join(f"{m} {a}/{b}" for m, (a, b) in sizes.items()),
         flush=True,
     )
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs: list[dict[str, Any]] = []
     pictures: dict[str, dict[str, str]] = {}
     params = None
     for variant in variants:
         for seed in range(cfg.seeds):
-            r = train_one(variant, seed, cfg, splits)
-            model, groups = r.pop("_model"), r.pop("_groups")
+            r, model = train_one(variant, seed, cfg, splits)
             params = count_params(model)
             if seed == 0:
-                key = "+".join(groups[0])
+                group = r["fusion_groups"][0]
                 pictures[variant] = save_pictures(
                     model,
                     splits,
-                    groups[0],
-                    r["modality_attention"][key],
-                    out / variant,
+                    tuple(group.split("+")),
+                    r["modality_attention"][group],
+                    exp.out_dir / variant,
                     f"{variant}",
                 )
             shown = ", ".join(f"{d} {100 * v:.1f}" for d, v in r["recall@1"].items())
-            print(
+            exp.add(
+                r,
                 f"{variant} seed {seed}: R@1 % {shown}; loss {r['first_loss']:.3f} -> "
                 f"{r['last_loss']:.3f}, {r['wall_s']:.1f} s",
-                flush=True,
             )
-            runs.append(r)
-    rows = summarize(runs)
-    table = format_table(rows)
-    first = {r["variant"]: r for r in runs if r["seed"] == 0}
+    rows = summarize(exp.runs)
+    first = {r["variant"]: r for r in exp.runs if r["seed"] == 0}
     attention = "\n".join(
         format_attention(tab, f"{v} seed 0, {g}")
         for v, r in first.items()
         for g, tab in r["modality_attention"].items()
     )
-    print(table, flush=True)
     print(attention, flush=True)
     goals = {}
     if "audio" in splits:
@@ -895,11 +871,11 @@ def run(cfg: CrossModalConfig) -> dict[str, Any]:
                 "mean_by_variant": best,
                 "met": all(b >= target for b in best),
             }
-    result = {
-        "example": "cross_modal_digits",
-        "modalities": list(splits),
-        "note": note,
-        "data": {
+    return exp.finish(
+        format_recall_table(rows),
+        modalities=list(splits),
+        note=note,
+        data={
             "audio": "FSDD official split (takes 5-49 train, 0-4 test)"
             if "audio" in splits
             else None,
@@ -907,69 +883,18 @@ def run(cfg: CrossModalConfig) -> dict[str, Any]:
             "text": {"train_phrases": train_templates(), "test_phrases": list(TEST_PHRASES)},
             "sizes_train_test": sizes,
         },
-        "metric": "class-level recall@1 on held-out items (top-ranked gallery item has the "
+        metric="class-level recall@1 on held-out items (top-ranked gallery item has the "
         "query's digit); chance 10 %",
-        "threads": torch.get_num_threads(),
-        "params": params,
-        "total_wall_s": time.perf_counter() - t_start,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "goals": goals,
-        "summary": rows,
-        "runs": runs,
-        "pictures": pictures,
-        "table": table,
-        "attention_table": attention,
-    }
-    path = Path(cfg.results_path)
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    shown = ", ".join(p for pics in pictures.values() for p in pics.values())
-    print(f"wrote {path} and {shown}", flush=True)
-    return result
-
-
-def parse_args(argv: Sequence[str] | None) -> CrossModalConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=None, help="default 3 (quick/demo: 1)")
-    p.add_argument("--steps", type=int, default=None, help="default 600 (demo 300, quick 20)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default="runs/cross_modal_digits")
-    p.add_argument("--results", default=None, help="summary JSON path")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--no-audio", action="store_true", help="images + text only")
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="the flagship demo: 1 seed of 'paired', 300 steps (~2-3 min on one CPU thread); "
-        "results JSON in --out",
-    )
-    p.add_argument("--quick", action="store_true", help="1 seed, 20 steps: a check, not a result")
-    p.add_argument("--no-progress", action="store_true")
-    add_data_dir_argument(p)
-    a = p.parse_args(argv)
-    short = a.demo or a.quick
-    steps = a.steps if a.steps is not None else (20 if a.quick else 300 if a.demo else 600)
-    seeds = a.seeds if a.seeds is not None else (1 if short else 3)
-    variants = a.variants or (["paired"] if a.demo else list(VARIANTS))
-    results = a.results or (str(Path(a.out) / "results.json") if short else str(RESULTS))
-    return CrossModalConfig(
-        variants=tuple(variants),
-        seeds=seeds,
-        steps=steps,
-        batch_size=a.batch_size,
-        use_audio=not a.no_audio,
-        data_dir=None if a.data_dir is None else str(resolve_data_dir(a.data_dir)),
-        out_dir=a.out,
-        results_path=results,
-        threads=a.threads,
-        progress=not a.no_progress,
+        params=params,
+        goals=goals,
+        summary=rows,
+        pictures=pictures,
+        attention_table=attention,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(argv))
+    return run(parse_config(CrossModalConfig, argv, __doc__, PRESETS))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,14 @@ cheap episodes; when their mean return reaches ``target_return`` it plays
 environment steps at the first 100-episode evaluation with mean return >= 475; a seed stops
 there (or at ``total_steps``).
 
-Writes ``examples/results/rl_cartpole.json`` (atomically) and, in ``--out``: the policy of
+Writes ``examples/results/rl_cartpole.json`` (:mod:`examples.harness`) and, in ``--out-dir``:
+the policy of
 every seed (``seed{s}/policy.pt``, ``examples.training.save_checkpoint``), the learning
 curves (``learning_curve.png``) and the attention of the first seed's policy over the four
 variables along one evaluation episode (``attention_episode.png``).
 
-Run: ``python -m examples.rl_cartpole [--seeds 3] [--total-steps 300000] [--quick]``
+Run: ``python -m examples.rl_cartpole [--seeds 3] [--total-steps 300000] [--quick]`` (every
+field of :class:`CartPoleConfig` is a flag: ``--help``)
 
 Axis legend: ``T`` rollout steps, ``E`` environments, ``B`` batch, ``N`` nodes (the 4
 observation variables), ``A`` actions.
@@ -32,12 +34,10 @@ observation variables), ``A`` actions.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from torch import Tensor, nn
 
-from examples.training import atomic_write, save_checkpoint, seed_everything
+from examples.harness import Experiment, config_dict, count_params, format_table, parse_config
+from examples.training import save_checkpoint, seed_everything
 from graphattn.explain import attention_rollout
 from modalities import RLStateEncoder
 
@@ -85,7 +86,7 @@ class CartPoleConfig:
     target_return: float = 475.0  # CartPole-v1's reward threshold
     stop_when_solved: bool = True  # stop a seed at its first solved evaluation
     out_dir: str = "runs/rl_cartpole"  # checkpoints and pictures
-    results_path: str = str(RESULTS)  # the summary JSON
+    results: str | None = str(RESULTS)  # the summary JSON (None: in out_dir)
     threads: int | None = None  # torch.set_num_threads (None: leave as is)
     progress: bool = True  # tqdm bar per seed
 
@@ -111,6 +112,10 @@ class CartPoleConfig:
         return self.num_envs * self.num_steps
 
 
+PRESETS = {"quick": ("a check, not a result", {"seeds": 1, "total_steps": 20_480})}
+ALIASES = {"num_layers": ["--layers"], "num_heads": ["--heads"]}  # the flags' old spellings
+
+
 # ----------------------------------------------------------------------------- model
 def build_policy(cfg: CartPoleConfig) -> RLStateEncoder:
     """The actor-critic: one node per observation variable, from the env's spaces."""
@@ -126,10 +131,6 @@ def build_policy(cfg: CartPoleConfig) -> RLStateEncoder:
         )
     finally:
         env.close()
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -166,7 +167,7 @@ def evaluate(
     trace: dict[str, list[Any]] = {"obs": [], "actions": [], "relevance": [], "last_layer": []}
     while active.any():
         idx = np.flatnonzero(active)
-        out = policy(torch.as_tensor(obs[idx]), return_attention=record and bool(active[0]))
+        out = policy(torch.as_tensor(obs[idx]), need_weights=record and bool(active[0]))
         actions = out.logits.argmax(-1).numpy()  # (B,)
         if out.attentions is not None:  # idx[0] == 0: the recorded episode is still running
             rollout = attention_rollout(out.attentions)  # (B, N, N)
@@ -312,7 +313,11 @@ def train_seed(seed: int, cfg: CartPoleConfig) -> tuple[dict[str, Any], RLStateE
     solved_at: int | None = None
     final_eval: float | None = None
     step = 0
-    bar = _progress(num_updates, f"seed {seed}", cfg.progress)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=num_updates, desc=f"seed {seed}", unit="upd", leave=False, disable=not cfg.progress
+    )
     try:
         for update in range(1, num_updates + 1):
             if cfg.anneal_lr:
@@ -398,20 +403,6 @@ def train_seed(seed: int, cfg: CartPoleConfig) -> tuple[dict[str, Any], RLStateE
         "curve": curve,
     }
     return record, policy
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, **kwargs: Any) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="upd", leave=False, dynamic_ncols=True)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -539,38 +530,19 @@ def plot_attention_episode(
 
 
 # ----------------------------------------------------------------------------- driver
-def format_table(runs: list[dict[str, Any]], eval_episodes: int) -> str:
-    final_label = f"final {eval_episodes}-ep return"
-    lines = [
-        f"{'seed':>4} {'solved':>6} {'steps to solve':>14} {final_label:>19} "
-        f"{'untrained':>9} {'wall s':>7}"
-    ]
-    for r in runs:
-        steps = f"{r['steps_to_solve']:,}" if r["solved"] else "-"
-        final = "-" if r["final_eval_return"] is None else f"{r['final_eval_return']:.1f}"
-        lines.append(
-            f"{r['seed']:>4} {'yes' if r['solved'] else 'no':>6} {steps:>14} {final:>19} "
-            f"{r['untrained_check_return']:>9.1f} {r['wall_s']:>7.1f}"
-        )
-    return "\n".join(lines)
-
-
 def run(cfg: CartPoleConfig) -> dict[str, Any]:
     """Train every seed, print the table, write checkpoints, pictures and the JSON."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    runs: list[dict[str, Any]] = []
+    exp = Experiment("rl_cartpole", cfg)
     first_policy: RLStateEncoder | None = None
     for seed in range(cfg.seeds):
         record, policy = train_seed(seed, cfg)
+        if first_policy is None:
+            first_policy = policy
         ckpt = save_checkpoint(
-            out / f"seed{seed}" / "policy.pt",
+            exp.out_dir / f"seed{seed}" / "policy.pt",
             {
                 "model": policy.state_dict(),
-                "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+                "config": config_dict(cfg),
                 "seed": seed,
                 "env_steps": record["env_steps"],
                 "final_eval_return": record["final_eval_return"],
@@ -578,18 +550,36 @@ def run(cfg: CartPoleConfig) -> dict[str, Any]:
         )
         record["checkpoint"] = str(ckpt)
         steps = f"{record['steps_to_solve']:,} steps" if record["solved"] else "not solved"
-        print(
+        exp.add(
+            record,
             f"seed {seed}: {steps}, final {cfg.eval_episodes}-episode return "
             f"{record['final_eval_return']}, "
             f"untrained {record['untrained_check_return']:.1f}, {record['wall_s']:.1f} s",
-            flush=True,
         )
-        runs.append(record)
-        if first_policy is None:
-            first_policy = policy
-    table = format_table(runs, cfg.eval_episodes)
-    print(table, flush=True)
-    curve_png = plot_learning_curves(runs, cfg, out / "learning_curve.png")
+    runs = exp.runs
+    table = format_table(
+        [
+            "seed",
+            "solved",
+            "steps to solve",
+            f"final {cfg.eval_episodes}-ep return",
+            "untrained",
+            "wall s",
+        ],
+        [
+            [
+                r["seed"],
+                "yes" if r["solved"] else "no",
+                f"{r['steps_to_solve']:,}" if r["solved"] else "-",
+                "-" if r["final_eval_return"] is None else f"{r['final_eval_return']:.1f}",
+                f"{r['untrained_check_return']:.1f}",
+                f"{r['wall_s']:.1f}",
+            ]
+            for r in runs
+        ],
+        left=0,
+    )
+    curve_png = plot_learning_curves(runs, cfg, exp.out_dir / "learning_curve.png")
     assert first_policy is not None
     returns, trace = evaluate(first_policy, [EVAL_SEED_BASE], record=True)
     assert trace is not None
@@ -597,7 +587,7 @@ def run(cfg: CartPoleConfig) -> dict[str, Any]:
         trace,
         f"seed 0 policy, one greedy evaluation episode (return {returns[0]:.0f}): "
         "which observation variables the policy attends to",
-        out / "attention_episode.png",
+        exp.out_dir / "attention_episode.png",
         show_rollout=cfg.num_layers > 1,
     )
     solved = [r for r in runs if r["solved"]]
@@ -618,61 +608,19 @@ def run(cfg: CartPoleConfig) -> dict[str, Any]:
         ),
         "attention_episode_return": returns[0],
     }
-    result = {
-        "example": "rl_cartpole",
-        "env": ENV_ID,
-        "goal": f"greedy mean return >= {cfg.target_return:g} over {cfg.eval_episodes} "
+    return exp.finish(
+        table,
+        env=ENV_ID,
+        goal=f"greedy mean return >= {cfg.target_return:g} over {cfg.eval_episodes} "
         f"episodes within {cfg.total_steps:,} env steps",
-        "params": count_params(first_policy),
-        "threads": torch.get_num_threads(),
-        "total_wall_s": time.perf_counter() - t_start,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "summary": summary,
-        "runs": runs,
-        "pictures": [str(curve_png), str(attn_png)],
-        "table": table,
-    }
-    path = Path(cfg.results_path)
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(f"wrote {path}, {curve_png} and {attn_png}", flush=True)
-    return result
-
-
-def parse_args(argv: Sequence[str] | None) -> CartPoleConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--total-steps", type=int, default=None, help="default 300000 (quick: 20480)")
-    p.add_argument("--lr", type=float, default=2.5e-3)
-    p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--out", default="runs/rl_cartpole")
-    p.add_argument("--results", default=str(RESULTS), help="summary JSON path")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument(
-        "--quick", action="store_true", help="1 seed, 20k env steps: a check, not a result"
-    )
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    total = a.total_steps if a.total_steps is not None else (20_480 if a.quick else 300_000)
-    return CartPoleConfig(
-        seeds=1 if a.quick else a.seeds,
-        total_steps=total,
-        lr=a.lr,
-        dim=a.dim,
-        num_layers=a.layers,
-        num_heads=a.heads,
-        out_dir=a.out,
-        results_path=a.results,
-        threads=a.threads,
-        progress=not a.no_progress,
+        params=count_params(first_policy),
+        summary=summary,
+        pictures=[str(curve_png), str(attn_png)],
     )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(argv))
+    return run(parse_config(CartPoleConfig, argv, __doc__, PRESETS, ALIASES))
 
 
 if __name__ == "__main__":

@@ -15,20 +15,20 @@ linear. The n-gram vectors carry the words and their parts; attention mixes them
 Anchor: Kim (2014), CNN with random word embeddings ("CNN-rand"), 76.1% accuracy on this
 data set (10-fold cross-validation).
 
-Run: ``python -m examples.sentiment [--seeds 5] [--data-dir ...] [--quick]``
+Writes ``examples/results/sentiment.json`` (:mod:`examples.harness`) and, in ``--out-dir``,
+per-seed metrics, the attention heatmaps of the first seed's model and the curves of the last.
+
+Run: ``python -m examples.sentiment [--seeds 5] [--data-dir ...] [--quick]`` (every field of
+:class:`SentimentConfig` is a flag: ``--help``)
 
 Axis legend: ``B`` batch, ``T`` bytes (= nodes), ``C`` embed dim.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from examples.harness import Experiment, count_params, format_table, parse_config, stats
 from examples.training import (
     LazyAdamW,
     TrainConfig,
     Trainer,
-    add_data_dir_argument,
-    atomic_write,
+    TrainResult,
     ensure_dataset,
     plot_curves,
     seed_everything,
@@ -50,13 +50,14 @@ from graphattn import Graph, GraphTransformer
 from graphattn.plot import plot_attention_heatmap
 from modalities import ByteTokenizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "sentiment.json"
 
 
 @dataclass
 class SentimentConfig:
     """One experiment (every seed). Defaults: the full run reported in the README."""
 
+    seeds: int = 5  # training seeds 0..seeds-1 (the split is fixed by split_seed)
     max_bytes: int = 320  # BOS + bytes + EOS; the longest sentence has 269 bytes
     ngram_max: int = 5  # node features: hashed byte n-grams ending at the node, n = 1..5
     hash_buckets: int = 2**18  # rows of the n-gram table (row 0: no n-gram)
@@ -78,7 +79,11 @@ class SentimentConfig:
     threads: int | None = None  # torch.set_num_threads; None: torch's default
     data_dir: str | None = None  # see examples.training.resolve_data_dir
     out_dir: str = "runs/sentiment"  # metrics, checkpoints, curves, heatmaps
+    results: str | None = str(RESULTS)  # the summary JSON (None: in out_dir)
     progress: bool = True  # tqdm bar
+
+
+PRESETS = {"quick": ("a check, not a result", {"seeds": 1, "epochs": 1, "limit": 500})}
 
 
 # ----------------------------------------------------------------------------- data
@@ -226,20 +231,18 @@ class ByteClassifier(nn.Module):
         x = self.ngrams(grams.view(b * t, self.ngram_max))  # (B*T, C)
         return x.view(b, t, -1)  # (B, T, C)
 
-    def forward(self, ids: Tensor, mask: Tensor, *, return_attention: bool = False) -> Any:
+    def forward(self, ids: Tensor, mask: Tensor, *, need_weights: bool = False) -> Any:
         """Logits ``(B, 2)`` for byte ids ``(B, T)`` with mask ``(B, T)`` (True = real)."""
         t = ids.shape[1]
         if t > self.position.shape[0]:
             raise ValueError(f"sequence of {t} bytes exceeds max_bytes={self.position.shape[0]}")
         x = self.drop(self.nodes(ids, mask)) + self.position[:t]  # (B, T, C)
-        res = self.body(
-            x, self.graphs(t), key_padding_mask=~mask, return_attention=return_attention
-        )
-        h = res.out if return_attention else res  # (B, T, C)
+        res = self.body(x, self.graphs(t), key_padding_mask=~mask, need_weights=need_weights)
+        h = res.out if need_weights else res  # (B, T, C)
         w = mask[..., None].to(h.dtype)  # (B, T, 1)
         pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, C): masked mean
         logits = self.head(self.drop(pooled))  # (B, 2)
-        return (logits, res.attentions) if return_attention else logits
+        return (logits, res.attentions) if need_weights else logits
 
 
 def make_optimizer(model: nn.Module, cfg: SentimentConfig) -> LazyAdamW:
@@ -270,8 +273,10 @@ def predict(model: ByteClassifier, split: Split, batch_size: int = 256) -> Tenso
 
 
 # ----------------------------------------------------------------------------- run
-def train_one(cfg: SentimentConfig, seed: int, train: Split, test: Split) -> dict[str, Any]:
-    """Train one seed; returns its test accuracy, timings and the model."""
+def train_one(
+    cfg: SentimentConfig, seed: int, train: Split, test: Split
+) -> tuple[dict[str, Any], ByteClassifier, TrainResult]:
+    """Train one seed; returns its test accuracy and timing, the model and the metrics."""
     seed_everything(seed)
     model = ByteClassifier(cfg)
     opt = make_optimizer(model, cfg)
@@ -279,8 +284,8 @@ def train_one(cfg: SentimentConfig, seed: int, train: Split, test: Split) -> dic
     steps = cfg.epochs * len(loader)
     warm = min(cfg.warmup_steps, max(1, steps // 10))
 
-    def factor(s: int) -> float:
-        if s < warm:
+    def factor(s: int) -> float:  # examples.harness.warmup_cosine, but cosine in float32:
+        if s < warm:  # kept so that the published runs stay bitwise reproducible
             return (s + 1) / warm
         return 0.5 * (1 + torch.cos(torch.tensor((s - warm) / max(1, steps - warm) * torch.pi)))
 
@@ -307,18 +312,16 @@ def train_one(cfg: SentimentConfig, seed: int, train: Split, test: Split) -> dic
         progress=cfg.progress,
     )
     result = Trainer(model, opt, step_fn, loader, config, scheduler=sched, eval_fn=eval_fn).fit()
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if r["kind"] == "train"]
-    return {
+    losses = result.values("loss")
+    record = {
         "seed": seed,
         "test_acc": result.eval["test_acc"],
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "steps": result.step,
-        "elapsed_s": result.elapsed_s,
-        "metrics": str(out_dir / "metrics.jsonl"),
-        "model": model,
+        "wall_s": result.elapsed_s,
     }
+    return record, model, result
 
 
 def byte_labels(tok: ByteTokenizer, ids: Sequence[int]) -> list[str]:
@@ -347,7 +350,7 @@ def attention_pictures(
         n = int(lengths[i])
         ids, mask = test.ids[i : i + 1, :n], test.mask[i : i + 1, :n]
         with torch.no_grad():
-            logits, attentions = model(ids, mask, return_attention=True)
+            logits, attentions = model(ids, mask, need_weights=True)
         prob = float(logits.softmax(-1)[0, 1])
         label = "positive" if int(test.labels[i]) == 1 else "negative"
         path = plot_attention_heatmap(
@@ -366,112 +369,66 @@ def attention_pictures(
     return out
 
 
-def run(cfg: SentimentConfig, seeds: Sequence[int], results_path: Path | None = None) -> dict:
-    """Train every seed; write the JSON summary after each, heatmaps of the first seed."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
+def run(cfg: SentimentConfig) -> dict[str, Any]:
+    """Train every seed (the JSON rewritten after each); heatmaps of the first seed's model,
+    curves of the last seed; print the table."""
+    exp = Experiment("sentiment", cfg)
     train, test = load_rt_polarity(
         cfg.data_dir, cfg.max_bytes, cfg.test_fraction, cfg.split_seed, cfg.limit
     )
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
     pictures: dict[str, Any] = {}
-    for seed in seeds:
-        res = train_one(cfg, seed, train, test)
-        model = res.pop("model")
-        runs.append(res)
+    for seed in range(cfg.seeds):
+        r, model, result = train_one(cfg, seed, train, test)
         if not pictures:  # the first seed's model: pictures exist even if a run is cut short
-            preds = predict(model, test)
-            pictures = attention_pictures(model, test, preds, out_dir)
-        accs = [r["test_acc"] for r in runs]
-        summary = {
-            "example": "sentiment",
-            "data": f"rt-polarity, {len(train.labels)} train / {len(test.labels)} test "
-            "(stratified, fixed split)",
-            "seeds_done": len(runs),
-            "seeds_planned": len(seeds),
-            "mean_test_acc": statistics.fmean(accs),
-            "std_test_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "runs": runs,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "threads": torch.get_num_threads(),
-            "elapsed_s": time.perf_counter() - t0,
-            "config": asdict(cfg),
-            "anchor": {"Kim 2014 CNN-rand (10-fold CV)": 0.761},
-            "pictures": pictures,
-        }
-        _write_json(out_dir / "sentiment.json", summary)
-        if results_path is not None:
-            _write_json(results_path, summary)
-    summary["curves"] = str(
-        plot_curves(
-            runs[-1]["metrics"],
-            out_dir / "sentiment_curves.png",
-            names=["loss", "test_acc"],
-            title=f"sentiment, seed {runs[-1]['seed']}",
+            pictures = attention_pictures(model, test, predict(model, test), exp.out_dir)
+        exp.add(
+            r,
+            f"seed {seed}: test acc {r['test_acc']:.4f}, loss {r['first_loss']:.3f} -> "
+            f"{r['last_loss']:.3f}, {r['steps']} steps, {r['wall_s']:.0f} s",
         )
+    curves = plot_curves(
+        result.history,
+        exp.out_dir / "sentiment_curves.png",
+        names=["loss", "test_acc"],
+        title=f"sentiment, seed {cfg.seeds - 1}",
     )
-    summary["elapsed_s"] = time.perf_counter() - t0
-    _write_json(out_dir / "sentiment.json", summary)
-    if results_path is not None:
-        _write_json(results_path, summary)
-    return summary
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(json.dumps(obj, indent=2) + "\n")
-
-
-def print_table(summary: dict[str, Any]) -> None:
-    print(f"\n{'seed':>4} {'test acc':>9} {'loss first->last':>17} {'steps':>6} {'wall s':>7}")
-    for r in summary["runs"]:
-        loss = f"{r['first_loss']:.3f}->{r['last_loss']:.3f}"
-        acc = r["test_acc"]
-        print(f"{r['seed']:>4} {acc:>9.4f} {loss:>17} {r['steps']:>6} {r['elapsed_s']:>7.0f}")
-    print(
-        f"mean {summary['mean_test_acc']:.4f} +/- {summary['std_test_acc']:.4f} over "
-        f"{summary['seeds_done']} seeds; anchor Kim 2014 CNN-rand 0.761; "
-        f"total wall {summary['elapsed_s']:.0f} s, {summary['threads']} thread(s)"
+    summary = stats(r["test_acc"] for r in exp.runs)
+    table = format_table(
+        ["seed", "test acc", "loss first->last", "steps", "wall s"],
+        [
+            [
+                r["seed"],
+                f"{r['test_acc']:.4f}",
+                f"{r['first_loss']:.3f}->{r['last_loss']:.3f}",
+                r["steps"],
+                f"{r['wall_s']:.0f}",
+            ]
+            for r in exp.runs
+        ],
     )
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--dropout", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--out-dir", default="runs/sentiment")
-    parser.add_argument("--results", default=str(RESULTS / "sentiment.json"))
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 1000 sentences")
-    parser.add_argument("--no-progress", action="store_true")
-    add_data_dir_argument(parser)
-    args = parser.parse_args(argv)
-    cfg = SentimentConfig(
-        threads=args.threads,
-        data_dir=args.data_dir,
-        out_dir=args.out_dir,
-        progress=not args.no_progress,
+    table += (
+        f"\nmean {summary['mean']:.4f} +/- {summary['std']:.4f} over {len(exp.runs)} seeds; "
+        f"anchor Kim 2014 CNN-rand 0.761"
     )
-    seeds = list(range(args.seeds))
-    if args.quick:
-        cfg.epochs, cfg.limit, seeds = 1, 500, [0]
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    if args.dropout is not None:
-        cfg.dropout = args.dropout
-    summary = run(cfg, seeds, None if args.quick else Path(args.results))
-    print_table(summary)
-    for kind, pic in summary["pictures"].items():
+    for kind, pic in pictures.items():
         print(
             f"{kind}: {pic['text']!r} ({pic['label']}, P(positive)={pic['p_positive']:.2f})"
             f" -> {pic['path']}"
         )
-    return summary
+    return exp.finish(
+        table,
+        data=f"rt-polarity, {len(train.labels)} train / {len(test.labels)} test "
+        "(stratified, fixed split)",
+        summary=summary,
+        parameters=count_params(model),
+        anchor={"Kim 2014 CNN-rand (10-fold CV)": 0.761},
+        pictures=pictures,
+        curves=str(curves),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run(parse_config(SentimentConfig, argv, __doc__, PRESETS))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ Two evaluations:
 - speaker hold-out: train on the recordings of five speakers, test on all 500 recordings of
   the sixth, who is never heard in training (one run per held-out speaker).
 
-Writes ``examples/results/spoken_digits.json`` (atomically) and, in ``--out``, per-run metrics
+Writes ``examples/results/spoken_digits.json`` (:mod:`examples.harness`) and, in
+``--out-dir``, per-run metrics
 (``examples.training.Trainer``), the attention rollout over the frames of one test recording
 under its log-mel spectrogram (``attention_frames.png``), the last layer's attention map
 (``attention_last_layer.png``) and the official-split confusion matrix
 (``confusion_matrix.png``), all of the seed-0 official-split model.
 
 Run: ``python -m examples.spoken_digits [--seeds 3] [--holdout theo ...] [--centre] [--quick]``
+(every field of :class:`SpokenDigitsConfig` is a flag: ``--help``)
 
 Axis legend: ``B`` batch, ``T`` samples, ``M`` mel bins, ``F`` frames, ``N`` nodes, ``D``
 node feature size, ``K`` classes.
@@ -37,36 +39,35 @@ node feature size, ``K`` classes.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import statistics
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from examples.fsdd import SAMPLE_RATE, Recording, load_fsdd, pad_waveforms
-from examples.training import (
-    BatchLoader,
-    TrainConfig,
-    Trainer,
-    add_data_dir_argument,
-    atomic_write,
-    seed_everything,
+from examples.harness import (
+    Experiment,
+    count_params,
+    format_table,
+    parse_config,
+    pm,
+    summarize,
+    warmup_cosine,
 )
+from examples.training import BatchLoader, TrainConfig, Trainer, atomic_write, seed_everything
 from graphattn import AttentionWeights, GraphTransformer
 from graphattn.explain import attention_rollout
 from graphattn.plot import plot_attention_heatmap
 from modalities import AudioFrameAdapter, masked_mean
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spoken_digits.json"
-SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+Speaker = Literal["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+SPEAKERS: tuple[Speaker, ...] = get_args(Speaker)
 NUM_CLASSES = 10
 
 
@@ -80,7 +81,7 @@ class SpokenDigitsConfig:
     """One experiment (every seed and every hold-out); the defaults are the full run."""
 
     seeds: int = 3  # official-split runs with seeds 0..seeds-1
-    holdout: tuple[str, ...] = SPEAKERS  # one speaker-hold-out run (seed 0) per name
+    holdout: tuple[Speaker, ...] = SPEAKERS  # one speaker-hold-out run (seed 0) per name
     epochs: int = 20  # passes over the training recordings (~1.5-2 min a run on 1 thread)
     batch_size: int = 64  # 43 steps per epoch on the official split
     lr: float = 2e-3  # AdamW peak learning rate
@@ -106,7 +107,7 @@ class SpokenDigitsConfig:
     limit_per_class: int | None = None  # takes per (speaker, digit) and side (smoke tests)
     data_dir: str | None = None  # holds fsdd/recordings (see resolve_data_dir)
     out_dir: str = "runs/spoken_digits"  # per-run metrics and the pictures
-    results_path: str = str(RESULTS)  # the summary JSON
+    results: str | None = str(RESULTS)  # the summary JSON (None: in out_dir)
     threads: int | None = None  # torch.set_num_threads (None: leave as is)
     progress: bool = True  # tqdm bar per run
 
@@ -127,6 +128,9 @@ class SpokenDigitsConfig:
         unknown = [s for s in self.holdout if s not in SPEAKERS]
         if unknown:
             raise ValueError(f"holdout speakers {unknown} are not in FSDD; known: {SPEAKERS}")
+
+
+PRESETS = {"quick": ("a check, not a result", {"seeds": 1, "epochs": 2, "holdout": ("theo",)})}
 
 
 # ----------------------------------------------------------------------------- data
@@ -239,9 +243,9 @@ class SpokenDigitNet(nn.Module):
         self.centre = cfg.centre
 
     def forward(
-        self, waves: Tensor, lengths: Tensor, return_attention: bool = False
+        self, waves: Tensor, lengths: Tensor, need_weights: bool = False
     ) -> Tensor | tuple[Tensor, list[AttentionWeights]]:
-        """Logits, and with ``return_attention`` every layer's attention weights.
+        """Logits, and with ``need_weights`` every layer's attention weights.
 
         Shapes:
             - waves: ``(B, T)``; lengths: ``(B,)``; logits ``(B, K)``; attentions: ``L`` x
@@ -254,14 +258,10 @@ class SpokenDigitNet(nn.Module):
             x = x - masked_mean(x, mask)[:, None, :]  # (B, N, D)
         if self.training:
             mask = random_span_mask(mask, self.time_mask)  # (B, N)
-        res = self.encoder(x, key_padding_mask=~mask, return_attention=return_attention)
-        out = res.out if return_attention else res  # (B, N, D)
+        res = self.encoder(x, key_padding_mask=~mask, need_weights=need_weights)
+        out = res.out if need_weights else res  # (B, N, D)
         logits = self.head(masked_mean(out, mask))  # (B, K)
-        return (logits, res.attentions) if return_attention else logits
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+        return (logits, res.attentions) if need_weights else logits
 
 
 # ----------------------------------------------------------------------------- training
@@ -288,8 +288,9 @@ def confusion(preds: Tensor, labels: Tensor) -> list[list[int]]:
 
 def train_one(
     name: str, seed: int, cfg: SpokenDigitsConfig, train: AudioSet, test: AudioSet
-) -> dict[str, Any]:
-    """Train one model; returns its test accuracy, confusion matrix, losses, timing, model."""
+) -> tuple[dict[str, Any], SpokenDigitNet]:
+    """Train one model; returns its test accuracy, confusion matrix, losses and timing, and
+    the trained model."""
     seed_everything(seed)
     model = SpokenDigitNet(cfg)
     loader = BatchLoader(
@@ -298,13 +299,7 @@ def train_one(
     steps = max(1, cfg.epochs * len(loader))
     warm = max(1, min(int(cfg.warmup_epochs * len(loader)), steps // 5))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def factor(s: int) -> float:
-        if s < warm:
-            return (s + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, steps))
 
     def step_fn(model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
         waves, lengths, labels = batch  # (B, T), (B,), (B,)
@@ -326,13 +321,10 @@ def train_one(
         resume=False,
         progress=cfg.progress,
     )
-    t0 = time.perf_counter()
     result = Trainer(model, opt, step_fn, loader, config, scheduler=sched, eval_fn=eval_fn).fit()
-    wall = time.perf_counter() - t0
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    losses = result.values("loss")
     preds = predict(model, test)
-    return {
+    record = {
         "run": name,
         "seed": seed,
         "train_size": len(train),
@@ -342,9 +334,9 @@ def train_one(
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "steps": result.step,
-        "wall_s": wall,
-        "_model": model,
+        "wall_s": result.elapsed_s,
     }
+    return record, model
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -375,7 +367,7 @@ def save_attention(
     model.eval()
     waves, lengths = pad_waveforms([rec], max_samples=cfg.max_samples)  # (1, T), (1,)
     with torch.no_grad():
-        logits, attentions = model(waves, lengths, return_attention=True)
+        logits, attentions = model(waves, lengths, need_weights=True)
         rollout = attention_rollout(attentions)  # (1, N, N)
         spec, _ = model.adapter.log_mel(waves, lengths)  # (1, M, F)
         times = model.adapter(waves, lengths).positions[0]  # (N,) node centres, seconds
@@ -453,167 +445,95 @@ def save_confusion(table: list[list[int]], path: Path, title: str) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- report
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation of the test accuracy over runs (``None`` if none)."""
-    accs = [r["test_acc"] for r in runs]
-    return {
-        "seeds": len(accs),
-        "mean_acc": statistics.fmean(accs) if accs else None,
-        "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "accs": accs,
-        "wall_s": sum(r["wall_s"] for r in runs),
-    }
-
-
-def format_table(official: dict[str, Any], holdout: list[dict[str, Any]]) -> str:
-    """The printed results table: official split (mean ± std over seeds), then one row per
-    held-out speaker and their mean."""
-    lines = [f"{'evaluation':<28} {'train':>6} {'test':>5} {'test acc':>18} {'wall s':>8}"]
-    if official["seeds"]:
-        acc = f"{100 * official['mean_acc']:.2f} ± {100 * official['std_acc']:.2f} %"
-        lines.append(
-            f"{'official split, ' + str(official['seeds']) + ' seeds':<28} "
-            f"{official['train']:>6} {official['test']:>5} {acc:>18} {official['wall_s']:>8.1f}"
-        )
-    for r in holdout:
-        lines.append(
-            f"{'held-out speaker ' + r['speaker']:<28} {r['train_size']:>6} {r['test_size']:>5} "
-            f"{100 * r['test_acc']:>16.2f} % {r['wall_s']:>8.1f}"
-        )
-    if holdout:
-        mean = statistics.fmean(r["test_acc"] for r in holdout)
-        lines.append(f"{'held-out speakers, mean':<28} {'':>6} {'':>5} {100 * mean:>16.2f} %")
-    return "\n".join(lines)
-
-
+# ----------------------------------------------------------------------------- run
 def run(cfg: SpokenDigitsConfig) -> dict[str, Any]:
     """Train on the official split for every seed and once per held-out speaker; print the
     table, write the JSON and the pictures."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    exp = Experiment("spoken_digits", cfg)
     data = load_fsdd(cfg.data_dir, limit_per_class=cfg.limit_per_class)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
     train_recs, test_recs = data.official_split()
-    train, test = (
-        to_audio_set(train_recs, cfg.max_samples),
-        to_audio_set(test_recs, cfg.max_samples),
-    )
+    train = to_audio_set(train_recs, cfg.max_samples)
+    test = to_audio_set(test_recs, cfg.max_samples)
     params = count_params(SpokenDigitNet(cfg))
-    official, first = [], None
+    first = None
     for seed in range(cfg.seeds):
-        r = train_one(f"official/seed{seed}", seed, cfg, train, test)
-        model = r.pop("_model")
+        r, model = train_one(f"official/seed{seed}", seed, cfg, train, test)
         first = first or (model, r)
-        print(
+        exp.add(
+            {"split": "official", **r},
             f"official seed {seed}: test acc {100 * r['test_acc']:.2f} %, loss "
             f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}, {r['wall_s']:.1f} s",
-            flush=True,
         )
-        official.append(r)
-    holdout = []
     for speaker in cfg.holdout:
         others, held = data.speaker_split(speaker)
-        r = train_one(
+        r, _ = train_one(
             f"holdout/{speaker}",
             0,
             cfg,
             to_audio_set(others, cfg.max_samples),
             to_audio_set(held, cfg.max_samples),
         )
-        r.pop("_model")
-        r["speaker"] = speaker
-        print(
+        exp.add(
+            {"split": "holdout", "speaker": speaker, **r},
             f"held-out {speaker}: test acc {100 * r['test_acc']:.2f} % ({r['test_size']} "
             f"recordings), loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}, "
             f"{r['wall_s']:.1f} s",
-            flush=True,
         )
-        holdout.append(r)
-    summary = {**summarize(official), "train": len(train), "test": len(test)}
-    table = format_table(summary, holdout)
-    print(table, flush=True)
+    official_runs = [r for r in exp.runs if r["split"] == "official"]
+    official = summarize(official_runs, "split")[0] if official_runs else {"seeds": 0}
+    official.update(train=len(train), test=len(test))
+    holdout = [r for r in exp.runs if r["split"] == "holdout"]
+    holdout_mean = statistics.fmean(r["test_acc"] for r in holdout) if holdout else None
+    rows = []
+    if official["seeds"]:
+        rows.append(
+            [
+                f"official split, {official['seeds']} seeds",
+                len(train),
+                len(test),
+                pm(official["mean"], official["std"]),
+                f"{official['wall_s']:.1f}",
+            ]
+        )
+    for r in holdout:
+        rows.append(
+            [
+                f"held-out speaker {r['speaker']}",
+                r["train_size"],
+                r["test_size"],
+                f"{100 * r['test_acc']:.2f} %",
+                f"{r['wall_s']:.1f}",
+            ]
+        )
+    if holdout_mean is not None:
+        rows.append(["held-out speakers, mean", "", "", f"{100 * holdout_mean:.2f} %", ""])
+    table = format_table(["evaluation", "train", "test", "test acc", "wall s"], rows)
     pictures: dict[str, str] = {}
     if first is not None:
         model, r0 = first
-        pictures.update(save_attention(model, pick_recording(test_recs), cfg, out))
+        pictures.update(save_attention(model, pick_recording(test_recs), cfg, exp.out_dir))
         pictures["confusion"] = str(
             save_confusion(
                 r0["confusion"],
-                out / "confusion_matrix.png",
+                exp.out_dir / "confusion_matrix.png",
                 f"official split, seed 0: {100 * r0['test_acc']:.1f} % of {len(test)} correct",
             )
         )
-    result = {
-        "example": "spoken_digits",
-        "data": f"FSDD ({len(data)} recordings, 8 kHz): official split takes 5-49 train / "
+    return exp.finish(
+        table,
+        data=f"FSDD ({len(data)} recordings, 8 kHz): official split takes 5-49 train / "
         f"0-4 test = {len(train)} / {len(test)}; speaker hold-out trains on 5 speakers "
         "and tests on every recording of the sixth",
-        "goal": "official split test accuracy >= 97 %",
-        "params": params,
-        "threads": torch.get_num_threads(),
-        "total_wall_s": time.perf_counter() - t_start,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "official": summary,
-        "holdout": [
-            {k: r[k] for k in ("speaker", "test_acc", "train_size", "test_size", "wall_s")}
-            for r in holdout
-        ],
-        "holdout_mean_acc": statistics.fmean(r["test_acc"] for r in holdout) if holdout else None,
-        "runs": official + holdout,
-        "pictures": pictures,
-        "table": table,
-    }
-    path = Path(cfg.results_path)
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(f"wrote {path}" + "".join(f" and {p}" for p in pictures.values()), flush=True)
-    return result
-
-
-def parse_args(argv: Sequence[str] | None) -> SpokenDigitsConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=3, help="official-split seeds")
-    p.add_argument("--epochs", type=int, default=None, help="default 20 (quick: 2)")
-    p.add_argument(
-        "--holdout",
-        nargs="*",
-        choices=SPEAKERS,
-        default=None,
-        help="speakers to hold out, one run each (default: all six; quick: theo; none: skip)",
-    )
-    p.add_argument(
-        "--centre",
-        action="store_true",
-        help="subtract each recording's mean node feature (cepstral-mean-style ablation)",
-    )
-    p.add_argument("--out", default="runs/spoken_digits")
-    p.add_argument("--results", default=str(RESULTS), help="summary JSON path")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--quick", action="store_true", help="1 seed, 2 epochs: a check, not a result")
-    p.add_argument("--no-progress", action="store_true")
-    add_data_dir_argument(p)
-    a = p.parse_args(argv)
-    epochs = a.epochs if a.epochs is not None else (2 if a.quick else 20)
-    holdout = a.holdout if a.holdout is not None else (["theo"] if a.quick else list(SPEAKERS))
-    return SpokenDigitsConfig(
-        seeds=1 if a.quick else a.seeds,
-        holdout=tuple(holdout),
-        epochs=epochs,
-        centre=a.centre,
-        data_dir=a.data_dir,
-        out_dir=a.out,
-        results_path=a.results,
-        threads=a.threads,
-        progress=not a.no_progress,
+        goal="official split test accuracy >= 97 %",
+        params=params,
+        official=official,
+        holdout_mean_acc=holdout_mean,
+        pictures=pictures,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(argv))
+    return run(parse_config(SpokenDigitsConfig, argv, __doc__, PRESETS))
 
 
 if __name__ == "__main__":

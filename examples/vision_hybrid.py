@@ -11,43 +11,42 @@ up to one pixel), on a fixed stratified 80/20 split (``random_state=0``), over s
 - ``vit``: ViT-style patches (2x2 pixels -> 16 nodes, ``modalities.PatchAdapter``) and a
   ``GraphTransformer`` on the complete graph.
 
-Writes ``examples/results/vision_hybrid.json`` (atomically) and, in ``--out``, per-run
-metrics (``examples.training.Trainer``) and an attention-rollout overlay of the hybrid model
-on a test digit (``attention_rollout.png``).
+Writes ``examples/results/vision_hybrid.json`` (:mod:`examples.harness`) and, in
+``--out-dir``, per-run metrics (``examples.training.Trainer``) and an attention-rollout
+overlay of the hybrid model on a test digit (``attention_rollout.png``).
 
-Run: ``python -m examples.vision_hybrid [--seeds 5] [--epochs 40] [--quick]``
+Run: ``python -m examples.vision_hybrid [--seeds 5] [--epochs 40] [--quick]`` (every
+field of :class:`VisionConfig` is a flag: ``--help``)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from examples.training import BatchLoader, TrainConfig, Trainer, atomic_write, seed_everything
+from examples.harness import Experiment, count_params, format_table, parse_config, pm, summarize
+from examples.training import BatchLoader, TrainConfig, Trainer, seed_everything
 from graphattn import Graph, GraphTransformer
 from graphattn.explain import attention_rollout
 from graphattn.plot import plot_image_attention
 from modalities import CNNFeatureAdapter, PatchAdapter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision_hybrid.json"
-MODELS = ("hybrid", "cnn", "vit")
+Model = Literal["hybrid", "cnn", "vit"]
+MODELS: tuple[Model, ...] = get_args(Model)
 
 
 @dataclass
 class VisionConfig:
     """One run of the example; the defaults are the full run."""
 
-    models: tuple[str, ...] = MODELS  # which models to train
+    models: tuple[Model, ...] = MODELS  # which models to train
     seeds: int = 5  # seeds 0..seeds-1 per model
     epochs: int = 40  # passes over the 1437 training images
     batch_size: int = 64  # 23 steps per epoch
@@ -58,9 +57,12 @@ class VisionConfig:
     train_limit: int | None = None  # use only the first n training images (smoke tests)
     test_limit: int | None = None  # use only the first n test images (smoke tests)
     out_dir: str = "runs/vision_hybrid"  # per-run metrics and the rollout picture
-    results_path: str = str(RESULTS)  # the summary JSON
+    results: str | None = str(RESULTS)  # the summary JSON (None: in out_dir)
     threads: int | None = None  # torch.set_num_threads (None: leave as is)
     progress: bool = True  # tqdm bar per run
+
+
+PRESETS = {"quick": ("a check, not a result", {"seeds": 1, "epochs": 2})}
 
 
 # ----------------------------------------------------------------------------- data
@@ -125,14 +127,14 @@ class HybridNet(nn.Module):
         )
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, images: Tensor, return_attention: bool = False) -> Any:
+    def forward(self, images: Tensor, need_weights: bool = False) -> Any:
         nodes = self.adapter(images)  # features (B, 16, D)
         h, w = nodes.grid_shape
         graphs = [Graph.grid(h, w, radius=1)] + [None] * (len(self.encoder.layers) - 1)
-        res = self.encoder(nodes.features, graphs, return_attention=return_attention)
-        out = res.out if return_attention else res  # (B, N, D)
+        res = self.encoder(nodes.features, graphs, need_weights=need_weights)
+        out = res.out if need_weights else res  # (B, N, D)
         logits = self.head(out.mean(1))  # (B, classes)
-        return (logits, res.attentions) if return_attention else logits
+        return (logits, res.attentions) if need_weights else logits
 
 
 class CNNNet(nn.Module):
@@ -183,10 +185,6 @@ def build_model(name: str, dim: int) -> nn.Module:
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ----------------------------------------------------------------------------- training
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 512) -> float:
@@ -202,8 +200,9 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 512) -> float:
 
 def train_one(
     name: str, seed: int, cfg: VisionConfig, data: tuple[Tensor, Tensor, Tensor, Tensor]
-) -> dict[str, Any]:
-    """Train one model with one seed; returns its test accuracy, losses and timing."""
+) -> tuple[dict[str, Any], nn.Module]:
+    """Train one model with one seed; returns its test accuracy, losses and timing, and the
+    trained model."""
     x_train, y_train, x_test, y_test = data
     seed_everything(seed)
     model = build_model(name, cfg.dim)
@@ -232,24 +231,18 @@ def train_one(
         resume=False,
         progress=cfg.progress,
     )
-    t0 = time.perf_counter()
     result = Trainer(model, opt, step_fn, loader, config, scheduler=sched, eval_fn=eval_fn).fit()
-    wall = time.perf_counter() - t0
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if '"kind": "train"' in line
-    ]
-    return {
+    losses = result.values("loss")
+    record = {
         "model": name,
         "seed": seed,
         "test_acc": result.eval["test_acc"],
-        "first_loss": records[0]["loss"],
-        "last_loss": records[-1]["loss"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
         "steps": result.step,
-        "wall_s": wall,
-        "_model": model,
+        "wall_s": result.elapsed_s,
     }
+    return record, model
 
 
 def save_rollout(model: HybridNet, x_test: Tensor, y_test: Tensor, path: Path) -> Path:
@@ -257,7 +250,7 @@ def save_rollout(model: HybridNet, x_test: Tensor, y_test: Tensor, path: Path) -
     every cell) over one test digit."""
     model.eval()
     with torch.no_grad():
-        logits, attentions = model(x_test[:1], return_attention=True)
+        logits, attentions = model(x_test[:1], need_weights=True)
         rollout = attention_rollout(attentions)  # (1, 16, 16)
     relevance = rollout[0].mean(0)  # (16,) what the pooled output draws from each cell
     pred, true = int(logits.argmax(-1)), int(y_test[0])
@@ -271,116 +264,52 @@ def save_rollout(model: HybridNet, x_test: Tensor, y_test: Tensor, path: Path) -
     )
 
 
-def summarize(runs: list[dict[str, Any]], params: dict[str, int]) -> list[dict[str, Any]]:
-    rows = []
-    for name in params:
-        mine = [r for r in runs if r["model"] == name]
-        accs = [r["test_acc"] for r in mine]
-        rows.append(
-            {
-                "model": name,
-                "params": params[name],
-                "seeds": len(accs),
-                "mean_acc": statistics.fmean(accs),
-                "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "accs": accs,
-                "wall_s": sum(r["wall_s"] for r in mine),
-            }
-        )
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'model':<8} {'params':>8} {'seeds':>5} {'test acc (mean ± std)':>22} {'wall s':>8}",
-    ]
-    for r in rows:
-        acc = f"{100 * r['mean_acc']:.2f} ± {100 * r['std_acc']:.2f} %"
-        lines.append(
-            f"{r['model']:<8} {r['params']:>8,} {r['seeds']:>5} {acc:>22} {r['wall_s']:>8.1f}"
-        )
-    return "\n".join(lines)
-
-
 def run(cfg: VisionConfig) -> dict[str, Any]:
     """Train every model for every seed, print the table, write the JSON and the picture."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    data = load_digits_split(0)
-    x_train, y_train, x_test, y_test = data
-    if cfg.train_limit is not None:
-        x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
-    if cfg.test_limit is not None:
-        x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
+    exp = Experiment("vision_hybrid", cfg)
+    x_train, y_train, x_test, y_test = load_digits_split(0)
+    x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
+    x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
     data = (x_train, y_train, x_test, y_test)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    runs, params, hybrid = [], {}, None
+    hybrid, params = None, {}
     for name in cfg.models:
-        params[name] = count_params(build_model(name, cfg.dim))
         for seed in range(cfg.seeds):
-            r = train_one(name, seed, cfg, data)
-            model = r.pop("_model")
-            if name == "hybrid" and seed == 0:
-                hybrid = model
-            print(
+            r, model = train_one(name, seed, cfg, data)
+            hybrid = model if name == "hybrid" and seed == 0 else hybrid
+            params[name] = count_params(model)
+            exp.add(
+                r,
                 f"{name} seed {seed}: test acc {100 * r['test_acc']:.2f} %, "
                 f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}, {r['wall_s']:.1f} s",
-                flush=True,
             )
-            runs.append(r)
-    rows = summarize(runs, params)
-    table = format_table(rows)
-    print(table, flush=True)
+    rows = [{**row, "params": params[row["model"]]} for row in summarize(exp.runs, "model")]
+    table = format_table(
+        ["model", "params", "seeds", "test acc (mean ± std)", "wall s"],
+        [
+            [
+                r["model"],
+                f"{r['params']:,}",
+                r["seeds"],
+                pm(r["mean"], r["std"]),
+                f"{r['wall_s']:.1f}",
+            ]
+            for r in rows
+        ],
+    )
     picture = None
     if hybrid is not None:
-        picture = str(save_rollout(hybrid, x_test, y_test, out / "attention_rollout.png"))
-    result = {
-        "example": "vision_hybrid",
-        "data": f"sklearn load_digits, stratified 80/20 (random_state=0): "
+        picture = str(save_rollout(hybrid, x_test, y_test, exp.out_dir / "attention_rollout.png"))
+    return exp.finish(
+        table,
+        data=f"sklearn load_digits, stratified 80/20 (random_state=0): "
         f"{len(y_train)} train / {len(y_test)} test",
-        "threads": torch.get_num_threads(),
-        "total_wall_s": time.perf_counter() - t_start,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "summary": rows,
-        "runs": runs,
-        "picture": picture,
-        "table": table,
-    }
-    path = Path(cfg.results_path)
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(f"wrote {path}" + (f" and {picture}" if picture else ""), flush=True)
-    return result
-
-
-def parse_args(argv: Sequence[str] | None) -> VisionConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=None, help="default 40 (quick: 2)")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--out", default="runs/vision_hybrid")
-    p.add_argument("--results", default=str(RESULTS), help="summary JSON path")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--quick", action="store_true", help="1 seed, 2 epochs: a check, not a result")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    epochs = a.epochs if a.epochs is not None else (2 if a.quick else 40)
-    return VisionConfig(
-        models=tuple(a.models),
-        seeds=1 if a.quick else a.seeds,
-        epochs=epochs,
-        out_dir=a.out,
-        results_path=a.results,
-        threads=a.threads,
-        progress=not a.no_progress,
+        summary=rows,
+        picture=picture,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(argv))
+    return run(parse_config(VisionConfig, argv, __doc__, PRESETS))
 
 
 if __name__ == "__main__":

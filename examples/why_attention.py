@@ -11,20 +11,21 @@
    sequences) of both models at each ``L``.
 3. **Quadratic cost** (``cost``): forward + backward time and peak memory of one
    ``GraphAttention`` on a complete graph (fused SDPA kernel, weights never stored), on a
-   complete graph with its ``N x N`` weights materialised (``return_attention=True``), and
+   complete graph with its ``N x N`` weights materialised (``need_weights=True``), and
    on a sliding window of radius 16 (an edge list, ``backend="auto"``), as ``N`` doubles
    until the next size would pass a time or memory cap; log-log fits give the slopes.
    Peak memory is the RSS growth of one step in a fresh process
-   (``benchmarks/_harness.py``).
+   (:mod:`benchmarks.timing`, shared with the benchmarks).
 4. **Attention is soft** (``softmax``): the smallest weight on a complete graph with random
    inputs of growing scale, in float32, bfloat16 and float16; and a sweep of the logit gap
    between two sources that finds where the small weight underflows to exactly 0.
 
-Prints a table; writes ``examples/results/why_attention.json`` (atomically) and, in
-``--out``, ``recall_accuracy.png``, ``epoch_time.png``, ``quadratic_cost.png``,
+Prints a table; writes ``examples/results/why_attention.json`` (:mod:`examples.harness`) and,
+in ``--out-dir``, ``recall_accuracy.png``, ``epoch_time.png``, ``quadratic_cost.png``,
 ``softmax_underflow.png`` and per-run training metrics.
 
 Run: ``python -m examples.why_attention [--threads 1] [--quick] [--parts recall cost softmax]``
+(every field of :class:`WhyAttentionConfig` is a flag: ``--help``)
 
 Axis legend: ``B`` batch, ``L``/``N`` sequence length / nodes, ``C`` embed dim, ``H`` heads,
 ``K`` recall classes, ``G`` gaps in the sweep.
@@ -40,13 +41,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks._harness import Step, measure_peak_rss, run_measure_subprocess
+from benchmarks.timing import Step, measure_peak_rss, run_measure_subprocess, time_alternating
+from examples.harness import Experiment, config_from_args, config_parser, count_params
 from examples.training import TrainConfig, Trainer, atomic_write, seed_everything
 from graphattn import (
     Graph,
@@ -59,11 +61,14 @@ from graphattn import (
 
 MODULE = "examples.why_attention"
 RESULTS = Path(__file__).resolve().parent / "results" / "why_attention.json"
-PARTS = ("recall", "cost", "softmax")
-MODELS = ("attention", "gru")
-VARIANTS = {
+Part = Literal["recall", "cost", "softmax"]
+PARTS: tuple[Part, ...] = get_args(Part)
+RecallModel = Literal["attention", "gru"]
+MODELS: tuple[RecallModel, ...] = get_args(RecallModel)
+CostVariant = Literal["complete", "complete_weights", "window"]
+VARIANTS: dict[CostVariant, str] = {
     "complete": "complete graph, fused SDPA (weights never stored)",
-    "complete_weights": "complete graph, N x N weights materialised (return_attention=True)",
+    "complete_weights": "complete graph, N x N weights materialised (need_weights=True)",
     "window": "sliding window |i - j| <= radius, edge list (backend='auto')",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,8 +78,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class WhyAttentionConfig:
     """One run of the example; the defaults are the full run."""
 
-    parts: tuple[str, ...] = PARTS  # which measurements to run
-    models: tuple[str, ...] = MODELS  # recall models to train (both share the budget)
+    parts: tuple[Part, ...] = PARTS  # which measurements to run
+    models: tuple[RecallModel, ...] = MODELS  # recall models to train (both share the budget)
     # --- recall (claims 1 and 2)
     lengths: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # distance = L - 1
     recall_symbols: int = 8  # classes K; chance accuracy 1 / K
@@ -90,7 +95,7 @@ class WhyAttentionConfig:
     test_sequences: int = 1000  # fresh test sequences per length
     seed: int = 0  # model init and data streams
     # --- cost (claim 3)
-    cost_variants: tuple[str, ...] = tuple(VARIANTS)
+    cost_variants: tuple[CostVariant, ...] = get_args(CostVariant)  # what the cost part times
     cost_min_n: int = 256  # first N; N doubles from here
     cost_max_n: int = 131072  # never beyond this N
     cost_radius: int = 16  # window radius: 33 in-edges per node
@@ -101,7 +106,7 @@ class WhyAttentionConfig:
     max_step_s: float = 15.0  # skip a size whose predicted fwd+bwd time passes this
     point_budget_s: float = 20.0  # timing budget per point: 3 to 7 timed steps
     fit_min_n: int = 1024  # fit slopes on N >= this (small N is overhead-dominated)
-    memory: str = "subprocess"  # "subprocess": fresh process per point; "inprocess"
+    memory: Literal["subprocess", "inprocess"] = "subprocess"  # a fresh process per point, or not
     # --- softmax (claim 4)
     softmax_nodes: int = 256  # complete graph of N nodes, random q, k
     softmax_heads: int = 4
@@ -111,7 +116,7 @@ class WhyAttentionConfig:
     gap_step: float = 0.01
     # --- output
     out_dir: str = "runs/why_attention"  # pictures and per-run metrics
-    results_path: str = str(RESULTS)  # the summary JSON
+    results: str | None = str(RESULTS)  # the summary JSON (None: in out_dir)
     threads: int | None = None  # torch.set_num_threads (None: leave as is)
     progress: bool = True  # tqdm bar per training run
 
@@ -138,6 +143,21 @@ class WhyAttentionConfig:
             raise ValueError(
                 f"need 2 <= cost_min_n <= cost_max_n, got {self.cost_min_n}, {self.cost_max_n}"
             )
+
+
+PRESETS = {
+    "quick": (
+        "a check, not a result",
+        {
+            "lengths": (16, 64, 256),
+            "epochs": 4,
+            "epoch_sequences": 512,
+            "cost_max_n": 4096,
+            "point_budget_s": 5.0,
+        },
+    )
+}
+ALIASES = {"cost_max_n": ["--max-n"]}  # the flag's old spelling
 
 
 # ============================================================================ 1, 2: recall
@@ -198,13 +218,13 @@ class AttentionRecall(nn.Module):
         )
         self.head = nn.Linear(dim, classes)
 
-    def forward(self, tokens: Tensor, return_attention: bool = False) -> Any:
+    def forward(self, tokens: Tensor, need_weights: bool = False) -> Any:
         """Shapes: tokens ``(B, L)``; returns logits ``(B, K)`` (and the attentions)."""
         h = self.pos(self.embed(tokens))  # (B, L, C)
-        res = self.encoder(h, Graph.causal(tokens.shape[1]), return_attention=return_attention)
-        out = res.out if return_attention else res  # (B, L, C)
+        res = self.encoder(h, Graph.causal(tokens.shape[1]), need_weights=need_weights)
+        out = res.out if need_weights else res  # (B, L, C)
         logits = self.head(out[:, -1])  # (B, K)
-        return (logits, res.attentions) if return_attention else logits
+        return (logits, res.attentions) if need_weights else logits
 
 
 class GRURecall(nn.Module):
@@ -220,10 +240,6 @@ class GRURecall(nn.Module):
         """Shapes: tokens ``(B, L)``; returns logits ``(B, K)``."""
         out, _ = self.rnn(self.embed(tokens))  # (B, L, hidden)
         return self.head(out[:, -1])  # (B, K)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def build_recall_models(cfg: WhyAttentionConfig) -> dict[str, nn.Module]:
@@ -258,7 +274,7 @@ def attention_softness(model: AttentionRecall, x: Tensor) -> dict[str, Any]:
     """
     was = model.training
     model.eval()
-    _, attentions = model(x, return_attention=True)
+    _, attentions = model(x, need_weights=True)
     model.train(was)
     n = x.shape[1]
     edge = torch.ones(n, n, dtype=torch.bool).tril()  # (L, L): the causal in-edges
@@ -299,26 +315,20 @@ def train_recall(
         resume=False,
         progress=cfg.progress,
     )
-    t0 = time.perf_counter()
     result = Trainer(model, opt, step_fn, stream, config, eval_fn=eval_fn).fit()
-    wall = time.perf_counter() - t0
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if '"kind": "train"' in line
-    ]
-    epoch_s = [cfg.epoch_sequences / r["samples_per_s"] for r in records]
+    losses = result.values("loss")
+    epoch_s = [cfg.epoch_sequences / v for v in result.values("samples_per_s")]
     return {
         "model": name,
         "length": length,
         "test_acc": result.eval["test_acc"],
-        "first_loss": records[0]["loss"],
-        "last_loss": records[-1]["loss"],
-        "last_train_acc": records[-1]["acc"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "last_train_acc": result.values("acc")[-1],
         "steps": result.step,
         "epoch_s": epoch_s,
         "median_epoch_s": statistics.median(epoch_s),
-        "wall_s": wall,
+        "wall_s": result.elapsed_s,
     }
 
 
@@ -395,7 +405,7 @@ def cost_step(variant: str, n: int, s: CostSettings) -> tuple[Step, Graph]:
     if variant == "complete_weights":
 
         def forward() -> Tensor:
-            return attn(x, graph, return_attention=True).out  # (B, N, C)
+            return attn(x, graph, need_weights=True).out  # (B, N, C)
 
     else:
 
@@ -415,19 +425,15 @@ def measure_point(variant: str, n: int, s: CostSettings) -> dict[str, Any]:
     mem = measure_peak_rss(step)  # warm-up step + measured step
     per_step = (time.perf_counter() - t0) / 2
     repeats = max(3, min(7, int(s.point_budget_s / max(per_step, 1e-6))))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t) * 1e3)
+    timing = time_alternating({variant: step}, repeats=repeats, min_repeats=repeats, warmup=0)
     backend = "dense" if variant != "window" else choose_backend(graph, head_dim=s.dim // s.heads)
     return {
         "variant": variant,
         "n": n,
         "edges": graph.num_edges,
         "backend": backend,
-        "time_ms": statistics.median(times),
-        "times_ms": times,
+        "time_ms": timing.median_ms[variant],
+        "times_ms": timing.times_ms[variant],
         "peak_mib": mem["peak_mib"],
         "memory_method": mem["method"],
     }
@@ -758,103 +764,45 @@ def format_tables(result: dict[str, Any]) -> str:
 # ============================================================================ run
 def run(cfg: WhyAttentionConfig) -> dict[str, Any]:
     """Run the selected parts, print the tables, write the JSON and the pictures."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    result: dict[str, Any] = {
-        "example": "why_attention",
-        "threads": torch.get_num_threads(),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-    }
+    exp = Experiment("why_attention", cfg)
+    result: dict[str, Any] = {}
     pictures: list[str] = []
     part_s: dict[str, float] = {}
     if "recall" in cfg.parts:
         t = time.perf_counter()
         result["recall"] = run_recall(cfg)
         part_s["recall"] = time.perf_counter() - t
-        pictures += plot_recall(result["recall"], out)
+        pictures += plot_recall(result["recall"], exp.out_dir)
     if "cost" in cfg.parts:
         t = time.perf_counter()
         result["cost"] = run_cost(cfg)
         part_s["cost"] = time.perf_counter() - t
-        pictures.append(plot_cost(result["cost"], out))
+        pictures.append(plot_cost(result["cost"], exp.out_dir))
     if "softmax" in cfg.parts:
         t = time.perf_counter()
         result["softmax"] = run_softmax(cfg)
         part_s["softmax"] = time.perf_counter() - t
-        pictures.append(plot_softmax(result["softmax"], out))
-        for s in result["softmax"]["sweep"]:
-            s.pop("_curve")
-    table = format_tables(result)
-    print(table, flush=True)
-    result.update({"part_wall_s": part_s, "total_wall_s": time.perf_counter() - t_start})
-    result["pictures"] = pictures
-    result["table"] = table
-    path = Path(cfg.results_path)
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(f"wrote {path} and {len(pictures)} pictures in {out}", flush=True)
-    return result
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    p.add_argument("--lengths", type=int, nargs="+", default=None, help="recall lengths L")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--epochs", type=int, default=None, help="default 12 (quick: 4)")
-    p.add_argument("--max-n", type=int, default=None, help="largest N of the cost sweep")
-    p.add_argument("--mem-cap-mib", type=float, default=4096.0)
-    p.add_argument("--max-step-s", type=float, default=15.0)
-    p.add_argument("--memory", choices=("subprocess", "inprocess"), default="subprocess")
-    p.add_argument("--out", default="runs/why_attention")
-    p.add_argument("--results", default=str(RESULTS), help="summary JSON path")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument(
-        "--quick", action="store_true", help="3 lengths, 4 short epochs, N <= 4096: a check"
-    )
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--measure-one", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
-    p.add_argument("--cost-settings", default="{}", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-
-def config_from_args(a: argparse.Namespace) -> WhyAttentionConfig:
-    quick = a.quick
-    lengths = a.lengths or ([16, 64, 256] if quick else list(WhyAttentionConfig.lengths))
-    return WhyAttentionConfig(
-        parts=tuple(a.parts),
-        models=tuple(a.models),
-        lengths=tuple(lengths),
-        epochs=a.epochs if a.epochs is not None else (4 if quick else 12),
-        epoch_sequences=512 if quick else 1024,
-        cost_max_n=a.max_n if a.max_n is not None else (4096 if quick else 131072),
-        mem_cap_mib=a.mem_cap_mib,
-        max_step_s=a.max_step_s,
-        point_budget_s=5.0 if quick else 20.0,
-        memory=a.memory,
-        out_dir=a.out,
-        results_path=a.results,
-        threads=a.threads,
-        progress=not a.no_progress,
-    )
+        pictures.append(plot_softmax(result["softmax"], exp.out_dir))
+        for sweep in result["softmax"]["sweep"]:
+            sweep.pop("_curve")
+    return exp.finish(format_tables(result), **result, part_wall_s=part_s, pictures=pictures)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    a = parse_args(argv)
-    if a.measure_one:  # hidden: one cost point in this (fresh) process, JSON on stdout
-        variant, n = a.measure_one[0], int(a.measure_one[1])
+    parser = config_parser(WhyAttentionConfig, __doc__, PRESETS, ALIASES)
+    parser.add_argument("--measure-one", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--cost-settings", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure_one:  # hidden: one cost point in this (fresh) process, JSON on stdout
+        variant, n = args.measure_one[0], int(args.measure_one[1])
         if variant not in VARIANTS:
             raise SystemExit(
                 f"--measure-one VARIANT must be one of {tuple(VARIANTS)}, got {variant!r}"
             )
-        point = measure_point(variant, n, CostSettings(**json.loads(a.cost_settings)))
+        point = measure_point(variant, n, CostSettings(**json.loads(args.cost_settings)))
         print(json.dumps(point), flush=True)
         return point
-    return run(config_from_args(a))
+    return run(config_from_args(WhyAttentionConfig, args, PRESETS, parser))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from .data import (
     DatasetSource,
     RemoteArchive,
     RemoteFile,
-    add_data_dir_argument,
     ensure_dataset,
     resolve_data_dir,
 )
@@ -62,7 +61,6 @@ __all__ = [
     # data
     "ENV_VAR",
     "resolve_data_dir",
-    "add_data_dir_argument",
     "RemoteFile",
     "RemoteArchive",
     "DatasetSource",

@@ -17,7 +17,6 @@ These belong to the examples, not to ``graphattn``: the library reads no data se
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tarfile
@@ -32,7 +31,6 @@ from ._atomic import atomic_write
 __all__ = [
     "ENV_VAR",
     "resolve_data_dir",
-    "add_data_dir_argument",
     "RemoteFile",
     "RemoteArchive",
     "DatasetSource",
@@ -69,18 +67,6 @@ def resolve_data_dir(arg: PathLike | None = None) -> Path:
     import pooch  # only here and for downloads: the examples run from ../shared without it
 
     return Path(pooch.os_cache("graphattn")).expanduser().resolve()
-
-
-def add_data_dir_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--data-dir`` to an example's argument parser (resolve it with
-    :func:`resolve_data_dir`)."""
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help=f"data folder (default: ${ENV_VAR}, else ../shared/data next to the repository, "
-        "else the user cache, ~/.cache/graphattn on Linux)",
-    )
-    return parser
 
 
 def _retrieve(url: str, dest: Path, sha256: str | None) -> Path:

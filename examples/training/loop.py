@@ -4,9 +4,9 @@
 ``TrainConfig.max_steps`` optimizer steps with:
 
 - a tqdm progress bar showing the loss and the throughput (samples/s);
-- training metrics averaged over ``log_every`` steps and evaluation metrics appended to
-  ``out_dir/metrics.jsonl`` (one JSON object a line), and a summary ``out_dir/metrics.json``
-  written atomically at the end;
+- training metrics averaged over ``log_every`` steps and evaluation metrics, kept in memory
+  (:attr:`TrainResult.history`) and appended to ``out_dir/metrics.jsonl`` (one JSON object a
+  line), and a summary ``out_dir/metrics.json`` written atomically at the end;
 - checkpoints in ``out_dir/checkpoints/step_XXXXXX.pt`` holding the model, optimizer,
   scheduler, every random stream (per rank), the step, and the position in the data
   (epoch, batches consumed, and the random state at the start of the epoch);
@@ -39,7 +39,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,9 @@ class TrainResult:
         eval: the last evaluation record (empty without ``eval_fn``).
         elapsed_s: wall time of the whole run, resumed parts included.
         resumed_from: the step of the checkpoint this run started from (0: a fresh start).
+        history: every logged record in order, training (``"kind": "train"``) and evaluation
+            (``"kind": "eval"``) alike: what ``metrics.jsonl`` holds, also without ``out_dir``.
+            After a resume it starts with the records the earlier part of the run wrote.
     """
 
     step: int
@@ -148,6 +151,20 @@ class TrainResult:
     eval: dict[str, Any]
     elapsed_s: float
     resumed_from: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def values(self, name: str, kind: str = "train") -> list[float]:
+        """The logged values of metric ``name`` in the records of ``kind``, in step order.
+
+        Example:
+            >>> r = TrainResult(2, 0, {}, {}, 0.0, history=[
+            ...     {"kind": "train", "step": 1, "loss": 2.0},
+            ...     {"kind": "eval", "step": 1, "acc": 0.5},
+            ...     {"kind": "train", "step": 2, "loss": 1.0}])
+            >>> r.values("loss"), r.values("acc", "eval")
+            ([2.0, 1.0], [0.5])
+        """
+        return [r[name] for r in self.history if r.get("kind") == kind and name in r]
 
 
 class _Meter:
@@ -284,6 +301,7 @@ class Trainer:
         self.batch_in_epoch = 0  # batches taken from the current iterator
         self.last_train: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []  # every logged record (TrainResult.history)
         self.resumed_from = 0
         self._iter: Iterator[Any] | None = None
         self._epoch_rng: dict[str, Any] | None = None
@@ -306,6 +324,7 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / "metrics.json"
 
     def _append(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
         if self.metrics_path is None or not self.dist.is_main:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,6 +348,7 @@ class Trainer:
                     self.last_train = record
                 elif record.get("kind") == "eval":
                     self.last_eval = record
+        self.history = list(kept)
         with atomic_write(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
 
@@ -634,6 +654,7 @@ class Trainer:
             eval=self.last_eval,
             elapsed_s=self._elapsed(),
             resumed_from=self.resumed_from,
+            history=list(self.history),
         )
 
 

@@ -55,7 +55,7 @@ def test_torchrun_two_processes_train_on_partitions_in_step(tmp_path):
         "2",
         "--threads",
         "1",
-        "--out",
+        "--results",
         str(tmp_path / "rank{rank}.json"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

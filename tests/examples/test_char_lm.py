@@ -43,6 +43,7 @@ def _tiny(graph: str, out_dir: Path) -> char_lm.CharLMConfig:
         sample_chars=20,
         data_dir=str(DATA),
         out_dir=str(out_dir),
+        results=str(out_dir / "char_lm.json"),
         progress=False,
     )
 
@@ -53,11 +54,11 @@ def test_char_lm_trains_and_writes(graph: str, tmp_path: Path) -> None:
     assert summary["val_loss"] < summary["initial_val_loss"] - 0.3
     assert summary["steps"] == 60 and summary["ms_per_step"] > 0
     assert len(summary["sample"]) == 20
-    written = json.loads((tmp_path / f"char_lm_{graph}.json").read_text())
+    written = json.loads((tmp_path / graph / "summary.json").read_text())
     assert written["val_loss"] == summary["val_loss"]
-    assert (tmp_path / f"curves_{graph}.png").stat().st_size > 0
-    merged = char_lm.merge_results(tmp_path / "char_lm.json", summary)
-    assert graph in merged["runs"]
+    assert (tmp_path / graph / "curves.png").stat().st_size > 0
+    merged = json.loads((tmp_path / "char_lm.json").read_text())
+    assert merged["runs"][graph]["val_loss"] == summary["val_loss"]
 
 
 def test_window_graph_sees_only_radius() -> None:
@@ -92,5 +93,5 @@ def test_compare_speed_times_both_graphs(tmp_path: Path) -> None:
     speed = char_lm.compare_speed(cfg, steps=2, rounds=1)
     assert speed["causal"]["ms_per_step"] > 0 and speed["window"]["ms_per_step"] > 0
     assert speed["window"]["edges"] < speed["causal"]["edges"]
-    merged = char_lm.merge_results(tmp_path / "char_lm.json", speed, key="speed")
+    merged = json.loads((tmp_path / "char_lm.json").read_text())
     assert merged["speed"]["window_over_causal"] == speed["window_over_causal"]

@@ -12,13 +12,14 @@ pytest.importorskip("torch_geometric")
 pytest.importorskip("scipy")  # Planetoid reads the raw files with scipy
 
 from examples.citation_graph import (  # noqa: E402
+    PRESETS,
     VARIANTS,
     CitationConfig,
     main,
-    parse_args,
     run,
     sparse_dropout,
 )
+from examples.harness import parse_config  # noqa: E402
 from examples.training import ensure_dataset  # noqa: E402
 
 
@@ -38,8 +39,8 @@ def test_citation_graph_trains_and_writes(tmp_path):
         max_epochs=8,
         complete_max_epochs=1,
         data_dir=str(data_dir),
-        cache_dir=str(tmp_path / "cache"),
-        results_path=str(tmp_path / "citation_graph.json"),
+        out_dir=str(tmp_path / "cache"),
+        results=str(tmp_path / "citation_graph.json"),
         threads=1,  # small graph: one thread is fastest
     )
     result = run(cfg)
@@ -71,7 +72,7 @@ def test_citation_graph_subset_keeps_only_its_variants(tmp_path):
             "--seeds", "1",
             "--threads", "1",
             "--data-dir", str(data_dir),
-            "--out", str(tmp_path / "cache"),
+            "--out-dir", str(tmp_path / "cache"),
             "--results", str(results),
             "--quick",
         ]
@@ -83,9 +84,12 @@ def test_citation_graph_subset_keeps_only_its_variants(tmp_path):
     assert "dot" not in saved["table"] and "complete" not in saved["table"]
 
 
-def test_parse_args_defaults():
-    cfg = parse_args([])
+def test_command_line_defaults_and_quick():
+    cfg = parse_config(CitationConfig, [], None, PRESETS)
     assert cfg.variants == VARIANTS and cfg.seeds == 10 and cfg.complete_seeds == 1
+    quick = parse_config(CitationConfig, ["--quick", "--variants", "gat"], None, PRESETS)
+    assert (quick.seeds, quick.max_epochs, quick.variants) == (1, 20, ("gat",))
+    assert quick.results is None  # a check writes into out_dir, never examples/results
 
 
 def test_sparse_dropout_matches_dense_dropout_on_the_nonzeros():

@@ -28,7 +28,7 @@ def _tiny(tmp_path: Path, **kw: object) -> CrossModalConfig:
         image_test_limit=60,
         eval_tuples=60,
         out_dir=str(tmp_path / "runs"),
-        results_path=str(tmp_path / "cross_modal_digits.json"),
+        results=str(tmp_path / "cross_modal_digits.json"),
         progress=False,
         threads=1,  # small tensors: one thread is fastest
         **kw,

@@ -39,7 +39,7 @@ def test_rl_cartpole_learns_and_writes(tmp_path):
         check_episodes=5,
         eval_episodes=10,
         out_dir=str(tmp_path / "runs"),
-        results_path=str(tmp_path / "rl_cartpole.json"),
+        results=str(tmp_path / "rl_cartpole.json"),
         progress=False,
         threads=1,  # small tensors: one thread is fastest
     )

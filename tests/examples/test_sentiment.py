@@ -38,8 +38,10 @@ def _tiny(out_dir: Path) -> sentiment.SentimentConfig:
         warmup_steps=5,
         label_smoothing=0.0,
         limit=100,
+        seeds=1,
         data_dir=str(DATA),
         out_dir=str(out_dir),
+        results=str(out_dir / "results" / "sentiment.json"),
         progress=False,
     )
 
@@ -54,12 +56,12 @@ def test_split_is_stratified_and_fixed() -> None:
 
 
 def test_sentiment_trains_and_writes(tmp_path: Path) -> None:
-    results = tmp_path / "results" / "sentiment.json"
-    summary = sentiment.run(_tiny(tmp_path / "run"), [0], results)
+    summary = sentiment.run(_tiny(tmp_path / "run"))
     first, last = summary["runs"][0]["first_loss"], summary["runs"][0]["last_loss"]
     assert last < first - 0.1
-    assert 0.0 <= summary["mean_test_acc"] <= 1.0
-    assert json.loads(results.read_text())["seeds_done"] == 1
+    assert 0.0 <= summary["summary"]["mean"] <= 1.0
+    saved = json.loads((tmp_path / "run" / "results" / "sentiment.json").read_text())
+    assert saved["complete"] and len(saved["runs"]) == 1
     for kind in ("correct", "incorrect"):
         if kind in summary["pictures"]:
             assert Path(summary["pictures"][kind]["path"]).stat().st_size > 0

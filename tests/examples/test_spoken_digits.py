@@ -35,7 +35,7 @@ def test_spoken_digits_trains_and_writes(tmp_path: Path) -> None:
         limit_per_class=1,  # 1 train + 1 test take per (speaker, digit): 60 + 60 recordings
         data_dir=str(DATA),
         out_dir=str(tmp_path / "runs"),
-        results_path=str(tmp_path / "spoken_digits.json"),
+        results=str(tmp_path / "spoken_digits.json"),
         progress=False,
         threads=1,  # small tensors: one thread is fastest
     )
@@ -45,7 +45,7 @@ def test_spoken_digits_trains_and_writes(tmp_path: Path) -> None:
         assert r["last_loss"] < r["first_loss"], r
         assert 0.0 <= r["test_acc"] <= 1.0
         assert sum(map(sum, r["confusion"])) == r["test_size"]
-    held = result["holdout"][0]
+    (held,) = [r for r in result["runs"] if r["split"] == "holdout"]
     assert held["speaker"] == "theo" and held["test_size"] == 20 and held["train_size"] == 100
     saved = json.loads((tmp_path / "spoken_digits.json").read_text())
     assert saved["official"]["seeds"] == 1

@@ -21,7 +21,7 @@ def test_vision_hybrid_trains_and_writes(tmp_path):
         train_limit=128,
         test_limit=64,
         out_dir=str(tmp_path / "runs"),
-        results_path=str(tmp_path / "vision_hybrid.json"),
+        results=str(tmp_path / "vision_hybrid.json"),
         progress=False,
         threads=1,  # small tensors: one thread is fastest
     )

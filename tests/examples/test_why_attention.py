@@ -26,7 +26,7 @@ def test_why_attention_trains_measures_and_writes(tmp_path):
         softmax_nodes=64,
         gap_step=0.05,
         out_dir=str(tmp_path / "runs"),
-        results_path=str(tmp_path / "why_attention.json"),
+        results=str(tmp_path / "why_attention.json"),
         progress=False,
         threads=1,
     )

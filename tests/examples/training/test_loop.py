@@ -102,6 +102,34 @@ def test_crash_and_resume_is_bitwise_exact(tmp_path, data_kind, checkpoint_every
     assert summary["step"] == n and summary["train"]["step"] == n
 
 
+def test_history_comes_back_in_memory(tmp_path):
+    """TrainResult.history holds what metrics.jsonl holds, also without out_dir and across
+    a resume (the resumed part starts from the records the earlier part wrote)."""
+
+    def eval_fn(model):
+        return {"score": 1.0}
+
+    _, ref = _run(tmp_path / "ref", "batchloader", 9, log_every=2, eval_every=4, eval_fn=eval_fn)
+    assert ref.history == load_metrics(tmp_path / "ref/metrics.jsonl")
+    assert [r["step"] for r in ref.history if r["kind"] == "eval"] == [4, 8, 9]
+    assert ref.values("loss") == [r["loss"] for r in ref.history if r["kind"] == "train"]
+    assert ref.values("score", "eval") == [1.0, 1.0, 1.0]
+    with pytest.raises(_Crash):
+        _run(tmp_path / "run", "batchloader", 9, crash_at=6, log_every=2, checkpoint_every=4)
+    _, resumed = _run(tmp_path / "run", "batchloader", 9, log_every=2, checkpoint_every=4)
+    steps = [(r["step"], r["loss"]) for r in resumed.history]
+    assert resumed.resumed_from == 4 and steps == [(s, loss) for s, loss in _losses(ref)]
+    model, opt, _, data = _make("batchloader")
+    no_files = Trainer(
+        model, opt, _step, data, TrainConfig(max_steps=3, log_every=1, progress=False)
+    )
+    assert [r["step"] for r in no_files.fit().history] == [1, 2, 3]
+
+
+def _losses(result):
+    return [(r["step"], r["loss"]) for r in result.history if r["kind"] == "train"]
+
+
 def test_stop_and_continue_with_more_steps(tmp_path):
     reference, _ = _run(tmp_path / "ref", "batchloader", 9, checkpoint_every=2)
     _run(tmp_path / "run", "batchloader", 4, checkpoint_every=2)  # stops cleanly at 4
