@@ -148,10 +148,11 @@ class FAVOR(KernelScore):
             self.redraw()
 
     def _projected(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``W x'`` ``(…, F)`` and ``|x'|^2 / 2`` ``(…, 1)`` for ``x' = x sqrt(scale)``."""
-        x = x * math.sqrt(self.scale)
-        w = self.projection.to(device=x.device, dtype=x.dtype)  # (F, D)
-        return torch.matmul(x, w.t()), 0.5 * (x * x).sum(-1, keepdim=True)
+        """``W x'`` ``(…, F)`` and ``|x'|^2 / 2`` ``(…, 1)`` for ``x' = x sqrt(scale)``
+        (the scale folded into ``W`` and the norm: no scaled copy of ``x``)."""
+        w = self.projection.to(device=x.device, dtype=x.dtype) * math.sqrt(self.scale)
+        half = (0.5 * self.scale) * torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()
+        return torch.matmul(x, w.t()), half  # (…, F), (…, 1)
 
     def feature_map(self, x: Tensor, *, query: bool, pad: Tensor | None = None) -> Tensor:
         wx, half = self._projected(x)  # (B, H, N, F), (B, H, N, 1)
@@ -207,7 +208,7 @@ class SGFormer(KernelScore):
             )
 
     def feature_map(self, x: Tensor, *, query: bool, pad: Tensor | None = None) -> Tensor:
-        x = torch.where(x == 0, torch.full_like(x, 1e-6), x)
+        x = torch.where(x == 0, 1e-6, x)
         x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (B, H, N, D)
         return x if pad is None else x.masked_fill(pad[:, None, :, None], 0.0)
 

@@ -75,12 +75,16 @@ def linear_attention(call: AttentionCall) -> Tensor:
     num = torch.matmul(phq, kv)  # (B, H, Nd, Dv)
     den = torch.matmul(phq, ksum[..., None])  # (B, H, Nd, 1)
     if score.self_weight:  # SGFormer: each target also receives its own value, weight N
-        ns = k.shape[-2]
-        n = torch.full((v.shape[0], 1, 1, 1), float(ns), dtype=v.dtype, device=v.device)
-        if pad is not None:
-            n = (~pad).sum(-1).to(v.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
-        num = num + n * v  # (B, H, N, Dv)
-        den = den + n
-    empty = den == 0
-    out = num / torch.where(empty, torch.ones_like(den), den)
-    return torch.where(empty, torch.zeros_like(out), out)
+        if pad is None:
+            ns = float(k.shape[-2])
+            num = num.add_(v, alpha=ns)  # (B, H, N, Dv)
+            den = den.add_(ns)
+        else:
+            n = (~pad).sum(-1).to(v.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1) real sources
+            num = torch.addcmul(num, n, v)
+            den = den + n
+    if pad is None:  # every target has sources; weights sum to a positive number
+        return num / den
+    empty = den == 0  # every source of the sample padded: a zero output, not NaN
+    out = num / torch.where(empty, 1.0, den)
+    return torch.where(empty, 0.0, out)
