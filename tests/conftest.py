@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +95,32 @@ def random_edge_index(
     src = torch.randint(0, num_src, (num_edges,), generator=generator)
     dst = torch.randint(0, num_dst, (num_edges,), generator=generator)
     return torch.stack([src, dst])
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def torchrun() -> Callable[..., subprocess.CompletedProcess]:
+    """``torchrun(module, *args, timeout=...)``: ``python -m module *args`` in 2 processes
+    under ``torch.distributed.run`` (a free local port, one thread each); fails the test
+    with the processes' output when the launch fails."""
+
+    def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+        cmd += ["-m", module, *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    return run

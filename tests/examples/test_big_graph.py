@@ -4,10 +4,6 @@ process and under torchrun with 2 processes (DDP keeps the replicas identical)."
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,40 +23,13 @@ def test_one_process_learns_the_blocks():
     assert res["edges"] == 4000 * 16
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
-def test_torchrun_two_processes_train_on_partitions_in_step(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "-m",
+def test_torchrun_two_processes_train_on_partitions_in_step(tmp_path, torchrun):
+    torchrun(
         "examples.big_graph",
-        "--nodes",
-        "4000",
-        "--parts",
-        "4",
-        "--epochs",
-        "2",
-        "--threads",
-        "1",
-        "--results",
-        str(tmp_path / "rank{rank}.json"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        *("--nodes", "4000", "--parts", "4", "--epochs", "2", "--threads", "1"),
+        *("--results", str(tmp_path / "rank{rank}.json")),
+    )
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(r["rank"] for r in results) == [0, 1]
     assert all(r["world_size"] == 2 for r in results)

@@ -3,10 +3,6 @@ torchrun."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -159,39 +155,18 @@ def test_init_distributed_explains_bad_environments(monkeypatch, env, match):
         init_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
-def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path, torchrun):
     steps, per_rank_batch = 6, 8
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "-m",
+    proc = torchrun(
         "examples.training.ddp_demo",
-        "--out-dir",
-        str(tmp_path),
-        "--steps",
-        str(steps),
-        "--batch-size",
-        str(per_rank_batch),
-        "--stop-at",
-        "3",  # stop after step 3, then resume from the checkpoint in the same launch
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        *("--out-dir", str(tmp_path), "--steps", str(steps), "--batch-size", str(per_rank_batch)),
+        *(
+            "--stop-at",
+            "3",
+        ),  # stop after step 3, then resume from the checkpoint in the same launch
+        timeout=120,
+    )
     assert '"resumed_from": 3' in proc.stdout
 
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
