@@ -46,6 +46,7 @@ from .layers import (
     LayerOutput,
     TransformerOutput,
 )
+from .mha import MultiheadAttention
 from .partition import NodePartitions, PartitionBatch
 from .positional import (
     AxialRotaryEmbedding,
@@ -99,6 +100,7 @@ __all__ = [
     "add_self_loops",
     "from_pyg",
     "SGFormerAttention",
+    "MultiheadAttention",
     "LocalGlobalLayer",
     "NodePartitions",
     "PartitionBatch",
