@@ -250,11 +250,15 @@ def _heads_out(out: Tensor, concat: bool) -> Tensor:
     return out.reshape(out.shape[0], -1) if concat else out.mean(1)
 
 
-def _finish(res: Tensor | AttentionOutput, out: Tensor, want: bool) -> Tensor | ConvOutput:
+def _finish(
+    res: Tensor | AttentionOutput, out: Tensor, want: bool, pyg: bool = False
+) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The layer's output; with weights a :class:`ConvOutput`, or PyG's
+    ``(out, (edge_index, alpha))`` for ``return_attention_weights=True``."""
     if not want:
         return out
-    weights = res.attention
-    return ConvOutput(out, weights, res.backend)
+    result = ConvOutput(out, res.attention, res.backend)
+    return (out, (result.edge_index, result.attention.values)) if pyg else result
 
 
 class _AttentionConv(nn.Module):
@@ -439,9 +443,12 @@ class GATConv(_AttentionConv):
         *,
         need_weights: bool = False,
         return_attention: bool | None = None,
-    ) -> Tensor | ConvOutput:
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend over the in-edges (and self-loops) of every target node
-        (``need_weights``: also return the weights; ``return_attention``: its old name).
+        (``need_weights``: also return the weights as a :class:`ConvOutput`;
+        ``return_attention``: its old name; ``return_attention_weights=True``: PyG's
+        ``(out, (edge_index, alpha))``).
 
         Returns:
             ``(Nd, H * C)`` or ``(Nd, C)``; with ``need_weights=True`` a
@@ -450,6 +457,8 @@ class GATConv(_AttentionConv):
         need_weights = renamed(
             "need_weights", need_weights, "return_attention", return_attention, False
         )
+        pyg = bool(return_attention_weights)  # PyG's (out, (edge_index, alpha))
+        need_weights = need_weights or pyg
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         if self.lin is not None:
@@ -469,7 +478,7 @@ class GATConv(_AttentionConv):
             a_dst, a_src, hs, prep.graph, need_weights, score=self.score, edge_features=ef
         )
         out = self._finish_output(_heads_out(out, self.concat), x_dst)
-        return _finish(res, out, need_weights)
+        return _finish(res, out, need_weights, pyg)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", negative_slope={self.negative_slope}"
@@ -584,9 +593,12 @@ class GATv2Conv(_AttentionConv):
         *,
         need_weights: bool = False,
         return_attention: bool | None = None,
-    ) -> Tensor | ConvOutput:
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend over the in-edges (and self-loops) of every target node
-        (``need_weights``: also return the weights; ``return_attention``: its old name).
+        (``need_weights``: also return the weights as a :class:`ConvOutput`;
+        ``return_attention``: its old name; ``return_attention_weights=True``: PyG's
+        ``(out, (edge_index, alpha))``).
 
         Returns:
             ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
@@ -594,6 +606,8 @@ class GATv2Conv(_AttentionConv):
         need_weights = renamed(
             "need_weights", need_weights, "return_attention", return_attention, False
         )
+        pyg = bool(return_attention_weights)  # PyG's (out, (edge_index, alpha))
+        need_weights = need_weights or pyg
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         x_l = _linear(self.lin_l, x_src).view(-1, h, c)  # (Ns, H, C): keys and values
@@ -611,7 +625,7 @@ class GATv2Conv(_AttentionConv):
             x_r, x_l, x_l, prep.graph, need_weights, score=score, edge_features=ef
         )
         out = self._finish_output(_heads_out(out, self.concat), x_dst)
-        return _finish(res, out, need_weights)
+        return _finish(res, out, need_weights, pyg)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", share_weights={self.share_weights}"
@@ -697,9 +711,11 @@ class TransformerConv(_AttentionConv):
         *,
         need_weights: bool = False,
         return_attention: bool | None = None,
-    ) -> Tensor | ConvOutput:
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend over the in-edges of every target node (``need_weights``: also return
-        the weights; ``return_attention``: its old name).
+        the weights as a :class:`ConvOutput`; ``return_attention``: its old name;
+        ``return_attention_weights=True``: PyG's ``(out, (edge_index, alpha))``).
 
         Returns:
             ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
@@ -707,6 +723,8 @@ class TransformerConv(_AttentionConv):
         need_weights = renamed(
             "need_weights", need_weights, "return_attention", return_attention, False
         )
+        pyg = bool(return_attention_weights)  # PyG's (out, (edge_index, alpha))
+        need_weights = need_weights or pyg
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         query = _linear(self.lin_query, x_dst).view(-1, h, c)  # (Nd, H, C)
@@ -734,7 +752,7 @@ class TransformerConv(_AttentionConv):
                 out = gate * x_r + (1 - gate) * out
             else:
                 out = out + x_r
-        return _finish(res, out, need_weights)
+        return _finish(res, out, need_weights, pyg)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", beta={self.beta}, root_weight={self.root_weight}"

@@ -304,3 +304,19 @@ def test_sparse_features_reuse_the_transposed_pattern(gen):
     (g_sparse,) = torch.autograd.grad(out, conv.lin.weight, grad)
     (g_dense,) = torch.autograd.grad(conv(changed, ei), conv.lin.weight, grad)
     torch.testing.assert_close(g_sparse, g_dense, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["GATConv", "GATv2Conv", "TransformerConv"])
+def test_return_attention_weights_gives_pygs_tuple(name, gen):
+    """PyG's ``(out, (edge_index, alpha))``, the same numbers as PyG's layer."""
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    torch.manual_seed(0)
+    pyg = getattr(pyg_nn, name)(8, 4, heads=2).double().eval()
+    ours = graphattn.from_pyg(pyg)
+    x = torch.randn(6, 8, generator=gen, dtype=F64)
+    ei = torch.tensor([[0, 1, 2, 3, 4, 5, 0], [1, 2, 3, 4, 5, 0, 3]])
+    out, (edges, alpha) = ours(x, ei, return_attention_weights=True)
+    ref_out, (ref_edges, ref_alpha) = pyg(x, ei, return_attention_weights=True)
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(edges, ref_edges)
+    torch.testing.assert_close(alpha, ref_alpha)
