@@ -14,6 +14,8 @@ Axis legend: ``B`` batch, ``C`` channels, ``H``/``W`` image size, ``h``/``w`` gr
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Literal
 
 import torch
@@ -353,6 +355,8 @@ class CNNFeatureAdapter(nn.Module):
         x = _check_image(images, self.in_channels, self.convert_uint8)
         fmap = self.proj(self._backbone_forward(x))  # (B, D, h, w)
         h, w = fmap.shape[-2:]
+        if h * w < 4:
+            warnings.warn(_small_map_advice(self.layer, h, w, tuple(x.shape[-2:])), stacklevel=2)
         pos = sinusoidal_2d(h, w, self.dim, device=x.device) if self.pos_embed == "sincos" else None
         return _grid_nodes(fmap, pos, self.grid_radius, "image")
 
@@ -362,3 +366,16 @@ class CNNFeatureAdapter(nn.Module):
             f"feature_channels={self.feature_channels}, dim={self.dim}, "
             f"grid_radius={self.grid_radius}"
         )
+
+
+def _small_map_advice(layer: str | None, h: int, w: int, size: tuple[int, ...]) -> str:
+    """What to do when the tapped feature map has fewer than 2 x 2 cells (nodes)."""
+    earlier = "an earlier layer"
+    match = re.fullmatch(r"layer([2-4])", layer or "")
+    if match:  # a ResNet stage: the one before has half the stride
+        earlier = f"layer{int(match.group(1)) - 1!s} (half the stride)"
+    return (
+        f"CNNFeatureAdapter: layer {layer!r} gives a {h}x{w} feature map for "
+        f"{size[0]}x{size[1]} images, i.e. {h * w} node(s): attention between cells needs at "
+        f"least 2x2. Tap {earlier}, or feed larger images."
+    )

@@ -363,13 +363,17 @@ class RLStateEncoder(nn.Module):
         """Encode observations and evaluate the heads.
 
         Args:
-            obs: vector ``(B, obs_dim)`` or entities ``(B, N, F)`` (tensor or array).
-            mask: entities only: ``(B, N)`` bool, True = real entity.
-            need_weights: also return each layer's attention weights.
+            obs: vector ``(B, obs_dim)`` or entities ``(B, N, F)`` (tensor or array); one
+                unbatched observation (``(obs_dim,)``, ``(N, F)``, as ``env.reset()`` gives)
+                is accepted too, and the outputs then have no batch dimension either.
+            mask: entities only: ``(B, N)`` bool (``(N,)`` unbatched), True = real entity.
+            need_weights: also return each layer's attention weights (with a batch of one
+                for an unbatched observation).
             return_attention: the old name of ``need_weights`` (deprecated).
 
         Shapes:
-            - returns :class:`RLOutput` with embedding ``(B, D)`` and value ``(B,)``.
+            - returns :class:`RLOutput` with embedding ``(B, D)`` and value ``(B,)`` (``(D,)``
+              and ``()`` unbatched).
         """
         if return_attention is not None:
             warnings.warn(
@@ -379,6 +383,10 @@ class RLStateEncoder(nn.Module):
                 stacklevel=2,
             )
             need_weights = return_attention
+        unbatched = _ndim(obs) == (1 if self.obs_dim is not None else 2)
+        if unbatched:  # one observation, as env.reset() and env.step() give it
+            obs = obs[None] if isinstance(obs, Tensor) else np.asarray(obs)[None]
+            mask = None if mask is None else mask[None]
         x, mask = self.embed(obs, mask)  # (B, N, D), (B, N)
         kpm = None if bool(mask.all()) else ~mask
         res = self.encoder(x, key_padding_mask=kpm, need_weights=need_weights)
@@ -395,6 +403,11 @@ class RLStateEncoder(nn.Module):
         elif self.action_dim is not None:
             out.action_mean = self.actor(emb)  # (B, A)
             out.action_log_std = self.action_log_std  # (A,)
+        if unbatched:
+            for name in ("embedding", "value", "logits", "action_mean", "nodes"):
+                value = getattr(out, name)
+                if value is not None:
+                    setattr(out, name, value[0])
         return out
 
     def extra_repr(self) -> str:
@@ -409,3 +422,14 @@ class RLStateEncoder(nn.Module):
             else f"action_dim={self.action_dim}"
         )
         return f"{kind}, dim={self.dim}, {head}"
+
+
+def _ndim(obs: object) -> int | None:
+    """The number of dimensions of a tensor, array or nested list (``None`` if ragged or not
+    an array at all: :meth:`RLStateEncoder.embed` then names the problem)."""
+    if isinstance(obs, Tensor):
+        return obs.dim()
+    try:
+        return np.ndim(obs)
+    except (TypeError, ValueError):
+        return None

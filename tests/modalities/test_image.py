@@ -166,3 +166,12 @@ def test_cnn_errors() -> None:
         CNNFeatureAdapter("stem", "layer1", dim=4)
     with pytest.raises(TypeError, match="backbone must be an nn.Module or a model name"):
         CNNFeatureAdapter(3, dim=4)  # type: ignore[arg-type]
+
+
+def test_a_feature_map_below_2x2_warns_and_names_an_earlier_layer():
+    """resnet18's layer4 on 32x32 images is a single cell: a graph of one node."""
+    adapter = CNNFeatureAdapter("resnet18", dim=8).eval()
+    with pytest.warns(UserWarning, match=r"'layer4' gives a 1x1 feature map.*Tap layer3"):
+        with torch.no_grad():
+            nodes = adapter(torch.rand(1, 3, 32, 32))
+    assert nodes.features.shape == (1, 1, 8)

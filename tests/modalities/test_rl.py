@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +63,9 @@ def test_constructor_and_input_errors() -> None:
         RLStateEncoder(4, 8, 0, 2)
     enc = small(4)
     with pytest.raises(ValueError, match=r"\(B, obs_dim=4\), got \(4,\) \(add a batch"):
-        enc(torch.randn(4))
+        enc.embed(torch.randn(4))  # forward takes one observation; embed wants a batch
+    with pytest.raises(ValueError, match=r"\(B, obs_dim=4\), got \(2, 3, 4\)"):
+        enc(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="mask applies to entity observations only"):
         enc(torch.randn(1, 4), torch.ones(1, 4, dtype=torch.bool))
     ent = small(EntitySpec(3, max_entities=5))
@@ -164,3 +167,19 @@ def test_every_parameter_gets_a_gradient(kind: str) -> None:
     loss.backward()
     for name, p in enc.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_an_unbatched_observation_gives_unbatched_outputs():
+    """``env.reset()[0]`` goes in as it is, as one sample."""
+    torch.manual_seed(0)
+    vec = RLStateEncoder(4, 16, 1, 2, num_actions=2).eval()
+    obs = np.array([0.1, -0.2, 0.03, 0.4], dtype=np.float32)  # CartPole's reset()[0]
+    one, batch = vec(obs), vec(obs[None])
+    assert one.embedding.shape == (16,) and one.value.shape == () and one.logits.shape == (2,)
+    torch.testing.assert_close(one.logits, batch.logits[0])
+    assert one.distribution().sample().shape == ()
+    ent = RLStateEncoder(EntitySpec(feature_dim=3), 16, 1, 2).eval()
+    x, mask = torch.randn(5, 3), torch.tensor([True, True, True, False, False])
+    one = ent(x, mask)
+    torch.testing.assert_close(one.embedding, ent(x[None], mask[None]).embedding[0])
+    assert one.nodes.shape == (5, 16)
