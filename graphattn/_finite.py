@@ -107,10 +107,12 @@ def mask_padded_inputs(call: AttentionCall) -> AttentionCall:
     if call.bias is not None and call.bias_layout == "dense":
         bias = call.bias.expand(b, -1, -1, -1)  # (B, H or 1, Nd, Ns)
         changes["bias"] = bias.masked_fill(pad[:, None, None, :], 0.0)
-    src = call.graph.edge_index()[0]
-    edge_pad = pad[:, src]  # (B, E)
-    if call.bias is not None and call.bias_layout == "edges":
-        changes["bias"] = call.bias.expand(b, -1, -1).masked_fill(edge_pad[..., None], 0.0)
+    edge_bias = call.bias if call.bias_layout == "edges" else None
+    if edge_bias is None and call.edge_features is None and call.edge_values is None:
+        return replace(call, **changes)  # no per-edge inputs: no edge list is needed
+    edge_pad = pad[:, call.graph.edge_index()[0]]  # (B, E): edges from padded sources
+    if edge_bias is not None:
+        changes["bias"] = edge_bias.expand(b, -1, -1).masked_fill(edge_pad[..., None], 0.0)
     for name in ("edge_features", "edge_values"):
         t = getattr(call, name)  # (B or 1, E, H, C)
         if t is not None:
