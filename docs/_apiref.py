@@ -3,8 +3,8 @@
 Shared by the mkdocs hooks (``docs/_hooks.py``: the strict checks, the generated index) and
 mkdocstrings, which loads :class:`SphinxToMarkdown` as a griffe extension (``mkdocs.yml``).
 
-- The public API is every public module of :data:`PACKAGES` (no ``_`` in its path, outside
-  :data:`EXCLUDED`) and the names in each one's ``__all__``.
+- The public API is every public module of :data:`PACKAGES` (no ``_`` in its path) and the
+  names in each one's ``__all__``.
 - Each public object is documented once: in the module that defines it, or, when that module
   is private (``graphattn.backends._base``), in the public module nearest to it that
   re-exports it (``graphattn.backends``). Re-exports elsewhere (``graphattn.Graph``) are
@@ -28,7 +28,6 @@ from collections.abc import Iterator
 import griffe
 
 PACKAGES = ("graphattn", "modalities")
-EXCLUDED: tuple[str, ...] = ()  # modules left out of the API reference (none)
 EXEMPT_METHODS = frozenset({"extra_repr"})  # nn.Module's repr hook, shown by repr()
 
 
@@ -37,17 +36,13 @@ def _is_private_path(path: str) -> bool:
     return any(part.startswith("_") for part in path.split("."))
 
 
-def _excluded(path: str) -> bool:
-    return any(path == e or path.startswith(e + ".") for e in EXCLUDED)
-
-
 def public_modules(pkg: griffe.Module) -> list[griffe.Module]:
     """``pkg`` and its public submodules, recursively, parents first."""
     found = [pkg]
     for member in pkg.members.values():
         if member.is_alias or not member.is_module:
             continue
-        if _is_private_path(member.path) or _excluded(member.path):
+        if _is_private_path(member.path):
             continue
         found.extend(public_modules(member))
     return found

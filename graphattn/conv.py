@@ -250,6 +250,19 @@ def _heads_out(out: Tensor, concat: bool) -> Tensor:
     return out.reshape(out.shape[0], -1) if concat else out.mean(1)
 
 
+def _weights_request(
+    need_weights: bool, return_attention: bool | None, return_attention_weights: bool | None
+) -> tuple[bool, bool]:
+    """Whether a conv call wants the weights, and whether in PyG's ``(out, (edge_index,
+    alpha))`` form (``return_attention_weights``); ``return_attention`` is the deprecated
+    name of ``need_weights``."""
+    need_weights = renamed(
+        "need_weights", need_weights, "return_attention", return_attention, False
+    )
+    pyg = bool(return_attention_weights)
+    return need_weights or pyg, pyg
+
+
 def _finish(
     res: Tensor | AttentionOutput, out: Tensor, want: bool, pyg: bool = False
 ) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -454,11 +467,9 @@ class GATConv(_AttentionConv):
             ``(Nd, H * C)`` or ``(Nd, C)``; with ``need_weights=True`` a
             :class:`ConvOutput` whose weights align with its ``edge_index``.
         """
-        need_weights = renamed(
-            "need_weights", need_weights, "return_attention", return_attention, False
+        need_weights, pyg = _weights_request(
+            need_weights, return_attention, return_attention_weights
         )
-        pyg = bool(return_attention_weights)  # PyG's (out, (edge_index, alpha))
-        need_weights = need_weights or pyg
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         if self.lin is not None:
@@ -603,11 +614,9 @@ class GATv2Conv(_AttentionConv):
         Returns:
             ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
         """
-        need_weights = renamed(
-            "need_weights", need_weights, "return_attention", return_attention, False
+        need_weights, pyg = _weights_request(
+            need_weights, return_attention, return_attention_weights
         )
-        pyg = bool(return_attention_weights)  # PyG's (out, (edge_index, alpha))
-        need_weights = need_weights or pyg
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         x_l = _linear(self.lin_l, x_src).view(-1, h, c)  # (Ns, H, C): keys and values
@@ -720,11 +729,9 @@ class TransformerConv(_AttentionConv):
         Returns:
             ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
         """
-        need_weights = renamed(
-            "need_weights", need_weights, "return_attention", return_attention, False
+        need_weights, pyg = _weights_request(
+            need_weights, return_attention, return_attention_weights
         )
-        pyg = bool(return_attention_weights)  # PyG's (out, (edge_index, alpha))
-        need_weights = need_weights or pyg
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
         query = _linear(self.lin_query, x_dst).view(-1, h, c)  # (Nd, H, C)

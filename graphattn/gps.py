@@ -6,8 +6,6 @@ Axis legend: ``B`` batch, ``N`` nodes, ``C`` channels, ``E`` edges.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
 from ._checks import check_int
@@ -15,6 +13,7 @@ from ._finite import zero_padded_nodes
 from .attention import GraphAttention
 from .functional import BackendName, ScoreLike
 from .graph import Graph
+from .layers import Activation, _resolve_activation
 
 __all__ = ["LocalGlobalLayer"]
 
@@ -40,7 +39,8 @@ class LocalGlobalLayer(nn.Module):
         dim_feedforward: hidden size of the feed-forward block.
         dropout: dropout on both attentions' weights (where served), their outputs and the
             feed-forward block.
-        activation: ``"relu"`` or ``"gelu"``.
+        activation: ``"relu"``, ``"gelu"`` or a callable (as in
+            :class:`~graphattn.GraphTransformerLayer`).
         layer_norm_eps: LayerNorm epsilon.
         edge_dim: size of edge features for the local branch (``None``: none).
         local_backend: backend of the local attention.
@@ -67,7 +67,7 @@ class LocalGlobalLayer(nn.Module):
         global_score: ScoreLike = None,
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
-        activation: str = "relu",
+        activation: Activation = "relu",
         layer_norm_eps: float = 1e-5,
         edge_dim: int | None = None,
         local_backend: BackendName = "auto",
@@ -77,9 +77,6 @@ class LocalGlobalLayer(nn.Module):
         check_int("dim_feedforward", dim_feedforward)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        acts: dict[str, Any] = {"relu": nn.ReLU(), "gelu": nn.GELU()}
-        if activation not in acts:
-            raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
         self.local_attn = GraphAttention(
             embed_dim,
             num_heads,
@@ -100,7 +97,7 @@ class LocalGlobalLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.linear1 = nn.Linear(embed_dim, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, embed_dim)
-        self.activation = acts[activation]
+        self.activation = _resolve_activation(activation)
         self.dropout = nn.Dropout(dropout)
         self.dropout_local = nn.Dropout(dropout)
         self.dropout_global = nn.Dropout(dropout)
