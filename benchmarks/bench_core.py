@@ -193,7 +193,7 @@ def case_sparse(n: int, k: int, embed: int, heads: int) -> Case:
             "ga": 'GraphAttention(backend="edges"), Graph built once',
             "ga_auto": 'GraphAttention(backend="auto"), Graph built once',
             "ga_raw": 'GraphAttention(backend="edges"), raw edge_index each call',
-            "ga_fused": 'GraphAttention(backend="fused"), Graph built once',
+            "ga_fused": 'GraphAttention(backend="fused"), Graph built once (C++ / Triton)',
         },
         peer=f"TransformerConv({embed}, {embed // heads}, heads={heads}, root_weight=False)",
         goal_time=0.67,
@@ -339,7 +339,7 @@ def case_gat(
         variants={
             "ga": f"graphattn.from_pyg({peer_name}(...)), backend auto, raw edge_index",
             "ga_edges": 'the same, backend="edges" (pure torch)',
-            "ga_fused": 'the same, backend="fused" (C++ kernel)',
+            "ga_fused": 'the same, backend="fused" (C++ kernel on CPU, Triton on CUDA)',
         },
         peer=f"torch_geometric.nn.{peer_name}({fin}, {channels}, heads={heads})",
         goal_time=0.5,
@@ -479,7 +479,13 @@ def case_gat_complete(n: int, fin: int, heads: int, channels: int) -> Case:
     )
 
 
-def make_cases(quick: bool) -> list[Case]:
+def make_cases(quick: bool, big: bool = False) -> list[Case]:
+    """The cases of a run: tiny ones for ``--quick``; ``--big`` adds N=1M (a GPU's sizes)."""
+    if big:
+        return [
+            case_sparse(1_000_000, 16, 64, 8),
+            case_gat("gat", 1_000_000, 16, 64, 8, 8),
+        ]
     if quick:
         return [
             case_mha(32, 2, 64, 8),
@@ -527,7 +533,7 @@ def _measure_memory(case: Case, impl: str, args: argparse.Namespace) -> dict:
         gc.collect()
         torch.cuda.empty_cache()
         return res
-    extra = ["--quick"] if args.quick else []
+    extra = (["--quick"] if args.quick else []) + (["--big"] if args.big else [])
     return run_measure_subprocess(
         MODULE, ["--measure-one", case.id, impl, "--device", args.device, *extra]
     )
@@ -654,7 +660,7 @@ def print_table(rows: list[dict], cases: list[Case]) -> str:
 
 def measure_one(args: argparse.Namespace) -> None:
     case_id, impl = args.measure_one
-    cases = {c.id: c for c in make_cases(args.quick)}
+    cases = {c.id: c for c in make_cases(args.quick, args.big)}
     if case_id not in cases:
         raise SystemExit(f"unknown case {case_id!r}; known: {sorted(cases)}")
     steps = cases[case_id].build(torch.device(args.device))
@@ -669,6 +675,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--big", action="store_true", help="only the N=1M cases")
     parser.add_argument("--out", default=None, help="JSON path (default results/core_<dev>)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per case (max)")
@@ -693,7 +700,9 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     cases = [
-        c for c in make_cases(args.quick) if not args.cases or c.id.startswith(tuple(args.cases))
+        c
+        for c in make_cases(args.quick, args.big)
+        if not args.cases or c.id.startswith(tuple(args.cases))
     ]
     bandwidth = copy_bandwidth(device)
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)", flush=True)

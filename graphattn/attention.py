@@ -400,7 +400,7 @@ class GraphAttention(nn.Module):
         bsz, nd, _ = x.shape
         ns = nd if x_src is None else _split_source(x_src)[0].shape[1]
         h, dh = self.num_heads, self.head_dim
-        graph = as_graph(graph, nd, ns)
+        graph = as_graph(graph, nd, ns, x.device)
         if graph.device != x.device:
             graph = graph.to(x.device)
         if key_padding_mask is not None:

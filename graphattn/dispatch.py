@@ -54,7 +54,8 @@ class AutoPolicy:
     query/key and value head dims (GAT's queries and keys have dim 1; its cost follows the
     values).
 
-    Where the edge list wins, the fused CPU kernel (``fused``) goes before the pure-torch
+    Where the edge list wins, the fused kernel (``fused``: C++ on CPU, Triton on CUDA; measured
+    faster on both, see the README's benchmarks) goes before the pure-torch
     ``edges`` when the call has at least ``fused_min_work`` (edge, group) pairs ``E * B * H``:
     measured on this 2-core CPU in two runs of ``python -m benchmarks.bench_core`` (random
     graphs, in-degree 16, 8 heads, ``N`` in {20000, 100000}: 2.7M and 13.6M pairs), the

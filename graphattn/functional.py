@@ -263,7 +263,7 @@ def _make_call(
     score.check(q, k)
     b, h, nd, d = q.shape
     ns = k.shape[-2]
-    graph = as_graph(graph, nd, ns)
+    graph = as_graph(graph, nd, ns, q.device)
     if graph.device != q.device:
         raise ValueError(f"graph is on {graph.device} but q is on {q.device}; use graph.to()")
     pad = graph.key_padding_mask

@@ -101,7 +101,7 @@ class Graph:
     def __init__(self, num_dst: int, num_src: int, device: torch.device | str | None = None):
         self.num_dst = check_int("num_dst", num_dst, minimum=0)
         self.num_src = check_int("num_src", num_src, minimum=0)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = canonical_device(device)
         self.key_padding_mask: Tensor | None = None
         self._cache: dict[Any, Any] = {}
 
@@ -208,8 +208,9 @@ class Graph:
         return out
 
     def to(self, device: torch.device | str) -> Graph:
-        """A copy of the graph with its tensors on ``device``."""
-        device = torch.device(device)
+        """A copy of the graph with its tensors on ``device`` (``self`` when already there;
+        ``"cuda"`` means the current CUDA device, as for tensors)."""
+        device = canonical_device(device)
         if device == self.device:
             return self
         out = copy.copy(self)
@@ -555,14 +556,30 @@ def _sort_by_target(edge_index: Tensor, num_dst: int, num_src: int) -> EdgeStruc
     return EdgeStructure(perm, src.contiguous(), dst.contiguous(), ptr, num_src)
 
 
-def as_graph(graph: Graph | Tensor | None, num_dst: int, num_src: int) -> Graph:
+def canonical_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as tensors report it: ``None`` is the CPU, and a CUDA device without an
+    index is the current one (``"cuda"`` -> ``cuda:0``), so that graphs and tensors compare
+    equal."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def as_graph(
+    graph: Graph | Tensor | None,
+    num_dst: int,
+    num_src: int,
+    device: torch.device | str | None = None,
+) -> Graph:
     """Normalise the ``graph`` argument of the attention calls.
 
-    ``None`` is the complete graph over ``num_dst x num_src``; a tensor is a PyG-style
-    ``edge_index`` with those sizes; a :class:`Graph` is checked against the sizes.
+    ``None`` is the complete graph over ``num_dst x num_src`` on ``device`` (the inputs');
+    a tensor is a PyG-style ``edge_index`` with those sizes; a :class:`Graph` is checked
+    against the sizes.
     """
     if graph is None:
-        return CompleteGraph(num_dst, num_src)
+        return CompleteGraph(num_dst, num_src, device=device)
     if isinstance(graph, Tensor):
         return EdgeListGraph(graph, num_dst, num_src)
     if not isinstance(graph, Graph):

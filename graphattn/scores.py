@@ -128,7 +128,7 @@ class Score:
         b = g // heads
         de = 0 if ef is None else ef.shape[-1]
         with torch.no_grad():
-            for a, z in chunks(st.src.numel(), chunk_size(g, max(d, de))):
+            for a, z in chunks(st.src.numel(), chunk_size(g, max(d, de), q.device)):
                 qi, kj, e = _chunk_inputs(q, k, ef, st, a, z, b, heads)
                 out[a:z] = _checked(self.forward(qi, kj, e), z - a, b, heads, self).view(z - a, g)
 
@@ -162,7 +162,7 @@ class Score:
         ]
         de = 0 if ef is None else ef.shape[-1]
         src = st.src
-        for a, z in chunks(src.numel(), chunk_size(g, max(d, de))):
+        for a, z in chunks(src.numel(), chunk_size(g, max(d, de), q.device)):
             with torch.enable_grad():
                 qi, kj, e = _chunk_inputs(q, k, ef, st, a, z, b, heads)
                 qi.requires_grad_(need_q)

@@ -14,6 +14,12 @@ import pytest
 import torch
 from torch import Tensor
 
+if not torch.cuda.is_available():
+    # Without a GPU, Triton's kernels (graphattn.backends._fused_triton) are tested in its
+    # interpreter: the mode is read when triton.language is first imported (torch.compile
+    # may import it before the tests of the kernel run), so it is set for the whole session.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:

@@ -1,10 +1,19 @@
-"""The fused CPU kernel against the pure-torch edge path: forward, backward and every input
+"""The fused kernels against the pure-torch edge path: forward, backward and every input
 (bias, padding, edge features and values, duplicates, isolated targets, bipartite sizes, a
 hub with 10^5 in-edges), float64 gradcheck, dropout, half precision, and the refusal and
-fallback when the kernel cannot be built."""
+fallback when the kernel cannot be built.
+
+Each test that takes ``device`` runs once per kernel: ``cpp`` (the C++ kernel on CPU) and
+``triton`` (the Triton kernel: on CUDA where a device is present, else in Triton's
+interpreter on CPU, which runs the same kernel code one program at a time; skipped where
+Triton is not installed).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import warnings
 
 import pytest
@@ -17,32 +26,93 @@ from torch.autograd import gradcheck
 from graphattn import BackendNotSupportedError, Graph, auto_policy, graph_attention, scores
 from graphattn.backends import fused as fused_mod
 
+# Triton's interpreter computes with numpy, which warns on the NaN the tests feed in
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 F64 = torch.float64
+_TRITON = "graphattn.backends._fused_triton"
+
+
+def _interpreted_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve CPU tensors with the Triton kernels run by Triton's interpreter (conftest sets
+    ``TRITON_INTERPRET=1`` for sessions without a GPU)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 was not set when Triton was imported (see conftest)")
+    import triton.runtime.interpreter as interpreter
+
+    if not getattr(interpreter, "_graphattn_patched", False):
+        # Triton 3.6's interpreter turns a loaded scalar (a 1-element array) into a loop
+        # bound with int(array), which numpy >= 2.5 refuses: read its one element instead.
+        patch = interpreter._patch_lang_tensor
+
+        def patched(tensor, scope):
+            patch(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda t: int(t.handle.data.reshape(-1)[0]))
+
+        interpreter._patch_lang_tensor = patched
+        interpreter._graphattn_patched = True
+    from graphattn.backends import _fused_triton
+
+    monkeypatch.setattr(fused_mod, "_kernels", lambda device: (_fused_triton, None))
+
+
+@pytest.fixture(params=["cpp", "triton"])
+def device(request, monkeypatch) -> str:
+    """The device whose kernel the test runs (see the module's docstring)."""
+    if request.param == "cpp":
+        ext, why = fused_mod.fused_extension()
+        if ext is None:
+            pytest.skip(f"the fused C++ kernel is not available here: {why}")
+        return "cpu"
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed (its kernels run on CUDA, or in its interpreter)")
+    if torch.cuda.is_available():
+        mod, why = fused_mod.triton_kernels()
+        if mod is None:
+            pytest.skip(f"the Triton kernel is not available here: {why}")
+        return "cuda"
+    _interpreted_triton(monkeypatch)
+    return "cpu"
 
 
 @pytest.fixture(scope="module")
 def kernel():
+    """The C++ kernel alone (tests of what only it serves: dropout, the build's fallback)."""
     ext, why = fused_mod.fused_extension()
     if ext is None:
-        pytest.skip(f"the fused kernel is not available here: {why}")
+        pytest.skip(f"the fused C++ kernel is not available here: {why}")
     return ext
 
 
-def _score(kind: str, h: int, d: int, gen, dtype=F64):
+def _score(kind: str, h: int, d: int, gen, dtype=F64, device="cpu"):
     if kind == "dot":
         return scores.DotProduct(), d
     if kind == "gat":
         return scores.GAT(0.2), 1
-    return scores.GATv2(torch.randn(h, d, generator=gen, dtype=dtype, requires_grad=True)), d
+    att = torch.randn(h, d, generator=gen, dtype=dtype).to(device).requires_grad_()
+    return scores.GATv2(att), d
 
 
 def _compare(
-    graph, kind, gen, *, b=2, h=3, d=4, dv=5, bias=False, ef=False, ev=False, dtype=F64, atol=1e-12
+    graph,
+    kind,
+    gen,
+    device="cpu",
+    *,
+    b=2,
+    h=3,
+    d=4,
+    dv=5,
+    bias=False,
+    ef=False,
+    ev=False,
+    dtype=F64,
+    atol=1e-12,
 ):
-    score, dk = _score(kind, h, d, gen, dtype)
+    score, dk = _score(kind, h, d, gen, dtype, device)
+    graph = graph.to(device)
 
     def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=dtype, requires_grad=True)
+        return torch.randn(*shape, generator=gen, dtype=dtype).to(device).requires_grad_()
 
     e = graph.num_edges
     t = {
@@ -68,6 +138,7 @@ def _compare(
             backend=backend,
         )
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        grad = grad.to(device)
         results[backend] = (out, torch.autograd.grad(out, leaves, grad, allow_unused=True))
     (o1, g1), (o2, g2) = results["edges"], results["fused"]
     torch.testing.assert_close(o2, o1, rtol=0, atol=atol)
@@ -95,32 +166,33 @@ GRAPHS = {
 
 @pytest.mark.parametrize("graph_name", list(GRAPHS))
 @pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
-def test_equals_the_edge_path(kernel, kind, graph_name, gen):
-    _compare(GRAPHS[graph_name](), kind, gen)
-    _compare(GRAPHS[graph_name](), kind, gen, bias=True, ef=True, ev=True)
+def test_equals_the_edge_path(device, kind, graph_name, gen):
+    _compare(GRAPHS[graph_name](), kind, gen, device)
+    _compare(GRAPHS[graph_name](), kind, gen, device, bias=True, ef=True, ev=True)
 
 
 @pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
-def test_padding_and_fully_padded_sample(kernel, kind, gen):
+def test_padding_and_fully_padded_sample(device, kind, gen):
     graph = GRAPHS["random"]().pad(lengths=[4, 0])
-    _compare(graph, kind, gen, bias=True)
-    q = torch.randn(2, 3, 9, 1 if kind == "gat" else 4, generator=gen)
-    score, _ = _score(kind, 3, 4, gen, torch.float32)
-    out = graph_attention(
-        q, q[:, :, :7], torch.randn(2, 3, 7, 5, generator=gen), graph, score=score, backend="fused"
-    )
+    _compare(graph, kind, gen, device, bias=True)
+    q = torch.randn(2, 3, 9, 1 if kind == "gat" else 4, generator=gen).to(device)
+    v = torch.randn(2, 3, 7, 5, generator=gen).to(device)
+    score, _ = _score(kind, 3, 4, gen, torch.float32, device)
+    out = graph_attention(q, q[:, :, :7], v, graph.to(device), score=score, backend="fused")
     assert torch.isfinite(out).all() and (out[1] == 0).all()
 
 
-def test_hub_with_100k_in_edges(kernel, gen):
+def test_hub_with_100k_in_edges(device, gen, request):
     """A star: target 0 receives 10^5 edges, the others a few; float32 against the edge path."""
+    if request.node.callspec.params["device"] == "triton" and device == "cpu":
+        pytest.skip("Triton's interpreter runs 10^5 programs one at a time: too slow here")
     n = 100_001
     hub = torch.stack([torch.arange(1, n), torch.zeros(n - 1, dtype=torch.long)])
     rest = torch.stack(
         [torch.randint(0, n, (3 * n,), generator=gen), torch.randint(1, n, (3 * n,), generator=gen)]
     )
     graph = Graph.from_edge_index(torch.cat([hub, rest], 1), n)
-    _compare(graph, "gat", gen, b=1, h=2, d=2, dv=3, dtype=torch.float32, atol=2e-5)
+    _compare(graph, "gat", gen, device, b=1, h=2, d=2, dv=3, dtype=torch.float32, atol=2e-5)
 
 
 @st.composite
@@ -152,7 +224,7 @@ def problems(draw):
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(p=problems())
-def test_random_graphs(kernel, p):
+def test_random_graphs(device, p):
     graph = Graph.from_edge_index(p["ei"], p["nd"], p["ns"])
     if p["lengths"] is not None:
         graph = graph.pad(lengths=p["lengths"][: p["b"]])
@@ -160,6 +232,7 @@ def test_random_graphs(kernel, p):
         graph,
         p["kind"],
         torch.Generator().manual_seed(p["seed"]),
+        device,
         b=p["b"],
         h=p["h"],
         d=p["d"],
@@ -170,13 +243,13 @@ def test_random_graphs(kernel, p):
 
 
 @pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
-def test_gradcheck(kernel, kind, gen):
-    graph = GRAPHS["dups_selfloops_isolated"]().pad(lengths=[4])
-    score, dk = _score(kind, 2, 2, gen)
+def test_gradcheck(device, kind, gen):
+    graph = GRAPHS["dups_selfloops_isolated"]().pad(lengths=[4]).to(device)
+    score, dk = _score(kind, 2, 2, gen, device=device)
     e = graph.num_edges
 
     def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=F64, requires_grad=True)
+        return torch.randn(*shape, generator=gen, dtype=F64).to(device).requires_grad_()
 
     inputs = [
         rand(1, 2, 6, dk),
@@ -233,19 +306,23 @@ def test_dropout(kernel, gen):
     assert gradcheck(fn, (qg, kg, vg), eps=1e-6, atol=1e-8)
 
 
-def test_half_precision_runs_in_float32(kernel, gen):
-    graph = GRAPHS["random"]()
-    q, k, v = (torch.randn(2, 2, n, 4, generator=gen) for n in (9, 7, 7))
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_in_float32(device, half, gen):
+    graph = GRAPHS["random"]().to(device)
+    q, k, v = (torch.randn(2, 2, n, 4, generator=gen).to(device) for n in (9, 7, 7))
     ref = graph_attention(q, k, v, graph, backend="fused")
-    low = graph_attention(*(t.bfloat16() for t in (q, k, v)), graph, backend="fused")
-    assert low.dtype == torch.bfloat16
-    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+    low = [t.to(half).requires_grad_() for t in (q, k, v)]
+    out = graph_attention(*low, graph, backend="fused")
+    assert out.dtype == half
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    out.sum().backward()
+    assert all(t.grad.dtype == half and torch.isfinite(t.grad).all() for t in low)
 
 
-def test_refusals(kernel, gen):
-    graph = GRAPHS["random"]()
-    q = torch.randn(1, 2, 9, 3, generator=gen)
-    k = torch.randn(1, 2, 7, 3, generator=gen)
+def test_refusals(device, gen):
+    graph = GRAPHS["random"]().to(device)
+    q = torch.randn(1, 2, 9, 3, generator=gen).to(device)
+    k = torch.randn(1, 2, 7, 3, generator=gen).to(device)
     with pytest.raises(BackendNotSupportedError, match=r"fused: .*returns no weights"):
         graph_attention(q, k, k, graph, need_weights=True, backend="fused")
     with pytest.raises(BackendNotSupportedError, match=r"fused: score Custom.*not served"):
@@ -296,3 +373,48 @@ def test_disabled_by_environment(gen, monkeypatch):
     k = torch.randn(1, 2, 7, 3, generator=gen)
     with pytest.raises(BackendNotSupportedError, match=r"disabled by GRAPHATTN_FUSED=0"):
         graph_attention(q, k, k, GRAPHS["random"](), backend="fused")
+
+
+@pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
+def test_non_finite_inputs_follow_the_edge_path(device, kind, gen):
+    """NaN and inf in queries, keys, values and -inf biases give what the edge path gives:
+    NaN exactly on the targets the bad inputs reach, zero rows where every edge is removed."""
+    graph = GRAPHS["random"]().to(device)
+    score, dk = _score(kind, 2, 3, gen, torch.float32, device)
+    q = torch.randn(1, 2, 9, dk, generator=gen)
+    k = torch.randn(1, 2, 7, dk, generator=gen)
+    v = torch.randn(1, 2, 7, 4, generator=gen)
+    q[0, 0, 1] = float("nan")
+    k[0, 1, 2] = float("nan")
+    v[0, 0, 5] = float("inf")
+    bias = torch.randn(graph.num_edges, 2, generator=gen)
+    bias[::3] = float("-inf")
+    q, k, v, bias = (t.to(device) for t in (q, k, v, bias))
+    outs = [
+        graph_attention(q, k, v, graph, score=score, attn_bias=bias, backend=b)
+        for b in ("edges", "fused")
+    ]
+    torch.testing.assert_close(outs[1], outs[0], equal_nan=True, rtol=1e-5, atol=1e-5)
+    assert outs[0].isnan().any() and not outs[0].isnan().all()
+
+
+def test_triton_refuses_dropout_on_cuda(device, gen):
+    if device != "cuda":
+        pytest.skip("the dropout refusal is the Triton kernel's on CUDA")
+    q = torch.randn(1, 2, 9, 3, generator=gen, device="cpu").to(device)
+    k = torch.randn(1, 2, 7, 3, generator=gen, device="cpu").to(device)
+    graph = GRAPHS["random"]().to(device)
+    with pytest.raises(BackendNotSupportedError, match=r"fused: the Triton kernel serves no"):
+        graph_attention(q, k, k, graph, dropout_p=0.1, backend="fused")
+    out = graph_attention(q, k, k, graph, dropout_p=0.1)  # auto: the edge path serves it
+    assert out.shape == (1, 2, 9, 3)
+
+
+def test_no_triton_is_a_reason_not_an_error(monkeypatch):
+    monkeypatch.setattr(fused_mod, "_STATE", {})
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
+    monkeypatch.delitem(sys.modules, _TRITON, raising=False)
+    monkeypatch.delattr(sys.modules["graphattn.backends"], "_fused_triton", raising=False)
+    mod, why = fused_mod.triton_kernels()
+    assert mod is None and why.startswith("Triton is not installed")
+    assert fused_mod._kernels(torch.device("cuda")) == (None, why)

@@ -316,3 +316,18 @@ def test_window_edge_index_without_dense_mask(n: int, radius: int, causal: bool)
     assert "mask" not in g._cache  # built in O(N * radius), not from an N x N mask
     expected = g.materialize_structure().nonzero().t().flip(0)  # by target, then source
     assert torch.equal(ei, expected) and ei.shape[1] == g.num_edges
+
+
+def test_devices_compare_as_tensors_report_them():
+    """``graph=None`` builds the complete graph on the inputs' device, and a device without
+    an index is read as tensors read it (``"cuda"`` is ``cuda:0``), so that a graph moved with
+    ``.to("cuda")`` equals its inputs' device (found on a GPU: it did not)."""
+    from graphattn.graph import as_graph, canonical_device
+
+    assert canonical_device(None) == torch.device("cpu")
+    assert canonical_device("cpu") == torch.device("cpu")
+    meta = torch.device("meta")
+    assert as_graph(None, 2, 3, meta).device == meta
+    assert as_graph(None, 2, 3).device == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert canonical_device("cuda") == torch.zeros(1, device="cuda").device

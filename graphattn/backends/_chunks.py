@@ -25,6 +25,7 @@ __all__ = [
     "Buffers",
     "csr_tensor",
     "chunk_size",
+    "chunk_elements",
     "chunks",
     "rowdot",
     "by_source",
@@ -41,9 +42,19 @@ CHUNK_ELEMENTS = 1 << 20
 MIN_CHUNK = 256
 
 
-def chunk_size(num_groups: int, dim: int) -> int:
-    """Edges per chunk for ``num_groups x dim`` elements per edge."""
-    return max(MIN_CHUNK, CHUNK_ELEMENTS // max(1, num_groups * dim))
+#: elements of each gather buffer on CUDA: there kernel launches, not caches, set the pace,
+#: so chunks are 16x bigger (64 MiB in float32)
+CUDA_CHUNK_ELEMENTS = 1 << 24
+
+
+def chunk_elements(device: torch.device | None = None) -> int:
+    """Elements of each gather buffer on ``device`` (``None``: the CPU)."""
+    return CUDA_CHUNK_ELEMENTS if device is not None and device.type == "cuda" else CHUNK_ELEMENTS
+
+
+def chunk_size(num_groups: int, dim: int, device: torch.device | None = None) -> int:
+    """Edges per chunk for ``num_groups x dim`` elements per edge on ``device``."""
+    return max(MIN_CHUNK, chunk_elements(device) // max(1, num_groups * dim))
 
 
 def chunks(num_edges: int, size: int) -> Iterator[tuple[int, int]]:
@@ -78,7 +89,7 @@ class Buffers:
     """
 
     def __init__(self, ref: Tensor, num_edges: int, num_groups: int, dim: int, count: int):
-        self.chunk = chunk_size(num_groups, dim)
+        self.chunk = chunk_size(num_groups, dim, ref.device)
         size = max(1, min(self.chunk, num_edges) * num_groups * dim)
         self._key = (ref.device, ref.dtype)
         free = _POOL.free.setdefault(self._key, [])
@@ -252,7 +263,7 @@ def weighted_sum_to_dst(st: EdgeStructure, w: Tensor, x: Tensor) -> Tensor | Non
     Shapes:
         - w: ``(E, G)``; x: ``(Ns, G, D)``; returns ``(Nd, G, D)``
     """
-    if not _use_spmm(x) or w.numel() == 0:
+    if not _use_spmm(x) or w.numel() == 0 or not _fits_cusparse(st, x):
         return None
     return _per_group(*_pattern(st, "adj"), w, x, st.num_dst)
 
@@ -264,10 +275,16 @@ def weighted_sum_to_src(st: EdgeStructure, w: Tensor, x: Tensor) -> Tensor | Non
     Shapes:
         - w: ``(E, G)``; x: ``(Nd, G, D)``; returns ``(Ns, G, D)``
     """
-    if not _use_spmm(x) or w.numel() == 0:
+    if not _use_spmm(x) or w.numel() == 0 or not _fits_cusparse(st, x):
         return None
     perm, _, _ = by_source(st)
     return _per_group(*_pattern(st, "adj_t"), w.index_select(0, perm), x, st.num_src)
+
+
+def _fits_cusparse(st: EdgeStructure, x: Tensor) -> bool:
+    """cuSPARSE refuses a CSR matrix with more stored entries than cells (duplicated edges
+    of a small graph); the CPU kernels sum duplicates."""
+    return x.device.type != "cuda" or st.src.numel() <= st.num_dst * st.num_src
 
 
 def _per_group(crow: Tensor, col: Tensor, w: Tensor, x: Tensor, rows: int) -> Tensor:

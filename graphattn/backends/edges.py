@@ -33,9 +33,9 @@ from ..scores import Score
 from ..weights import AttentionWeights
 from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from ._chunks import (
-    CHUNK_ELEMENTS,
     Buffers,
     add_chunk_to_dst,
+    chunk_elements,
     chunks,
     rowdot,
     segment_softmax_sorted,
@@ -74,7 +74,12 @@ def edge_memory(call: AttentionCall, *, fused: bool = False) -> int:
         per_edge += call.edge_features.shape[-1]
     if call.edge_values is not None:
         per_edge += dv
-    total = e * 24 + e * g * per_edge * item + 4 * CHUNK_ELEMENTS * item + nd * g * dv * item
+    total = (
+        e * 24
+        + e * g * per_edge * item
+        + 4 * chunk_elements(call.q.device) * item
+        + nd * g * dv * item
+    )
     if call.need_weights:
         total += e * g * item
         if call.graph.weights_layout == "dense":

@@ -1,5 +1,6 @@
-"""Fused edge backend on CPU: one pass per target over its in-edges, a C++ kernel
-(``_fused_cpu.cpp``) compiled on first use with ``torch.utils.cpp_extension`` and cached.
+"""Fused edge backend: one pass per target over its in-edges. On CPU a C++ kernel
+(``_fused_cpu.cpp``) compiled on first use with ``torch.utils.cpp_extension`` and cached; on
+CUDA the same pass in Triton (``_fused_triton.py``), compiled by Triton on first use.
 
 Forward: per target, the scores of its in-edges (dot product, GAT or GATv2), their softmax
 and the weighted sum of values, written once; only the output and the per-target
@@ -15,7 +16,8 @@ not the same mask as the pure-torch edge path; the probability is rounded to a m
 2^-32.
 
 Where no compiler is found (or ``GRAPHATTN_FUSED=0``), the backend refuses with that reason
-and the pure-torch edge backend serves the call; a warning says so once.
+and the pure-torch edge backend serves the call; a warning says so once. On CUDA the backend
+refuses where Triton is not installed, and for dropout (the Triton kernel draws no mask).
 
 Axis legend: ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``G`` groups (batch x heads), ``D``
 head dim, ``Dv`` value head dim.
@@ -38,7 +40,7 @@ from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from ._chunks import by_source
 from .edges import _node_major, edge_memory, sorted_edge_inputs
 
-__all__ = ["FusedEdgesBackend", "fused_extension"]
+__all__ = ["FusedEdgesBackend", "fused_extension", "triton_kernels"]
 
 _SCORES = {DotProduct: 0, GAT: 1, GATv2: 2}
 _LOCK = threading.Lock()
@@ -84,26 +86,56 @@ def fused_extension() -> tuple[Any | None, str | None]:
         return _STATE.get("module"), _STATE.get("reason")
 
 
+def triton_kernels() -> tuple[Any | None, str | None]:
+    """The Triton kernel module for CUDA tensors, or ``None`` and the reason it is not
+    available (Triton not installed, or ``GRAPHATTN_FUSED=0``)."""
+    with _LOCK:
+        if "triton" in _STATE or "triton_reason" in _STATE:
+            return _STATE.get("triton"), _STATE.get("triton_reason")
+        if os.environ.get("GRAPHATTN_FUSED", "1") == "0":
+            _STATE["triton_reason"] = "disabled by GRAPHATTN_FUSED=0"
+        else:
+            try:
+                from . import _fused_triton
+
+                _STATE["triton"] = _fused_triton
+            except ImportError as err:
+                _STATE["triton_reason"] = f"Triton is not installed ({err})"[:200]
+        return _STATE.get("triton"), _STATE.get("triton_reason")
+
+
+def _kernels(device: torch.device) -> tuple[Any | None, str | None]:
+    """The kernel module that serves tensors on ``device`` (C++ on CPU, Triton on CUDA)."""
+    if device.type == "cuda":
+        return triton_kernels()
+    return fused_extension()
+
+
 class FusedEdgesBackend(Backend):
-    """The fused CPU kernel. Serves: CPU tensors (float32, float64; half precision is
-    computed in float32), the dot-product, GAT and GATv2 scores, per-edge and dense biases,
-    key padding, per-edge features and values, dropout. Refuses: other devices, other
-    scores, calls that return the weights (the pure-torch edge path returns them on the
-    output's autograd path), and machines where the kernel cannot be built."""
+    """The fused kernels. Serves: CPU tensors through the C++ kernel (float32, float64; half
+    precision is computed in float32) and CUDA tensors through the Triton kernel (float16,
+    bfloat16 and float32 computed in float32, float64), the dot-product, GAT and GATv2
+    scores, per-edge and dense biases, key padding, per-edge features and values, and
+    dropout on CPU. Refuses: other devices, other scores, calls that return the weights (the
+    pure-torch edge path returns them on the output's autograd path), dropout on CUDA, and
+    machines where the kernel cannot be built or Triton is not installed."""
 
     name = "fused"
 
     def reasons(self, call: AttentionCall) -> list[str]:
         reasons = []
-        if call.q.device.type not in ("cpu", "meta"):
-            reasons.append(f"CPU only, got device {call.q.device}")
+        device = call.q.device.type
+        if device not in ("cpu", "cuda", "meta"):
+            reasons.append(f"CPU (C++) and CUDA (Triton) only, got device {call.q.device}")
         if type(call.score) not in _SCORES:
             reasons.append(f"score {call.score!r} is not served (dot product, GAT, GATv2)")
         if call.need_weights:
             reasons.append("returns no weights (the pure-torch edge path does)")
+        if device == "cuda" and call.dropout_p > 0:
+            reasons.append(f"the Triton kernel serves no dropout, got dropout_p={call.dropout_p}")
         reasons += memory_reasons(call, edge_memory(call, fused=True), "per-edge inputs")
         if not reasons:
-            _, why = fused_extension()
+            _, why = _kernels(call.q.device)
             if why is not None:
                 reasons.append(why)
         return reasons
@@ -121,7 +153,7 @@ class FusedEdgesBackend(Backend):
         seed = int(torch.randint(0, 2**62, (1,)).item()) if call.dropout_p > 0 else 0
         dtype = q.dtype
         tensors = [_node_major(q), _node_major(k), _node_major(v), ef, ev, bias, att]
-        if dtype in (torch.float16, torch.bfloat16):
+        if dtype in (torch.float16, torch.bfloat16) and q.device.type != "cuda":
             tensors = [None if t is None else t.float() for t in tensors]
         out = _FusedEdgeAttention.apply(
             *tensors, st, _SCORES[type(call.score)], call.scale, slope, call.dropout_p, seed
@@ -152,7 +184,7 @@ class _FusedEdgeAttention(torch.autograd.Function):
         p: float,
         seed: int,
     ) -> Tensor:
-        ext, _ = fused_extension()
+        ext, _ = _kernels(q.device)
         args = [_c(t, q) for t in (q, k, v, ef, ev, bias, att)]
         out, lse = ext.forward(*args, st.ptr, st.src, kind, float(scale), float(slope), p, seed)
         ctx.save_for_backward(*args, out, lse)
@@ -164,7 +196,7 @@ class _FusedEdgeAttention(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor):
         q, k, v, ef, ev, bias, att, out, lse = ctx.saved_tensors
         st = ctx.st
-        ext, _ = fused_extension()
+        ext, _ = _kernels(q.device)
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(-1)  # (Nd, G): sum over in-edges of alpha * dalpha
         perm, sptr, sdst = by_source(st)
@@ -196,7 +228,7 @@ class _FusedEdgeAttention(torch.autograd.Function):
         )
         inputs = (q, k, v, ef, ev, bias, att)
         grads = [
-            None if not n else (g if g is not None else torch.zeros_like(x))  # empty inputs
+            None if not n else (g.to(x.dtype) if g is not None else torch.zeros_like(x))
             for g, n, x in zip(grads, needs, inputs, strict=True)
         ]
         return (*grads, None, None, None, None, None, None)
