@@ -2,7 +2,9 @@
 
 On the complete graph it is ``nn.MultiheadAttention`` (same parameters, same numbers; see
 :meth:`GraphAttention.from_multihead_attention`); on an edge list it is PyG's
-``TransformerConv`` with an output projection and without the root weight.
+``TransformerConv`` with an output projection and without the root weight. It takes PyG's
+inputs too: ``in_channels`` (also lazy, ``-1``), ``(x_src, x_dst)`` pairs, sparse ``adj_t``
+graphs and ``Data`` / ``Batch`` objects.
 
 Axis legend: ``B`` batch, ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``H`` heads,
 ``Dh`` head dim, ``C`` embed dim.
@@ -11,18 +13,23 @@ Axis legend: ``B`` batch, ``Nd`` targets, ``Ns`` sources, ``E`` edges, ``H`` hea
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedParameter
 
 from ._checks import check_int, renamed
 from ._finite import zero_padded_nodes
+from ._pyg import data_inputs, is_pyg_data
 from .backends import backend_names
 from .functional import AttentionOutput, BackendName, graph_attention
-from .graph import Graph, as_graph
+from .graph import Graph, GraphLike, as_graph
 from .scores import Score, ScoreFn
+
+if TYPE_CHECKING:  # named in annotations only
+    from torch_geometric.data import Data
 
 #: source features inside the module: one tensor for keys and values, or (keys, values)
 SourceInput = Tensor | tuple[Tensor, Tensor]
@@ -53,6 +60,12 @@ class GraphAttention(nn.Module):
         bias: add biases to the input and output projections.
         kdim: feature size of key inputs (default ``embed_dim``).
         vdim: feature size of value inputs (default ``embed_dim``).
+        in_channels: input widths in PyG's way, instead of ``kdim``/``vdim``: an int ``F``
+            for targets and sources alike (one packed ``in_proj_weight`` ``(3C, F)``), or
+            ``(F_src, F_dst)`` (``q_proj_weight`` ``(C, F_dst)``, ``k_proj_weight`` and
+            ``v_proj_weight`` ``(C, F_src)``). ``-1``, alone or in the pair, shapes that
+            projection from the first input it sees, like PyG's ``Linear(-1, ...)`` (build
+            the optimizer after that first call). ``None`` (default): ``embed_dim``.
         edge_dim: feature size of edge features ``edge_attr``; they are projected to
             ``C`` and added to keys and values of their edge, like TransformerConv's
             ``edge_dim`` (``None``: no edge features).
@@ -66,9 +79,9 @@ class GraphAttention(nn.Module):
             :meth:`from_multihead_attention` carries over).
 
     Shapes:
-        - x: ``(Nd, C)`` or ``(B, Nd, C)`` (``(Nd, B, C)`` with ``batch_first=False``); x_src:
-          ``(Ns, kdim)`` or ``(B, Ns, kdim)`` (``(Ns, B, kdim)``); x_value: the same with
-          ``vdim``
+        - x: ``(Nd, C)`` or ``(B, Nd, C)`` (``(Nd, B, C)`` with ``batch_first=False``), ``C``
+          being ``F_dst`` with ``in_channels``; x_src: ``(Ns, kdim)`` or ``(B, Ns, kdim)``
+          (``(Ns, B, kdim)``), ``kdim`` being ``F_src``; x_value: the same with ``vdim``
         - edge_attr: ``(E, edge_dim)``; key_padding_mask: ``(B, Ns)`` bool, True = padded
         - output: same layout as ``x``, last dim ``C``
 
@@ -90,6 +103,7 @@ class GraphAttention(nn.Module):
         bias: bool = True,
         kdim: int | None = None,
         vdim: int | None = None,
+        in_channels: int | tuple[int, int] | None = None,
         edge_dim: int | None = None,
         score: Score | ScoreFn | None = None,
         backend: BackendName = "auto",
@@ -115,22 +129,26 @@ class GraphAttention(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
-        self.kdim = kdim if kdim is not None else embed_dim
-        self.vdim = vdim if vdim is not None else embed_dim
+        f_q, f_k, f_v = _input_widths(embed_dim, in_channels, kdim, vdim)  # -1: lazy
+        self.in_channels = tuple(in_channels) if isinstance(in_channels, list) else in_channels
         self.edge_dim = edge_dim
         self.dropout = dropout
         self.backend: BackendName = backend
-        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
-        if self._qkv_same_embed_dim:
-            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+        # one packed in_proj_weight (3C, F) when q, k and v read one input: an int in_channels,
+        # or MHA's kdim == vdim == embed_dim; a (src, dst) pair gets q/k/v_proj_weight
+        self._packed = isinstance(in_channels, int) or (
+            in_channels is None and f_k == f_v == embed_dim
+        )
+        if self._packed:
+            self.in_proj_weight = _weight(3 * embed_dim, f_q, factory)
             self.register_parameter("q_proj_weight", None)
             self.register_parameter("k_proj_weight", None)
             self.register_parameter("v_proj_weight", None)
         else:
             self.register_parameter("in_proj_weight", None)
-            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
-            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
-            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.q_proj_weight = _weight(embed_dim, f_q, factory)
+            self.k_proj_weight = _weight(embed_dim, f_k, factory)
+            self.v_proj_weight = _weight(embed_dim, f_v, factory)
         if bias:
             self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
         else:
@@ -141,15 +159,27 @@ class GraphAttention(nn.Module):
         )
         self.reset_parameters()
 
+    @property
+    def qdim(self) -> int:
+        """Feature size of query (target) inputs; ``-1`` until a lazy projection is shaped."""
+        return _in_width(self.in_proj_weight if self._packed else self.q_proj_weight)
+
+    @property
+    def kdim(self) -> int:
+        """Feature size of key inputs; ``-1`` until a lazy projection is shaped."""
+        return _in_width(self.in_proj_weight if self._packed else self.k_proj_weight)
+
+    @property
+    def vdim(self) -> int:
+        """Feature size of value inputs; ``-1`` until a lazy projection is shaped."""
+        return _in_width(self.in_proj_weight if self._packed else self.v_proj_weight)
+
     def reset_parameters(self) -> None:
         """Initialise as ``nn.MultiheadAttention`` does (Xavier-uniform projections, zero
-        biases)."""
-        if self._qkv_same_embed_dim:
-            nn.init.xavier_uniform_(self.in_proj_weight)
-        else:
-            nn.init.xavier_uniform_(self.q_proj_weight)
-            nn.init.xavier_uniform_(self.k_proj_weight)
-            nn.init.xavier_uniform_(self.v_proj_weight)
+        biases); a lazy projection is initialised when its first input shapes it."""
+        for w in (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+            if w is not None and not _lazy(w):
+                nn.init.xavier_uniform_(w)
         if self.in_proj_bias is not None:
             nn.init.zeros_(self.in_proj_bias)
         self.out_proj.reset_parameters()
@@ -167,7 +197,8 @@ class GraphAttention(nn.Module):
         is the identity, since TransformerConv has none.
 
         The conv must have ``root_weight=False`` (no skip connection), ``concat=True``,
-        ``beta=False``, biased projections, and ``in_channels == heads * out_channels``.
+        ``beta=False`` and biased projections; an ``in_channels`` other than
+        ``heads * out_channels`` becomes the new module's ``in_channels``.
         """
         for attr in ("lin_query", "lin_key", "lin_value", "heads", "out_channels"):
             if not hasattr(conv, attr):
@@ -184,24 +215,34 @@ class GraphAttention(nn.Module):
         embed = conv.heads * conv.out_channels
         lins = (conv.lin_query, conv.lin_key, conv.lin_value)
         for name, lin in zip(("lin_query", "lin_key", "lin_value"), lins, strict=True):
-            if lin.in_channels != embed or lin.bias is None:
+            if _lazy(lin.weight):
                 raise ValueError(
-                    f"conv.{name} must map {embed} (= heads * out_channels) features with a "
-                    f"bias, got in_channels={lin.in_channels}, bias={lin.bias is not None}"
+                    f"conv.{name} is lazy (in_channels=-1): run one forward pass first so "
+                    "that its shape is known"
                 )
+            if lin.bias is None:
+                raise ValueError(f"conv.{name} must have a bias (build the conv with bias=True)")
+        f_src, f_dst = conv.lin_key.weight.shape[1], conv.lin_query.weight.shape[1]
         lin_edge = getattr(conv, "lin_edge", None)
         ref = conv.lin_query.weight
         new = cls(
             embed,
             conv.heads,
             dropout=float(getattr(conv, "dropout", 0.0)),
+            in_channels=None if f_src == f_dst == embed else (f_src, f_dst),
             edge_dim=None if lin_edge is None else lin_edge.in_channels,
             backend=backend,
             device=ref.device,
             dtype=ref.dtype,
         )
         with torch.no_grad():
-            new.in_proj_weight.copy_(torch.cat([lin.weight for lin in lins]))
+            if new._packed:
+                new.in_proj_weight.copy_(torch.cat([lin.weight for lin in lins]))
+            else:
+                for w, lin in zip(
+                    (new.q_proj_weight, new.k_proj_weight, new.v_proj_weight), lins, strict=True
+                ):
+                    w.copy_(lin.weight)
             new.in_proj_bias.copy_(torch.cat([lin.bias for lin in lins]))
             new.out_proj.weight.copy_(torch.eye(embed, dtype=ref.dtype, device=ref.device))
             new.out_proj.bias.zero_()
@@ -244,7 +285,7 @@ class GraphAttention(nn.Module):
         c = self.embed_dim
         b = self.in_proj_bias
         bq, bk, bv = (None, None, None) if b is None else (b[:c], b[c : 2 * c], b[2 * c :])
-        if self._qkv_same_embed_dim:
+        if self._packed:
             w = self.in_proj_weight
             if x_src is None:
                 return F.linear(x, w, b).chunk(3, dim=-1)  # 3 x (B, Nd, C)
@@ -263,25 +304,34 @@ class GraphAttention(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (2, 3):
             raise ValueError(f"x must have shape (N, C) or (B, N, C), got {tuple(x.shape)}")
-        if x.shape[-1] != self.embed_dim:
-            raise ValueError(f"x has feature size {x.shape[-1]} but embed_dim is {self.embed_dim}")
+        if x.shape[-1] != self.qdim:
+            raise ValueError(
+                f"x has feature size {x.shape[-1]} but {self._width_name('q')} is {self.qdim}"
+            )
         if x_src is None:
-            if not self._qkv_same_embed_dim:
+            if self.in_channels is None and not self._packed:
                 raise ValueError(
                     f"self-attention needs kdim == vdim == embed_dim; this module has "
                     f"kdim={self.kdim}, vdim={self.vdim}: pass x_src"
                 )
+            if not self.qdim == self.kdim == self.vdim:
+                raise ValueError(
+                    f"self-attention needs one input width, but in_channels={self.in_channels!r}"
+                    f" gives sources and targets different ones: pass PyG's (x_src, x_dst) "
+                    f"as x, or the sources as x_src"
+                )
             return
+        k_name, v_name = self._width_name("k"), self._width_name("v")
         if isinstance(x_src, Tensor):
             if self.kdim != self.vdim:
                 raise ValueError(
                     f"kdim ({self.kdim}) != vdim ({self.vdim}): pass x_src=keys, x_value=values"
                 )
-            pairs = (("x_src", x_src, "kdim", self.kdim),)
+            pairs = (("x_src", x_src, k_name, self.kdim),)
         elif isinstance(x_src, tuple) and len(x_src) == 2:
             pairs = (
-                ("x_src (keys)", x_src[0], "kdim", self.kdim),
-                ("x_value (values)", x_src[1], "vdim", self.vdim),
+                ("x_src (keys)", x_src[0], k_name, self.kdim),
+                ("x_value (values)", x_src[1], v_name, self.vdim),
             )
         else:
             raise TypeError(f"x_src must be a torch.Tensor, got {type(x_src).__name__}")
@@ -306,11 +356,60 @@ class GraphAttention(nn.Module):
                 f"{pairs[0][1].shape[-2]} and {pairs[1][1].shape[-2]}"
             )
 
+    def _width_name(self, role: Literal["q", "k", "v"]) -> str:
+        """The constructor argument that set the input width of ``role``, for messages."""
+        if self.in_channels is None:
+            return {"q": "embed_dim", "k": "kdim", "v": "vdim"}[role]
+        if isinstance(self.in_channels, int):
+            return "in_channels"
+        return "in_channels[1] (targets)" if role == "q" else "in_channels[0] (sources)"
+
+    def _materialize(self, x: Tensor, x_src: SourceInput | None) -> None:
+        """Shape the lazy (``-1``) projections from their first inputs and initialise them
+        (Xavier-uniform, as :meth:`reset_parameters`)."""
+        keys, values = (x, x) if x_src is None else _split_source(x_src)
+        inputs = {"in_proj_weight": x, "q_proj_weight": x, "k_proj_weight": keys}
+        inputs["v_proj_weight"] = values
+        for name, t in inputs.items():
+            w = getattr(self, name)
+            if w is None or not _lazy(w):
+                continue
+            if not isinstance(t, Tensor) or t.dim() not in (2, 3):
+                return  # _check names what is wrong
+            rows = 3 * self.embed_dim if name == "in_proj_weight" else self.embed_dim
+            with torch.no_grad():
+                w.materialize((rows, t.shape[-1]))
+                nn.init.xavier_uniform_(w)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        """``nn.Module``'s, but an unshaped lazy parameter is saved as it is (it cannot be
+        detached), as torch's and PyG's lazy layers do."""
+        if not any(_lazy(p) for p in self._parameters.values() if p is not None):
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            return
+        for name, p in self._parameters.items():
+            if p is not None:
+                destination[prefix + name] = p if keep_vars or _lazy(p) else p.detach()
+        for name, buf in self._buffers.items():
+            if buf is not None and name not in self._non_persistent_buffers_set:
+                destination[prefix + name] = buf if keep_vars else buf.detach()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """``nn.Module``'s, after shaping each lazy projection from the checkpoint's width
+        (its rows stay the module's, so a wrong checkpoint is still refused)."""
+        for name, w in self._parameters.items():
+            saved = state_dict.get(prefix + name)
+            if w is None or not _lazy(w) or not isinstance(saved, Tensor) or _lazy(saved):
+                continue
+            rows = 3 * self.embed_dim if name == "in_proj_weight" else self.embed_dim
+            w.materialize((rows, saved.shape[-1]))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     @overload
     def forward(
         self,
-        x: Tensor,
-        graph: Graph | Tensor | None = ...,
+        x: Tensor | tuple[Tensor, Tensor] | Data,
+        graph: GraphLike = ...,
         *,
         x_src: Tensor | None = ...,
         x_value: Tensor | None = ...,
@@ -325,8 +424,8 @@ class GraphAttention(nn.Module):
     @overload
     def forward(
         self,
-        x: Tensor,
-        graph: Graph | Tensor | None = ...,
+        x: Tensor | tuple[Tensor, Tensor] | Data,
+        graph: GraphLike = ...,
         *,
         x_src: Tensor | None = ...,
         x_value: Tensor | None = ...,
@@ -340,8 +439,8 @@ class GraphAttention(nn.Module):
     ) -> AttentionOutput: ...
     def forward(
         self,
-        x: Tensor,
-        graph: Graph | Tensor | None = None,
+        x: Tensor | tuple[Tensor, Tensor] | Data,
+        graph: GraphLike = None,
         *,
         x_src: Tensor | None = None,
         x_value: Tensor | None = None,
@@ -356,8 +455,13 @@ class GraphAttention(nn.Module):
         """Attend from every target node to its in-edges' sources.
 
         Args:
-            x: target (query) node features.
-            graph: a :class:`Graph`, a PyG ``edge_index`` or ``None`` (complete graph).
+            x: target (query) node features; or PyG's pair ``(x_src, x_dst)`` of source and
+                target features (then no ``x_src=``); or a PyG ``Data`` / ``Batch``, whose
+                ``x``, graph (``edge_index``, else ``adj_t``) and, when the module has
+                ``edge_dim`` and no ``edge_attr`` is passed, ``edge_attr`` are used.
+            graph: a :class:`Graph`, a PyG ``edge_index``, a sparse adjacency ``adj_t``
+                ``(Nd, Ns)`` whose rows are the targets (:meth:`Graph.from_sparse`), a PyG
+                ``Data`` / ``Batch`` (its graph only), or ``None`` (complete graph).
             x_src: source node features for cross-attention (default: ``x``); the keys
                 (``kdim`` wide) when ``x_value`` is given. A tuple is refused: PyG's
                 ``(x_src, x_dst)`` and MHA's ``(key, value)`` would read it differently.
@@ -387,11 +491,18 @@ class GraphAttention(nn.Module):
         need_weights = renamed(
             "need_weights", need_weights, "return_attention", return_attention, False
         )
+        if is_pyg_data(x):
+            x, graph, edge_attr = data_inputs(
+                x, graph, edge_attr, self.lin_edge is not None, "graph"
+            )
+        x, x_src = _target_and_source(x, x_src)
         x_src = _source(x_src, x_value)
         seq_first = not self.batch_first and isinstance(x, Tensor) and x.dim() == 3
         if seq_first:  # (N, B, C) -> (B, N, C), and back at the end
             x = x.transpose(0, 1)
             x_src = _batch_major(x_src)
+        if self.in_channels is not None:
+            self._materialize(x, x_src)
         self._check(x, x_src)
         batched = x.dim() == 3
         if not batched:
@@ -467,7 +578,11 @@ class GraphAttention(nn.Module):
         parts = [f"embed_dim={self.embed_dim}", f"num_heads={self.num_heads}"]
         if self.dropout:
             parts.append(f"dropout={self.dropout}")
-        if not self._qkv_same_embed_dim:
+        if isinstance(self.in_channels, int):  # the widths, once lazy ones are shaped
+            parts.append(f"in_channels={self.qdim}")
+        elif self.in_channels is not None:
+            parts.append(f"in_channels=({self.kdim}, {self.qdim})")
+        elif not self._packed:
             parts += [f"kdim={self.kdim}", f"vdim={self.vdim}"]
         if self.edge_dim is not None:
             parts.append(f"edge_dim={self.edge_dim}")
@@ -479,6 +594,68 @@ class GraphAttention(nn.Module):
         return ", ".join(parts)
 
 
+def _input_widths(
+    embed_dim: int,
+    in_channels: int | tuple[int, int] | None,
+    kdim: int | None,
+    vdim: int | None,
+) -> tuple[int, int, int]:
+    """The input widths of queries, keys and values (``-1``: lazy), from ``in_channels``
+    (PyG's name) or ``kdim`` / ``vdim`` (``nn.MultiheadAttention``'s)."""
+    if in_channels is None:
+        return embed_dim, embed_dim if kdim is None else kdim, embed_dim if vdim is None else vdim
+    if kdim is not None or vdim is not None:
+        raise ValueError(
+            f"give in_channels (PyG's input widths) or kdim/vdim (nn.MultiheadAttention's), "
+            f"not both; got in_channels={in_channels!r}, kdim={kdim}, vdim={vdim}"
+        )
+    if isinstance(in_channels, tuple | list):
+        if len(in_channels) != 2:
+            raise ValueError(
+                f"in_channels must be an int or a (src, dst) pair, got {in_channels!r}"
+            )
+        f_src = _check_width("in_channels[0]", in_channels[0])
+        f_dst = _check_width("in_channels[1]", in_channels[1])
+        return f_dst, f_src, f_src
+    f = _check_width("in_channels", in_channels)
+    return f, f, f
+
+
+def _check_width(name: str, value: Any) -> int:
+    """A positive input width, or ``-1`` (lazy)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value == -1:
+        return -1
+    return check_int(name, value, hint=" or -1 (lazy: shaped by the first input)")
+
+
+def _weight(rows: int, cols: int, factory: dict[str, Any]) -> nn.Parameter:
+    """An empty ``(rows, cols)`` projection weight; unshaped (lazy) when ``cols == -1``."""
+    if cols == -1:
+        return UninitializedParameter(**factory)
+    return nn.Parameter(torch.empty(rows, cols, **factory))
+
+
+def _in_width(weight: Tensor) -> int:
+    """The input width of a projection weight ``(out, in)``; ``-1`` while it is lazy."""
+    return -1 if _lazy(weight) else weight.shape[1]
+
+
+def _target_and_source(x: object, x_src: object) -> tuple[object, object]:
+    """``(x, x_src)`` with PyG's pair ``x = (x_src, x_dst)`` taken apart."""
+    if not isinstance(x, tuple | list):
+        return x, x_src
+    if len(x) != 2:
+        raise TypeError(
+            f"x must be a tensor or PyG's (x_src, x_dst) pair, got a {type(x).__name__} of {len(x)}"
+        )
+    if x_src is not None:
+        raise TypeError(
+            "x is PyG's (x_src, x_dst) pair and x_src= was given too: give the sources once "
+            "(keys as x_src=, with separate values as x_value=)"
+        )
+    return x[1], x[0]
+
+
 def _source(x_src: object, x_value: object) -> object:
     """The module's source input: ``x_src``, or ``(x_src, x_value)`` when values are given
     apart. A tuple ``x_src`` is refused, naming both readings."""
@@ -486,7 +663,8 @@ def _source(x_src: object, x_value: object) -> object:
         raise TypeError(
             f"x_src must be a tensor, got a {type(x_src).__name__} of {len(x_src)}: a pair is "
             "ambiguous (PyG reads (x_src, x_dst), nn.MultiheadAttention (key, value)). Pass "
-            "the targets as x, the keys as x_src and separate values as x_value"
+            "PyG's pair as x=(x_src, x_dst), or the keys as x_src= and separate values as "
+            "x_value="
         )
     if x_value is None:
         return x_src
@@ -519,3 +697,9 @@ def _apply_rotary(rotary: RotaryFn, q: Tensor, k: Tensor) -> tuple[Tensor, Tenso
             f"got {tuple(q2.shape)} and {tuple(k2.shape)}"
         )
     return q2, k2
+
+
+def _lazy(t: Tensor | None) -> bool:
+    """Whether ``t`` is a lazy parameter still waiting for its shape (``torch.compile`` traces
+    this ``isinstance``, not ``torch.nn.parameter.is_lazy``)."""
+    return isinstance(t, UninitializedParameter)

@@ -13,7 +13,16 @@ Differences from PyG, all deliberate:
 - ``edge_attr`` given to a layer built without ``edge_dim`` is refused (``GATConv``
   ignores it silently);
 - weights are returned as a :class:`ConvOutput` (``out``, per-edge ``attention``, and the
-  ``edge_index`` they align with, self-loops included), not a tuple.
+  ``edge_index`` they align with, self-loops included), not a tuple; with
+  ``return_attention_weights=True`` PyG's ``(out, (edge_index, alpha))``, whose first part is
+  the edge list also when the graph came as a sparse ``adj_t`` (PyG gives that matrix back,
+  with ``alpha`` as its values).
+
+PyG's inputs work as in PyG: ``(x_src, x_dst)`` pairs, a sparse ``adj_t`` (torch COO, CSR or
+CSC, ``(N_dst, N_src)``, rows = targets; see :meth:`graphattn.Graph.from_sparse`) or a
+:class:`~graphattn.Graph` in place of ``edge_index``, and ``conv(data)`` for a PyG ``Data``
+or ``Batch`` (``data.x``, ``data.edge_index`` or ``data.adj_t``, and ``data.edge_attr`` when
+the layer has ``edge_dim``).
 
 The self-loop handling (remove existing loops, add one per node with ``fill_value`` for
 their edge features) is PyG's; for a given ``edge_index`` tensor it is computed once and
@@ -27,17 +36,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_int, renamed
+from ._pyg import data_inputs, is_pyg_data
 from ._sparse import linear as _linear
 from .functional import AttentionOutput, BackendName, graph_attention
-from .graph import Graph
+from .graph import Graph, GraphLike, as_graph
 from .scores import GAT, GATv2, _check_slope
 from .weights import AttentionWeights
+
+if TYPE_CHECKING:  # named in annotations only
+    from torch_geometric.data import Data
 
 __all__ = ["ConvOutput", "GATConv", "GATv2Conv", "TransformerConv", "add_self_loops"]
 
@@ -164,42 +177,48 @@ class _GraphCache:
 
 def _graph_of(
     cache: _GraphCache,
-    edge_index: Tensor | Graph,
+    edge_index: GraphLike,
     num_src: int,
     num_dst: int,
     self_loops: bool,
 ) -> _Prepared:
-    """The graph over ``num_dst x num_src`` nodes, with PyG's self-loops when ``self_loops``."""
+    """The graph over ``num_dst x num_src`` nodes, with PyG's self-loops when ``self_loops``.
+
+    ``edge_index`` is anything :func:`~graphattn.graph.as_graph` reads; a tensor (an edge
+    list or a torch sparse ``adj_t``) is converted once and reused while it comes back."""
+    if edge_index is None:
+        raise TypeError("edge_index is missing: call conv(x, edge_index) or conv(data)")
+    if not isinstance(edge_index, Tensor | Graph):  # a PyG Data or a SparseTensor
+        edge_index = as_graph(edge_index, num_dst, num_src, name="edge_index")
     if isinstance(edge_index, Graph):
-        if (edge_index.num_dst, edge_index.num_src) != (num_dst, num_src):
-            raise ValueError(
-                f"graph has num_dst={edge_index.num_dst}, num_src={edge_index.num_src} but the "
-                f"inputs have {num_dst} target and {num_src} source nodes"
-            )
+        as_graph(edge_index, num_dst, num_src, name="edge_index")  # checks the sizes
         if not self_loops:
             return _Prepared(edge_index, None, edge_index.num_edges)
         edge_index = edge_index.edge_index()
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(
-            f"edge_index must be a (2, E) tensor or a graphattn.Graph, got "
-            f"{type(edge_index).__name__}"
-        )
     key = (num_src, num_dst, self_loops, edge_index.device)
     hit = cache.get(edge_index, key)
     if hit is not None:
         return hit
+    graph = as_graph(edge_index, num_dst, num_src, name="edge_index")  # checks the indices
     if self_loops:
-        graph = Graph.from_edge_index(edge_index, num_dst, num_src)  # checks the indices
         ei = graph.edge_index()
         kept = (ei[0] != ei[1]).nonzero().flatten()  # (E',)
         loops, _ = add_self_loops(ei, None, min(num_src, num_dst))
         value = _Prepared(Graph.from_edge_index(loops, num_dst, num_src), kept, ei.shape[1])
     else:
-        value = _Prepared(
-            Graph.from_edge_index(edge_index, num_dst, num_src), None, edge_index.shape[1]
-        )
+        value = _Prepared(graph, None, graph.num_edges)
     cache.put(edge_index, key, value)
     return value
+
+
+def _layer_inputs(
+    x: NodeInput | Data, edge_index: GraphLike, edge_attr: Tensor | None, takes_edge_attr: bool
+) -> tuple[NodeInput, GraphLike, Tensor | None]:
+    """``(x, edge_index, edge_attr)`` of a conv call, read from a PyG ``Data`` given as
+    ``x`` (see :func:`graphattn._pyg.data_inputs`)."""
+    if is_pyg_data(x):
+        return data_inputs(x, edge_index, edge_attr, takes_edge_attr, "edge_index")
+    return x, edge_index, edge_attr
 
 
 def _split_input(x: NodeInput, name: str = "x") -> tuple[Tensor, Tensor]:
@@ -384,8 +403,9 @@ class GATConv(_AttentionConv):
         backend: ``"auto"``, ``"dense"`` or ``"edges"``.
 
     Shapes:
-        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``; edge_index: ``(2, E)`` or a
-          :class:`~graphattn.Graph`; edge_attr: ``(E, edge_dim)``
+        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``, or a PyG ``Data`` / ``Batch`` in
+          place of all three inputs; edge_index: ``(2, E)``, a sparse ``adj_t``
+          ``(Nd, Ns)`` or a :class:`~graphattn.Graph`; edge_attr: ``(E, edge_dim)``
         - returns ``(Nd, H * C)`` (concat) or ``(Nd, C)``
 
     Example:
@@ -450,8 +470,8 @@ class GATConv(_AttentionConv):
 
     def forward(
         self,
-        x: NodeInput,
-        edge_index: Tensor | Graph,
+        x: NodeInput | Data,
+        edge_index: GraphLike = None,
         edge_attr: Tensor | None = None,
         *,
         need_weights: bool = False,
@@ -469,6 +489,9 @@ class GATConv(_AttentionConv):
         """
         need_weights, pyg = _weights_request(
             need_weights, return_attention, return_attention_weights
+        )
+        x, edge_index, edge_attr = _layer_inputs(
+            x, edge_index, edge_attr, self.lin_edge is not None
         )
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
@@ -545,7 +568,8 @@ class GATv2Conv(_AttentionConv):
         backend: ``"auto"`` or ``"edges"`` (GATv2 has no dense form).
 
     Shapes:
-        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``; edge_attr: ``(E, edge_dim)``
+        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``, or a PyG ``Data`` / ``Batch``;
+          edge_index: as :class:`GATConv`'s; edge_attr: ``(E, edge_dim)``
         - returns ``(Nd, H * C)`` or ``(Nd, C)``
     """
 
@@ -598,8 +622,8 @@ class GATv2Conv(_AttentionConv):
 
     def forward(
         self,
-        x: NodeInput,
-        edge_index: Tensor | Graph,
+        x: NodeInput | Data,
+        edge_index: GraphLike = None,
         edge_attr: Tensor | None = None,
         *,
         need_weights: bool = False,
@@ -616,6 +640,9 @@ class GATv2Conv(_AttentionConv):
         """
         need_weights, pyg = _weights_request(
             need_weights, return_attention, return_attention_weights
+        )
+        x, edge_index, edge_attr = _layer_inputs(
+            x, edge_index, edge_attr, self.lin_edge is not None
         )
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels
@@ -664,7 +691,8 @@ class TransformerConv(_AttentionConv):
         backend: ``"auto"``, ``"dense"`` or ``"edges"``.
 
     Shapes:
-        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``; edge_attr: ``(E, edge_dim)``
+        - x: ``(N, F)`` or ``((Ns, F_src), (Nd, F_dst))``, or a PyG ``Data`` / ``Batch``;
+          edge_index: as :class:`GATConv`'s; edge_attr: ``(E, edge_dim)``
         - returns ``(Nd, H * C)`` or ``(Nd, C)``
     """
 
@@ -714,8 +742,8 @@ class TransformerConv(_AttentionConv):
 
     def forward(
         self,
-        x: NodeInput,
-        edge_index: Tensor | Graph,
+        x: NodeInput | Data,
+        edge_index: GraphLike = None,
         edge_attr: Tensor | None = None,
         *,
         need_weights: bool = False,
@@ -731,6 +759,9 @@ class TransformerConv(_AttentionConv):
         """
         need_weights, pyg = _weights_request(
             need_weights, return_attention, return_attention_weights
+        )
+        x, edge_index, edge_attr = _layer_inputs(
+            x, edge_index, edge_attr, self.lin_edge is not None
         )
         x_src, x_dst = _split_input(x)
         h, c = self.heads, self.out_channels

@@ -30,7 +30,7 @@ from ._checks import renamed
 from ._finite import all_finite, mask_padded_inputs, wider_dtype
 from .backends import AttentionCall, Backend, BackendNotSupportedError, BackendResult, backend_names
 from .dispatch import AutoPolicy, auto_policy, choose_backend, select_backend
-from .graph import Graph, as_graph
+from .graph import Graph, GraphLike, as_graph
 from .scores import Score, as_score
 from .softmax import segment_softmax
 from .weights import AttentionWeights
@@ -135,7 +135,7 @@ def graph_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    graph: Graph | Tensor | None = ...,
+    graph: GraphLike = ...,
     *,
     score: ScoreLike = ...,
     attn_bias: Tensor | None = ...,
@@ -152,7 +152,7 @@ def graph_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    graph: Graph | Tensor | None = ...,
+    graph: GraphLike = ...,
     *,
     score: ScoreLike = ...,
     attn_bias: Tensor | None = ...,
@@ -168,7 +168,7 @@ def graph_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    graph: Graph | Tensor | None = None,
+    graph: GraphLike = None,
     *,
     score: ScoreLike = None,
     attn_bias: Tensor | None = None,
@@ -191,8 +191,9 @@ def graph_attention(
         k: source features (keys; for GAT ``<a_src, W x_j>``).
         v: values of the source nodes.
         graph: a :class:`~graphattn.Graph`, a PyG ``edge_index`` ``(2, E)`` (row 0 sources,
-            row 1 targets), or ``None`` for the complete graph. Its key padding mask, if any,
-            must have ``B`` rows.
+            row 1 targets), a sparse ``adj_t`` ``(Nd, Ns)`` (rows = targets) or a PyG ``Data``
+            (see :func:`~graphattn.graph.as_graph`), or ``None`` for the complete graph. Its
+            key padding mask, if any, must have ``B`` rows.
         score: a score function (:mod:`graphattn.scores`: ``DotProduct`` by default, ``GAT``,
             ``GATv2``) or a callable on one chunk of edges (see :class:`~graphattn.scores.Custom`).
         attn_bias: additive score bias (after the score function), per edge ``(E, H)`` /
@@ -243,7 +244,7 @@ def _make_call(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    graph: Graph | Tensor | None,
+    graph: GraphLike,
     score: ScoreLike,
     bias: Tensor | None,
     edge_features: Tensor | None,

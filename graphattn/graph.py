@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 from torch import Tensor
 
 from ._checks import check_int
+from ._pyg import is_pyg_data, is_sparse_adjacency, is_sparse_tensor_object
+
+if TYPE_CHECKING:  # named in annotations only: graphattn imports neither
+    from torch_geometric.data import Data
+    from torch_sparse import SparseTensor
 
 __all__ = [
     "Graph",
@@ -45,6 +50,12 @@ __all__ = [
     "EdgeStructure",
     "as_graph",
 ]
+
+#: What the ``graph`` argument of the attention calls takes (see :func:`as_graph`).
+GraphLike: TypeAlias = "Graph | Tensor | SparseTensor | Data | None"
+
+#: the sparse layouts :meth:`Graph.from_sparse` reads
+_SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
 
 
 @dataclass(frozen=True)
@@ -145,12 +156,45 @@ class Graph:
         return EdgeListGraph(edge_index, num_dst, num_src)
 
     @staticmethod
-    def from_pyg(data: Any) -> EdgeListGraph:
-        """Build from a PyG ``Data`` or ``Batch`` (uses ``edge_index`` and ``num_nodes``; a
-        batch of complete graphs is recognised from the edges themselves)."""
+    def from_sparse(adj_t: Tensor | SparseTensor) -> EdgeListGraph:
+        """The edges of a sparse adjacency matrix in PyG's ``adj_t`` convention.
+
+        ``adj_t`` is ``(N_dst, N_src)``: row ``i`` holds the in-edges of target ``i``, so a
+        stored entry ``adj_t[i, j]`` is the edge ``j -> i`` (PyG's ``MessagePassing`` reads
+        its rows as targets and its columns as sources; an adjacency ``adj[j, i]`` indexed
+        by source first is ``adj_t = adj.t()``). Every stored entry is one edge, in stored
+        order (by target for CSR), so ``edge_attr`` follows that order; its values are not
+        read (a stored zero is an edge, as in PyG).
+
+        Args:
+            adj_t: a torch sparse COO, CSR or CSC matrix, or a ``torch_sparse.SparseTensor``.
+
+        Shapes:
+            - adj_t: ``(N_dst, N_src)``; the graph's ``edge_index()``: ``(2, nnz)``
+
+        Example:
+            >>> import torch
+            >>> adj_t = torch.tensor([[0, 1, 1], [0, 0, 1], [0, 0, 0]]).to_sparse_csr()
+            >>> Graph.from_sparse(adj_t).edge_index()  # 1 -> 0, 2 -> 0, 2 -> 1
+            tensor([[1, 2, 2],
+                    [0, 0, 1]])
+        """
+        edge_index, num_dst, num_src = _adjacency_edges(adj_t)
+        return EdgeListGraph(edge_index, num_dst, num_src)
+
+    @staticmethod
+    def from_pyg(data: Data) -> EdgeListGraph:
+        """Build from a PyG ``Data`` or ``Batch``: its ``edge_index`` and ``num_nodes``, or
+        its ``adj_t`` (``T.ToSparseTensor``; see :meth:`from_sparse`). A batch of complete
+        graphs is recognised from the edges themselves."""
         edge_index = getattr(data, "edge_index", None)
         if edge_index is None:
-            raise ValueError(f"data must have an edge_index attribute, got {type(data).__name__}")
+            adj_t = getattr(data, "adj_t", None)
+            if adj_t is not None:
+                return Graph.from_sparse(adj_t)
+            raise ValueError(
+                f"data must have an edge_index or adj_t attribute, got {type(data).__name__}"
+            )
         num_nodes = data.num_nodes
         return EdgeListGraph(edge_index, num_nodes, num_nodes)
 
@@ -566,30 +610,79 @@ def canonical_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
+def _adjacency_edges(adj_t: Tensor | SparseTensor) -> tuple[Tensor, int, int]:
+    """``(edge_index, num_dst, num_src)`` of a sparse ``adj_t`` (see
+    :meth:`Graph.from_sparse`)."""
+    if is_sparse_tensor_object(adj_t):
+        row, col, _ = adj_t.coo()  # (nnz,) targets, (nnz,) sources
+        num_dst, num_src = adj_t.sparse_sizes()
+        return torch.stack([col, row]).long(), num_dst, num_src
+    if not isinstance(adj_t, Tensor) or adj_t.layout not in _SPARSE_LAYOUTS:
+        layout = getattr(adj_t, "layout", type(adj_t).__name__)
+        raise TypeError(
+            f"adj_t must be a sparse matrix of layout torch.sparse_coo, torch.sparse_csr or "
+            f"torch.sparse_csc, or a torch_sparse.SparseTensor, got {layout}: convert it, "
+            f"e.g. with adj_t.to_sparse_coo()"
+        )
+    if adj_t.dim() != 2:
+        raise ValueError(
+            f"adj_t must be one (N_dst, N_src) matrix without batch or dense dimensions "
+            f"(edge features go to edge_attr), got shape {tuple(adj_t.shape)}"
+        )
+    num_dst, num_src = adj_t.shape
+    if adj_t.layout == torch.sparse_coo:
+        row, col = adj_t._indices()  # stored order, coalesced or not (as PyG's to_edge_index)
+    elif adj_t.layout == torch.sparse_csr:
+        row, col = _ptr_to_index(adj_t.crow_indices()), adj_t.col_indices()
+    else:
+        row, col = adj_t.row_indices(), _ptr_to_index(adj_t.ccol_indices())
+    return torch.stack([col, row]).long(), num_dst, num_src  # (2, nnz): sources, targets
+
+
+def _ptr_to_index(ptr: Tensor) -> Tensor:
+    """Compressed pointers ``(N + 1,)`` -> the index of each stored entry ``(nnz,)``."""
+    counts = ptr.diff()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=ptr.device), counts)
+
+
 def as_graph(
-    graph: Graph | Tensor | None,
+    graph: GraphLike,
     num_dst: int,
     num_src: int,
     device: torch.device | str | None = None,
+    *,
+    name: str = "graph",
 ) -> Graph:
-    """Normalise the ``graph`` argument of the attention calls.
+    """Normalise the ``graph`` argument of the attention calls (``name``: the caller's name
+    for it, in messages).
 
     ``None`` is the complete graph over ``num_dst x num_src`` on ``device`` (the inputs');
-    a tensor is a PyG-style ``edge_index`` with those sizes; a :class:`Graph` is checked
-    against the sizes.
+    a dense integer tensor is a PyG-style ``edge_index`` with those sizes; a sparse matrix
+    (torch COO, CSR or CSC, or a ``torch_sparse.SparseTensor``) is PyG's ``adj_t`` of shape
+    ``(N_dst, N_src)``, rows = targets (:meth:`Graph.from_sparse`); a PyG ``Data`` or
+    ``Batch`` gives its graph (:meth:`Graph.from_pyg`); a :class:`Graph` is checked against
+    the sizes.
     """
     if graph is None:
         return CompleteGraph(num_dst, num_src, device=device)
-    if isinstance(graph, Tensor):
+    given = graph
+    if is_sparse_adjacency(graph):
+        graph = Graph.from_sparse(graph)
+    elif isinstance(graph, Tensor):
         return EdgeListGraph(graph, num_dst, num_src)
-    if not isinstance(graph, Graph):
+    elif is_pyg_data(graph):
+        graph = Graph.from_pyg(graph)
+    elif not isinstance(graph, Graph):
         raise TypeError(
-            "graph must be a graphattn.Graph, an edge_index tensor or None, "
-            f"got {type(graph).__name__}"
+            f"{name} must be a graphattn.Graph, an edge_index tensor, a sparse adjacency adj_t, "
+            f"a PyG Data or Batch, or None, got {type(graph).__name__}"
         )
     if graph.num_dst != num_dst or graph.num_src != num_src:
+        hint = ""
+        if is_sparse_adjacency(given):
+            hint = " (adj_t is (N_dst, N_src), rows = targets: transpose an adj[source, target])"
         raise ValueError(
-            f"graph has num_dst={graph.num_dst}, num_src={graph.num_src} but the inputs have "
-            f"{num_dst} target and {num_src} source nodes"
+            f"{name} has num_dst={graph.num_dst}, num_src={graph.num_src} but the inputs have "
+            f"{num_dst} target and {num_src} source nodes{hint}"
         )
     return graph

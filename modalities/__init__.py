@@ -11,8 +11,11 @@ adapter                     input                                               
 ``PatchAdapter``            images ``(B, C, H, W)``: ViT patches                 ``image``
 ``CNNFeatureAdapter``       images: cells of a torchvision CNN feature map       ``image``
 ``AudioFrameAdapter``       waveforms: log-mel frames or AST patches             ``audio``
-``RLStateEncoder``          vector or entity observations -> actor/critic        ``rl``
+``RLStateEncoder``          vectors, entities, any gymnasium space -> heads      ``rl``
 ==========================  ===================================================  ============
+
+:mod:`modalities.sb3` (imported on its own: ``import modalities`` never imports
+stable-baselines3) wraps ``RLStateEncoder`` as a stable-baselines3 features extractor.
 
 Errors: every public entry point checks its arguments. A wrong type (``None`` included)
 raises :class:`TypeError`, a right type with a wrong value :class:`ValueError`, and the

@@ -34,6 +34,8 @@ __all__ = [
     "check_sequence",
     "check_pair",
     "pair",
+    "array_ndim",
+    "numeric_tensor",
     "masked_mean",
 ]
 
@@ -216,6 +218,45 @@ def pair(name: str, value: Any) -> tuple[int, int]:
         raise arg_error(TypeError, name, "an int or a pair of ints", value)
     v = check_int(name, value)
     return v, v
+
+
+def array_ndim(value: Any) -> int | None:
+    """The number of dimensions of a tensor, array, number or nested list (``None`` if ragged
+    or not an array at all: :func:`numeric_tensor` then names the problem).
+
+    Example:
+        >>> array_ndim(torch.zeros(2, 3)), array_ndim([[1, 2]]), array_ndim(5)
+        (2, 2, 0)
+    """
+    if isinstance(value, Tensor):
+        return value.dim()
+    try:
+        return np.ndim(value)
+    except (TypeError, ValueError):  # ragged nested lists
+        return None
+
+
+def numeric_tensor(name: str, value: Any, device: torch.device | None = None) -> Tensor:
+    """``value`` (a tensor, an array, a number or nested lists of numbers) as a tensor on
+    ``device``, its bool, integer or floating dtype kept; strings, objects, ragged lists and
+    complex numbers raise :class:`TypeError`.
+
+    Example:
+        >>> numeric_tensor("obs", [[1, 2]]).dtype
+        torch.int64
+    """
+    what = "a tensor or array of numbers"
+    if not isinstance(value, Tensor):
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):  # ragged nested lists
+            raise arg_error(TypeError, name, what, value) from None
+        if array.dtype.kind not in "biuf":
+            raise arg_error(TypeError, name, what, value)
+        value = torch.as_tensor(array)
+    if value.is_complex():
+        raise arg_error(TypeError, name, what, value)
+    return value if device is None else value.to(device)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

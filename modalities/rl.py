@@ -1,12 +1,14 @@
 """Reinforcement-learning observations as nodes: ``RLStateEncoder``.
 
-Two kinds of observation:
+Three kinds of observation:
 
 - a **vector** ``(B, obs_dim)``: each feature, or each group of features, becomes a node:
   ``node_g = W_g x[group_g] + e_g`` with a learned value projection ``W_g`` and a learned
   identity embedding ``e_g`` (so attention can tell "cart velocity" from "pole angle");
 - a **set of entities** ``(B, N, F)`` with a mask ``(B, N)``: each entity is a node
-  (``Linear(F, D)``); no positions, so the encoder is permutation invariant.
+  (``Linear(F, D)``); no positions, so the encoder is permutation invariant;
+- any **gymnasium space** (images, discrete values, ``Dict`` and ``Tuple`` nesting): one node
+  per feature or per group, by the rule of :meth:`RLStateEncoder.from_space`.
 
 The nodes go through a :class:`graphattn.layers.GraphTransformer` on the complete graph
 (padded entities masked, final LayerNorm), are mean-pooled over the real nodes into a state
@@ -22,10 +24,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,12 +38,20 @@ from graphattn import AttentionWeights, GraphTransformer
 
 from ._common import (
     arg_error,
+    array_ndim,
     check_float,
     check_int,
     check_mask,
     check_sequence,
     masked_mean,
+    numeric_tensor,
+    short_repr,
 )
+
+if TYPE_CHECKING:  # gymnasium is an extra: imported only when a space is given
+    from gymnasium import spaces
+
+    from ._spaces import Observation, SpaceNodes
 
 __all__ = ["EntitySpec", "RLOutput", "RLStateEncoder"]
 
@@ -127,7 +138,9 @@ class RLStateEncoder(nn.Module):
     """Graph-transformer state encoder with actor and critic heads.
 
     Args:
-        obs: ``obs_dim`` (int) for vector observations, or an :class:`EntitySpec`.
+        obs: ``obs_dim`` (int) for vector observations, an :class:`EntitySpec`, or a
+            gymnasium space (nodes by the rule of :meth:`from_space`, which passes every
+            space but a 1-D or 2-D ``Box`` on as it is).
         dim: embedding size ``D``.
         num_layers: transformer layers.
         num_heads: attention heads (must divide ``dim``).
@@ -139,9 +152,12 @@ class RLStateEncoder(nn.Module):
         dim_feedforward: hidden size of the transformer's MLP (default ``4 * dim``).
         dropout: transformer dropout.
         backend: attention backend, ``"auto"``, ``"dense"`` or ``"edges"``.
+        patch_size: spaces with images only: their patch size (default
+            ``ceil(max(H, W) / 8)``, at most 8 x 8 patches per image).
 
     Shapes:
-        - obs: ``(B, obs_dim)``, or ``(B, N, F)`` with mask ``(B, N)`` bool (True = real)
+        - obs: ``(B, obs_dim)``, or ``(B, N, F)`` with mask ``(B, N)`` bool (True = real), or
+          a batch shaped like the space (a dict of ``(B, ...)`` arrays for a ``Dict``, ...)
         - returns :class:`RLOutput`
 
     Example:
@@ -153,7 +169,7 @@ class RLStateEncoder(nn.Module):
 
     def __init__(
         self,
-        obs: int | EntitySpec,
+        obs: int | EntitySpec | spaces.Space,
         dim: int,
         num_layers: int,
         num_heads: int,
@@ -164,12 +180,16 @@ class RLStateEncoder(nn.Module):
         dim_feedforward: int | None = None,
         dropout: float = 0.0,
         backend: str = "auto",
+        patch_size: int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(obs, EntitySpec):
+        space = obs if _is_space(obs) else None
+        if isinstance(obs, EntitySpec) or space is not None:
             obs_dim = None
         elif isinstance(obs, bool) or not isinstance(obs, numbers.Integral):
-            raise arg_error(TypeError, "obs", "an int (obs_dim) or an EntitySpec", obs)
+            raise arg_error(
+                TypeError, "obs", "an int (obs_dim), an EntitySpec or a gymnasium space", obs
+            )
         else:
             obs_dim = check_int("obs", obs)
         dim = self.dim = check_int("dim", dim)
@@ -190,19 +210,34 @@ class RLStateEncoder(nn.Module):
             )
         self.num_actions = check_int("num_actions", num_actions, optional=True)
         self.action_dim = check_int("action_dim", action_dim, optional=True)
+        patch_size = check_int("patch_size", patch_size, optional=True)
+        if patch_size is not None and space is None:
+            raise ValueError(
+                f"patch_size applies to image observations of a gymnasium space, not to "
+                f"obs={short_repr(obs)}; got patch_size={short_repr(patch_size)}"
+            )
+        self.observation_space = space
+        self.space_nodes: SpaceNodes | None = None
+        self.entity_spec: EntitySpec | None = None
+        self.obs_dim: int | None = None
+        self.entity_proj: nn.Linear | None = None
+        self.groups: list[list[int]] | None = None
         if obs_dim is None:
             if groups is not None:
-                raise ValueError("groups apply to vector observations, not to an EntitySpec")
-            self.entity_spec: EntitySpec | None = obs
-            self.obs_dim: int | None = None
-            self.entity_proj: nn.Linear | None = nn.Linear(obs.feature_dim, dim)
-            self.groups: list[list[int]] | None = None
+                raise ValueError(
+                    f"groups apply to vector observations, not to obs={short_repr(obs)}"
+                )
+            if space is None:
+                self.entity_spec = obs
+                self.entity_proj = nn.Linear(obs.feature_dim, dim)
+            else:
+                from ._spaces import SpaceNodes
+
+                self.space_nodes = SpaceNodes(space, dim, patch_size=patch_size)
             self.register_parameter("value_weight", None)
             self.register_parameter("identity", None)
         else:
             self.obs_dim = obs_dim
-            self.entity_spec = None
-            self.entity_proj = None
             self.groups = (
                 [[i] for i in range(obs_dim)] if groups is None else _check_groups(groups, obs_dim)
             )
@@ -232,8 +267,9 @@ class RLStateEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         """Value projections uniform in ``+-1/sqrt(group size)`` (``nn.Linear``'s rule),
-        identity embeddings normal(0, 0.02); heads orthogonal with gain 1 (critic) and
-        0.01 (actor), zero biases, as in common PPO implementations; log-std 0."""
+        identity embeddings normal(0, 0.02) (a space's nodes: see :meth:`from_space`); heads
+        orthogonal with gain 1 (critic) and 0.01 (actor), zero biases, as in common PPO
+        implementations; log-std 0."""
         if self.value_weight is not None:
             with torch.no_grad():
                 self.value_weight.zero_()
@@ -243,6 +279,8 @@ class RLStateEncoder(nn.Module):
             nn.init.normal_(self.identity, std=0.02)
         if self.entity_proj is not None:
             self.entity_proj.reset_parameters()
+        if self.space_nodes is not None:
+            self.space_nodes.reset_parameters()
         nn.init.orthogonal_(self.critic.weight, gain=1.0)
         nn.init.zeros_(self.critic.bias)
         if self.actor is not None:
@@ -254,40 +292,74 @@ class RLStateEncoder(nn.Module):
     @classmethod
     def from_space(
         cls,
-        observation_space: Any,
-        action_space: Any = None,
+        observation_space: spaces.Space,
+        action_space: spaces.Space | None = None,
         *,
         dim: int = 64,
         num_layers: int = 2,
         num_heads: int = 4,
         **kwargs: Any,
     ) -> RLStateEncoder:
-        """Build from ``gymnasium`` spaces.
+        """Build from ``gymnasium`` spaces: one node per feature or per group.
 
-        A 1-D ``Box`` observation is a vector (``obs_dim = shape[0]``); a 2-D ``Box``
-        ``(N, F)`` is a set of ``N`` entities with ``F`` features. A ``Discrete`` action
-        space gives ``num_actions``, a 1-D ``Box`` gives ``action_dim``; ``None`` builds no
-        actor. Other keyword arguments go to the constructor.
+        =====================================  =============================================
+        observation space                      nodes
+        =====================================  =============================================
+        ``Box`` ``(n,)``                       one per scalar, ``W_i x_i + e_i`` (a vector:
+                                               ``obs_dim = n``, ``groups`` apply); ``()``: one
+        ``Box`` ``(N, F)``                     one per entity, ``Linear(F, D)`` (an
+                                               :class:`EntitySpec`; no positions)
+        image: 3-D ``uint8`` ``Box``,          patches of a :class:`~modalities.PatchAdapter`
+        ``(C, H, W)`` or ``(H, W, C)``         (at most 8 x 8, 2-D sin-cos positions); ``C``
+        (the smallest axis is ``C``)           other than 1 or 3 (stacked frames): each
+                                               channel a grey image plus a channel embedding
+        other ``Box`` of rank >= 3             one per cell of the leading axes,
+                                               ``Linear(F, D) + e_cell`` (``F``: last axis)
+        ``Discrete``                           one, an embedding of the value
+        ``MultiDiscrete``                      one per component, each its own embedding table
+        ``MultiBinary``                        one per bit, ``W_i b_i + e_i``
+        ``Dict``, ``Tuple`` (nested)           the nodes of every leaf space in order, plus a
+                                               learned type embedding of the leaf (its path)
+        =====================================  =============================================
+
+        Images go through :class:`~modalities.PatchAdapter`, not the CNN adapter: a linear
+        patch projection with no BatchNorm gives each observation the same nodes whatever
+        the batch (rollouts of one step and minibatches agree), needs no torchvision, and
+        pads small images (MiniGrid's 7 x 7) instead of shrinking them to one cell. ``uint8``
+        pixels are scaled to ``[0, 1]``; float images are taken as already scaled (as
+        stable-baselines3 passes them).
+
+        A ``Discrete`` action space gives ``num_actions``, a 1-D ``Box`` gives ``action_dim``;
+        ``None`` builds no actor. Other keyword arguments go to the constructor.
+
+        Raises:
+            TypeError: a space of another kind (``Text``, ``Graph``, ``Sequence``, ...), named
+                with its path (``observation_space['goal']``).
+
+        Example:
+            >>> from gymnasium import spaces
+            >>> space = spaces.Dict({"pos": spaces.Box(-1, 1, (2,)), "key": spaces.Discrete(3)})
+            >>> enc = RLStateEncoder.from_space(space, spaces.Discrete(4), dim=16, num_heads=2)
+            >>> enc({"pos": [0.5, -0.5], "key": 2}).logits.shape  # one unbatched observation
+            torch.Size([4])
+            >>> enc.embed({"pos": [[0.5, -0.5]], "key": [2]})[0].shape  # 2 + 1 nodes
+            torch.Size([1, 3, 16])
         """
         from gymnasium import spaces
 
-        if not isinstance(observation_space, spaces.Box):
+        if not isinstance(observation_space, spaces.Space):
             raise arg_error(
                 TypeError,
                 "observation_space",
-                "a gymnasium Box (1-D vector or 2-D entities)",
+                "a gymnasium space (Box, Discrete, MultiDiscrete, MultiBinary, Dict or Tuple)",
                 observation_space,
             )
         shape = observation_space.shape
-        if len(shape) == 1:
-            obs: int | EntitySpec = int(shape[0])
-        elif len(shape) == 2:
+        obs: int | EntitySpec | spaces.Space = observation_space
+        if isinstance(observation_space, spaces.Box) and len(shape) == 1:
+            obs = int(shape[0])
+        elif isinstance(observation_space, spaces.Box) and len(shape) == 2:
             obs = EntitySpec(int(shape[1]), max_entities=int(shape[0]))
-        else:
-            raise ValueError(
-                f"observation_space must be 1-D (vector) or 2-D (entities), got shape {shape}; "
-                "use an image adapter for images"
-            )
         if action_space is None:
             actions: dict[str, int] = {}
         elif isinstance(action_space, spaces.Discrete):
@@ -300,27 +372,23 @@ class RLStateEncoder(nn.Module):
             )
         return cls(obs, dim, num_layers, num_heads, **actions, **kwargs)
 
-    def embed(self, obs: Tensor | np.ndarray, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def embed(self, obs: Observation, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Observation -> nodes and their mask, before the transformer.
 
         The features of padded entities are replaced by zeros before the projection
         (:func:`torch.where`), so NaN or inf in a padded entity never reaches a real output.
 
         Shapes:
-            - obs: ``(B, obs_dim)`` or ``(B, N, F)``; returns ``(B, N, D)``, ``(B, N)``.
+            - obs: ``(B, obs_dim)``, ``(B, N, F)`` or a batch shaped like the space; returns
+              ``(B, N, D)``, ``(B, N)``.
         """
+        if self.space_nodes is not None:
+            if mask is not None:
+                raise ValueError("mask applies to EntitySpec observations only")
+            x = self.space_nodes(obs)  # (B, N, D)
+            return x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         ref = self.critic.weight
-        what = "a tensor or array of numbers"
-        if not isinstance(obs, Tensor):
-            try:
-                array = np.asarray(obs)
-            except (TypeError, ValueError):  # ragged nested lists
-                raise arg_error(TypeError, "obs", what, obs) from None
-            if array.dtype.kind not in "biuf":
-                raise arg_error(TypeError, "obs", what, obs)
-            obs = torch.as_tensor(array, device=ref.device)
-        if obs.is_complex():
-            raise arg_error(TypeError, "obs", what, obs)
+        obs = numeric_tensor("obs", obs, ref.device)
         if not obs.is_floating_point():
             obs = obs.float()
         obs = obs.to(ref.dtype)
@@ -352,9 +420,41 @@ class RLStateEncoder(nn.Module):
         obs = torch.where(mask[..., None], obs, obs.new_zeros(()))  # (B, N, F): padding -> 0
         return self.entity_proj(obs), mask  # (B, N, D), (B, N)
 
+    def _encode(
+        self, obs: Observation, mask: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor, list[AttentionWeights] | None, bool]:
+        """Embedding ``(B, D)``, nodes ``(B, N, D)``, attentions, and whether ``obs`` was one
+        unbatched observation (then ``B = 1``)."""
+        if self.space_nodes is not None:
+            unbatched = self.space_nodes.is_unbatched(obs)
+        else:
+            unbatched = array_ndim(obs) == (1 if self.obs_dim is not None else 2)
+        if unbatched:  # one observation, as env.reset() and env.step() give it
+            if self.space_nodes is not None:
+                obs = self.space_nodes.add_batch(obs)
+            else:
+                obs = obs[None] if isinstance(obs, Tensor) else np.asarray(obs)[None]
+            mask = None if mask is None else mask[None]
+        x, mask = self.embed(obs, mask)  # (B, N, D), (B, N)
+        kpm = None if bool(mask.all()) else ~mask
+        res = self.encoder(x, key_padding_mask=kpm, need_weights=need_weights)
+        nodes, attentions = (res.out, res.attentions) if need_weights else (res, None)
+        emb = masked_mean(nodes, mask)  # (B, D): mean over real nodes
+        return emb, nodes, attentions, unbatched
+
+    def forward_features(self, obs: Observation, mask: Tensor | None = None) -> Tensor:
+        """The pooled state embedding alone, without the heads (what a features extractor
+        such as :class:`modalities.sb3.GraphFeaturesExtractor` needs).
+
+        Shapes:
+            - obs and mask: as :meth:`forward`; returns ``(B, D)`` (``(D,)`` unbatched).
+        """
+        emb, _, _, unbatched = self._encode(obs, mask, need_weights=False)
+        return emb[0] if unbatched else emb
+
     def forward(
         self,
-        obs: Tensor | np.ndarray,
+        obs: Observation,
         mask: Tensor | None = None,
         *,
         need_weights: bool = False,
@@ -363,9 +463,11 @@ class RLStateEncoder(nn.Module):
         """Encode observations and evaluate the heads.
 
         Args:
-            obs: vector ``(B, obs_dim)`` or entities ``(B, N, F)`` (tensor or array); one
-                unbatched observation (``(obs_dim,)``, ``(N, F)``, as ``env.reset()`` gives)
-                is accepted too, and the outputs then have no batch dimension either.
+            obs: vector ``(B, obs_dim)`` or entities ``(B, N, F)`` (tensor or array), or a
+                batch shaped like the space (a dict of arrays for a ``Dict``, a tuple for a
+                ``Tuple``); one unbatched observation (``(obs_dim,)``, ``(N, F)``, a dict of
+                unbatched arrays, as ``env.reset()`` gives) is accepted too, and the outputs
+                then have no batch dimension either.
             mask: entities only: ``(B, N)`` bool (``(N,)`` unbatched), True = real entity.
             need_weights: also return each layer's attention weights (with a batch of one
                 for an unbatched observation).
@@ -383,15 +485,7 @@ class RLStateEncoder(nn.Module):
                 stacklevel=2,
             )
             need_weights = return_attention
-        unbatched = _ndim(obs) == (1 if self.obs_dim is not None else 2)
-        if unbatched:  # one observation, as env.reset() and env.step() give it
-            obs = obs[None] if isinstance(obs, Tensor) else np.asarray(obs)[None]
-            mask = None if mask is None else mask[None]
-        x, mask = self.embed(obs, mask)  # (B, N, D), (B, N)
-        kpm = None if bool(mask.all()) else ~mask
-        res = self.encoder(x, key_padding_mask=kpm, need_weights=need_weights)
-        nodes, attentions = (res.out, res.attentions) if need_weights else (res, None)
-        emb = masked_mean(nodes, mask)  # (B, D): mean over real nodes
+        emb, nodes, attentions, unbatched = self._encode(obs, mask, need_weights)
         out = RLOutput(
             embedding=emb,
             value=self.critic(emb).squeeze(-1),  # (B,)
@@ -411,11 +505,13 @@ class RLStateEncoder(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        kind = (
-            f"obs_dim={self.obs_dim}, nodes={len(self.groups)}"
-            if self.obs_dim is not None
-            else f"entity_features={self.entity_spec.feature_dim}"
-        )
+        if self.obs_dim is not None:
+            kind = f"obs_dim={self.obs_dim}, nodes={len(self.groups)}"
+        elif self.space_nodes is not None:
+            kind = f"space={type(self.observation_space).__name__}"
+            kind += f", nodes={self.space_nodes.num_nodes}"
+        else:
+            kind = f"entity_features={self.entity_spec.feature_dim}"
         head = (
             f"num_actions={self.num_actions}"
             if self.num_actions
@@ -424,12 +520,8 @@ class RLStateEncoder(nn.Module):
         return f"{kind}, dim={self.dim}, {head}"
 
 
-def _ndim(obs: object) -> int | None:
-    """The number of dimensions of a tensor, array or nested list (``None`` if ragged or not
-    an array at all: :meth:`RLStateEncoder.embed` then names the problem)."""
-    if isinstance(obs, Tensor):
-        return obs.dim()
-    try:
-        return np.ndim(obs)
-    except (TypeError, ValueError):
-        return None
+def _is_space(obs: object) -> bool:
+    """Whether ``obs`` is a gymnasium space (without importing gymnasium: a space exists only
+    once gymnasium is imported)."""
+    gym = sys.modules.get("gymnasium")
+    return gym is not None and isinstance(obs, gym.spaces.Space)

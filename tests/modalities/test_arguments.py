@@ -81,6 +81,11 @@ def box(*shape: int) -> Any:
     return gym.spaces.Box(-1.0, 1.0, shape=shape)
 
 
+def image_box() -> Any:
+    gym = pytest.importorskip("gymnasium")
+    return gym.spaces.Box(0, 255, shape=(3, 8, 8), dtype="uint8")
+
+
 # (entry point, argument, call with the bad value, [(bad value, error), ...])
 Case = tuple[str, str, Callable[[Any], Any], list[tuple[Any, type[Exception]]]]
 CASES: list[Case] = [
@@ -451,6 +456,12 @@ CASES: list[Case] = [
         "action_space",
         lambda v: RLStateEncoder.from_space(box(4), v),
         [("2", T)],
+    ),
+    (
+        "RLStateEncoder.from_space",
+        "patch_size",
+        lambda v: RLStateEncoder.from_space(image_box(), dim=8, num_heads=2, patch_size=v),
+        [("2", T), (0, V)],
     ),
     # ------------------------------------------------------------------ pooling
     ("masked_mean", "x", lambda v: masked_mean(v, ones(1, 2)), [(None, T), ([[[1.0]]], T)]),
