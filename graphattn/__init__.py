@@ -37,6 +37,7 @@ from .graph import (
     EdgeListGraph,
     Graph,
     GridGraph,
+    PerSampleGraph,
     WindowGraph,
 )
 from .interop import from_pyg
@@ -76,6 +77,7 @@ __all__ = [
     "WindowGraph",
     "GridGraph",
     "EdgeListGraph",
+    "PerSampleGraph",
     "graph_attention",
     "segment_softmax",
     "AttentionOutput",

@@ -461,7 +461,10 @@ class GraphAttention(nn.Module):
                 ``edge_dim`` and no ``edge_attr`` is passed, ``edge_attr`` are used.
             graph: a :class:`Graph`, a PyG ``edge_index``, a sparse adjacency ``adj_t``
                 ``(Nd, Ns)`` whose rows are the targets (:meth:`Graph.from_sparse`), a PyG
-                ``Data`` / ``Batch`` (its graph only), or ``None`` (complete graph).
+                ``Data`` / ``Batch`` (its graph only), or ``None`` (complete graph); one
+                graph per sample: a list of ``B`` edge lists ``(2, E_b)`` (ids local to the
+                sample), a ``(B, 2, E)`` tensor or :meth:`Graph.per_sample` (with an
+                ``edge_mask``), see :class:`~graphattn.graph.PerSampleGraph`.
             x_src: source node features for cross-attention (default: ``x``); the keys
                 (``kdim`` wide) when ``x_value`` is given. A tuple is refused: PyG's
                 ``(x_src, x_dst)`` and MHA's ``(key, value)`` would read it differently.
@@ -511,7 +514,7 @@ class GraphAttention(nn.Module):
         bsz, nd, _ = x.shape
         ns = nd if x_src is None else _split_source(x_src)[0].shape[1]
         h, dh = self.num_heads, self.head_dim
-        graph = as_graph(graph, nd, ns, x.device)
+        graph = as_graph(graph, nd, ns, x.device, batch=bsz)
         if graph.device != x.device:
             graph = graph.to(x.device)
         if key_padding_mask is not None:
@@ -556,7 +559,7 @@ class GraphAttention(nn.Module):
             out = out.transpose(0, 1)  # (Nd, B, C)
         if not need_weights:
             return out
-        if not batched:
+        if not batched and res.attention.batched:  # (a per-sample graph's are unbatched)
             res.attention.values = res.attention.values[0]
             res.attention.batched = False
         return AttentionOutput(out, res.attention, res.backend)

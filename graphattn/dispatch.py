@@ -19,7 +19,7 @@ from .backends import (
     backend_names,
     get_backend,
 )
-from .graph import Graph
+from .graph import Graph, PerSampleGraph
 from .scores import DotProduct
 
 __all__ = ["AutoPolicy", "auto_policy", "choose_backend", "select_backend"]
@@ -169,6 +169,8 @@ def choose_backend(
     def meta(*shape: int) -> torch.Tensor:  # shapes only: nothing is allocated
         return torch.empty(*shape, device="meta")
 
+    if isinstance(graph, PerSampleGraph):  # attention runs on its flat graph, a batch of 1
+        graph = graph.flat()
     b = 1 if graph.key_padding_mask is None else len(graph.key_padding_mask)
     nd, ns, e = graph.num_dst, graph.num_src, graph.num_edges
     call = AttentionCall(

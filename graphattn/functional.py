@@ -30,7 +30,7 @@ from ._checks import renamed
 from ._finite import all_finite, mask_padded_inputs, wider_dtype
 from .backends import AttentionCall, Backend, BackendNotSupportedError, BackendResult, backend_names
 from .dispatch import AutoPolicy, auto_policy, choose_backend, select_backend
-from .graph import Graph, GraphLike, as_graph
+from .graph import Graph, GraphLike, PerSampleGraph, as_graph
 from .scores import Score, as_score
 from .softmax import segment_softmax
 from .weights import AttentionWeights
@@ -193,7 +193,11 @@ def graph_attention(
         graph: a :class:`~graphattn.Graph`, a PyG ``edge_index`` ``(2, E)`` (row 0 sources,
             row 1 targets), a sparse ``adj_t`` ``(Nd, Ns)`` (rows = targets) or a PyG ``Data``
             (see :func:`~graphattn.graph.as_graph`), or ``None`` for the complete graph. Its
-            key padding mask, if any, must have ``B`` rows.
+            key padding mask, if any, must have ``B`` rows. One graph per sample: a list of
+            ``B`` edge lists ``(2, E_b)`` with ids local to their sample, a ``(B, 2, E)``
+            tensor, or :meth:`~graphattn.Graph.per_sample` (with an ``edge_mask``); the
+            weights then come per edge ``(E, H)`` on its ``flat()`` graph (see
+            :class:`~graphattn.graph.PerSampleGraph`).
         score: a score function (:mod:`graphattn.scores`: ``DotProduct`` by default, ``GAT``,
             ``GATv2``) or a callable on one chunk of edges (see :class:`~graphattn.scores.Custom`).
         attn_bias: additive score bias (after the score function), per edge ``(E, H)`` /
@@ -224,7 +228,7 @@ def graph_attention(
             lists every backend's reasons and the call's shapes).
     """
     attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
-    call = _make_call(
+    call, samples = _make_call(
         q, k, v, graph, score, attn_bias, edge_features, edge_values, dropout_p, scale, need_weights
     )
     if backend != "auto" and backend not in backend_names():
@@ -232,9 +236,13 @@ def graph_attention(
     chosen = select_backend(call, backend)
     res = _run_finite(chosen, call)
     call.score.step()
-    out = res.out if call.batched else res.out[0]
+    out = res.out if samples is None else _unfold_samples(res.out, samples)
+    out = out if call.batched else out[0]
     if not need_weights:
         return out
+    if samples is not None:  # per edge on the flat graph, whose batch is 1: (E, H)
+        attention = AttentionWeights(res.weights[0], call.graph, "edges", batched=False)
+        return AttentionOutput(out, attention, chosen.name)
     weights = res.weights if call.batched else res.weights[0]
     attention = AttentionWeights(weights, call.graph, call.graph.weights_layout, call.batched)
     return AttentionOutput(out, attention, chosen.name)
@@ -252,8 +260,10 @@ def _make_call(
     dropout_p: float,
     scale: float | None,
     need_weights: bool,
-) -> AttentionCall:
-    """Validate the arguments of :func:`graph_attention` once, into a batched call."""
+) -> tuple[AttentionCall, int | None]:
+    """Validate the arguments of :func:`graph_attention` once, into a batched call; with a
+    per-sample graph, the call on its flat graph and the batch size ``B`` to unfold the
+    output into (else ``None``)."""
     _check_inputs(q, k, v)
     score = as_score(score)
     if not 0.0 <= dropout_p < 1.0:
@@ -264,7 +274,7 @@ def _make_call(
     score.check(q, k)
     b, h, nd, d = q.shape
     ns = k.shape[-2]
-    graph = as_graph(graph, nd, ns, q.device)
+    graph = as_graph(graph, nd, ns, q.device, batch=b)
     if graph.device != q.device:
         raise ValueError(f"graph is on {graph.device} but q is on {q.device}; use graph.to()")
     pad = graph.key_padding_mask
@@ -289,6 +299,15 @@ def _make_call(
     if edge_values is not None:
         dv = v.shape[-1]
         edge_values = _check_per_edge("edge_values", edge_values, graph, b, h, dv, "Dv", v)
+    samples = None
+    if isinstance(graph, PerSampleGraph):  # one graph over B * N nodes, a batch of one
+        samples = b
+        q, k, v = _fold_samples(q), _fold_samples(k), _fold_samples(v)  # (1, H, B * N, C)
+        if bias is not None:
+            bias, bias_layout = _per_sample_bias(bias, bias_layout, graph, h), "edges"
+        edge_features = _one_row("edge_features", edge_features, graph)
+        edge_values = _one_row("edge_values", edge_values, graph)
+        graph = graph.flat()
     call = AttentionCall(
         q=q,
         k=k,
@@ -305,7 +324,47 @@ def _make_call(
         batched=batched,
         policy=auto_policy,
     )
-    return call
+    return call, samples
+
+
+def _fold_samples(x: Tensor) -> Tensor:
+    """``(B, H, N, C)`` -> ``(1, H, B * N, C)``: the samples one after another along the node
+    axis (node ``i`` of sample ``b`` at ``b * N + i``, as in :meth:`PerSampleGraph.flat`)."""
+    b, h, n, c = x.shape
+    return x.transpose(0, 1).reshape(1, h, b * n, c)
+
+
+def _unfold_samples(x: Tensor, b: int) -> Tensor:
+    """``(1, H, B * N, C)`` -> ``(B, H, N, C)``, the inverse of :func:`_fold_samples`."""
+    _, h, bn, c = x.shape
+    return x.reshape(h, b, bn // b, c).transpose(0, 1)
+
+
+def _per_sample_bias(
+    bias: Tensor, layout: Literal["edges", "dense"], graph: PerSampleGraph, h: int
+) -> Tensor:
+    """A per-sample graph's bias per edge of its flat graph ``(1, E, H)``, from a per-edge
+    ``(1, E, H)`` bias or a dense ``(B or 1, H or 1, Nd, Ns)`` one (read at each edge of
+    its own sample)."""
+    if layout == "edges":
+        return _one_row("attn_bias", bias, graph)
+    b = graph.batch_size
+    src, dst = graph.edge_index()  # (E,) ids within each sample
+    dense = bias.expand(b, h, graph.num_dst, graph.num_src)  # (B, H, Nd, Ns)
+    return dense[graph.edge_batch, :, dst, src][None]  # (1, E, H)
+
+
+def _one_row(name: str, t: Tensor | None, graph: PerSampleGraph) -> Tensor | None:
+    """A per-edge input of a per-sample graph, which must not have one row per sample: each
+    edge belongs to one sample already."""
+    if t is None or t.shape[0] == 1:
+        return t
+    e = graph.num_edges
+    raise ValueError(
+        f"{name} has a batch dimension of {t.shape[0]} but the graph is per sample: give "
+        f"one row per edge of all samples, (E={e}, ...) in graph.edge_index() order (sample "
+        f"0's edges first), got shape {tuple(t.shape)}"
+    )
 
 
 def _run_finite(chosen: Backend, call: AttentionCall) -> BackendResult:

@@ -18,6 +18,7 @@ causal        sources ``j <= i``                                  :meth:`Graph.c
 window        sources ``|i - j| <= radius`` (or ``0 <= i-j <= r``)  :meth:`Graph.window`
 grid          cells within ``radius`` on an ``h x w`` image grid  :meth:`Graph.grid`
 edges         an explicit edge list                               :meth:`Graph.from_edge_index`
+per_sample    one edge list per sample of a padded batch          :meth:`Graph.per_sample`
 ============  ==================================================  =======================
 
 Any graph can carry a key padding mask for batches (:meth:`Graph.pad`): padded source nodes
@@ -27,6 +28,7 @@ send no messages in that sample.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -47,12 +49,14 @@ __all__ = [
     "WindowGraph",
     "GridGraph",
     "EdgeListGraph",
+    "PerSampleGraph",
     "EdgeStructure",
     "as_graph",
 ]
 
-#: What the ``graph`` argument of the attention calls takes (see :func:`as_graph`).
-GraphLike: TypeAlias = "Graph | Tensor | SparseTensor | Data | None"
+#: What the ``graph`` argument of the attention calls takes (see :func:`as_graph`); a list
+#: holds one ``edge_index`` per sample (:meth:`Graph.per_sample`).
+GraphLike: TypeAlias = "Graph | Tensor | list[Tensor] | SparseTensor | Data | None"
 
 #: the sparse layouts :meth:`Graph.from_sparse` reads
 _SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
@@ -154,6 +158,39 @@ class Graph:
             num_src: number of source nodes (defaults to ``num_dst`` when that is given).
         """
         return EdgeListGraph(edge_index, num_dst, num_src)
+
+    @staticmethod
+    def per_sample(
+        edge_index: Sequence[Tensor] | Tensor,
+        num_dst: int,
+        num_src: int | None = None,
+        *,
+        edge_mask: Tensor | None = None,
+        lengths: Tensor | list[int] | None = None,
+    ) -> PerSampleGraph:
+        """One graph per sample of a padded batch ``(B, N, C)``: see :class:`PerSampleGraph`.
+
+        Args:
+            edge_index: a list of ``B`` edge lists ``(2, E_b)``, or a padded ``(B, 2, E)``
+                tensor; node ids are local to their sample (``0..N-1``).
+            num_dst: target nodes per sample (the padded ``N``).
+            num_src: source nodes per sample (defaults to ``num_dst``).
+            edge_mask: with the padded form, ``(B, E)`` bool, ``True`` = a real edge
+                (default: every column is real).
+            lengths: real source nodes per sample ``(B,)``: pads the graph as :meth:`pad`
+                does, and refuses edges from a padded source.
+
+        Example:
+            >>> import torch
+            >>> g = Graph.per_sample([torch.tensor([[0, 1], [1, 0]]), torch.tensor([[2], [0]])], 3)
+            >>> g.edge_index(), g.edge_batch  # local ids, and the sample of each edge
+            (tensor([[0, 1, 2],
+                    [1, 0, 0]]), tensor([0, 0, 1]))
+            >>> g.flat().edge_index()  # node i of sample b is b * 3 + i
+            tensor([[0, 1, 5],
+                    [1, 0, 3]])
+        """
+        return PerSampleGraph(edge_index, num_dst, num_src, edge_mask=edge_mask, lengths=lengths)
 
     @staticmethod
     def from_sparse(adj_t: Tensor | SparseTensor) -> EdgeListGraph:
@@ -587,6 +624,291 @@ class EdgeListGraph(Graph):
         return ptr
 
 
+class PerSampleGraph(Graph):
+    """One graph per sample of a padded batch ``(B, N, C)``: sample ``b``'s edges join its
+    own nodes ``0..N-1``, and no edge crosses samples.
+
+    Attention folds the batch into the node axis: :func:`~graphattn.graph_attention` (and so
+    :class:`~graphattn.GraphAttention`) turns ``(B, H, N, D)`` into ``(1, H, B * N, D)``,
+    runs any backend on :meth:`flat`, the block-diagonal union of the samples' graphs over
+    ``B * N`` nodes (node ``i`` of sample ``b`` is ``b * N + i``, as in a PyG ``Batch``), and
+    unfolds the output. The backends see one ordinary edge list, so every one of them runs
+    it, and the result is what running the samples one by one gives (no edge crosses
+    samples; a sample without edges gets zero output). The dense backend then masks
+    ``(B * Nd) x (B * Ns)`` pairs, ``B`` times those of ``B`` separate masks; ``auto`` judges
+    the density of that flat graph, so big batches of sparse graphs run on the edge list.
+
+    Sizes are per sample (``num_dst``, ``num_src``: the padded ``N``), so the graph checks
+    against the inputs' ``N`` as any other, and its key padding mask is ``(B, Ns)`` as for
+    any other graph (:meth:`pad`, ``key_padding_mask=`` of the modules). Edges keep the
+    order they are given in: sample 0's, then sample 1's, and so on (with the padded form,
+    the real edges of each row in column order); per-edge inputs (a per-edge
+    ``attn_bias`` ``(E, H)``, ``edge_features``, ``edge_attr`` ``(E, edge_dim)``) and the
+    attention weights ``(E, H)`` (on :meth:`flat`) follow it, ``E`` counting the edges of
+    all samples.
+
+    ``graph_attention`` and ``GraphAttention`` take the two forms directly as ``graph``: a
+    list of ``B`` edge lists, or a ``(B, 2, E)`` tensor whose columns are all real edges;
+    build the graph with :meth:`Graph.per_sample` for an ``edge_mask`` or ``lengths``
+    (``GraphTransformer`` reads a list as one graph per layer: give it the built graph).
+
+    Args:
+        edge_index: a list of ``B`` integer tensors ``(2, E_b)``, or one ``(B, 2, E)``
+            tensor padded along ``E``; row 0 sources, row 1 targets, ids local to the sample.
+        num_dst: target nodes per sample.
+        num_src: source nodes per sample (defaults to ``num_dst``).
+        edge_mask: ``(B, E)`` bool, ``True`` = real edge, for the padded form; the other
+            columns are ignored whatever they hold.
+        lengths: real source nodes per sample ``(B,)``, as :meth:`Graph.pad` (edges from a
+            padded source are refused).
+        name: the argument's name in error messages.
+
+    Shapes:
+        - edge_index: ``B x (2, E_b)`` or ``(B, 2, E)``; edge_mask: ``(B, E)``
+        - :meth:`~graphattn.Graph.edge_index`: ``(2, E)`` local ids, ``E = sum_b E_b``;
+          :attr:`edge_batch`: ``(E,)``
+        - :meth:`materialize`: ``(B, Nd, Ns)``; key_padding_mask: ``(B, Ns)``
+
+    Example:
+        >>> import torch
+        >>> from graphattn import GraphAttention
+        >>> attn = GraphAttention(8, 2)
+        >>> x = torch.randn(2, 4, 8)  # (B, N, C)
+        >>> graphs = [torch.tensor([[0, 1, 2], [1, 2, 3]]), torch.tensor([[3], [0]])]
+        >>> attn(x, graphs).shape  # sample b attends over graphs[b] only
+        torch.Size([2, 4, 8])
+    """
+
+    kind = "per_sample"
+
+    def __init__(
+        self,
+        edge_index: Sequence[Tensor] | Tensor,
+        num_dst: int,
+        num_src: int | None = None,
+        *,
+        edge_mask: Tensor | None = None,
+        lengths: Tensor | list[int] | None = None,
+        name: str = "edge_index",
+    ):
+        check_int("num_dst", num_dst, minimum=0)
+        num_src = num_dst if num_src is None else check_int("num_src", num_src, minimum=0)
+        if isinstance(edge_index, Tensor):
+            local, edge_batch, batch, columns = _padded_edges(edge_index, edge_mask, name)
+        elif isinstance(edge_index, list | tuple):
+            if edge_mask is not None:
+                raise ValueError(
+                    f"edge_mask is for a padded (B, 2, E) {name}; a list of {len(edge_index)} "
+                    f"edge lists has no padding to mask"
+                )
+            local, edge_batch, batch, columns = _listed_edges(edge_index, name)
+        else:
+            raise TypeError(
+                f"{name} must be a list of (2, E_b) tensors (one per sample) or a padded "
+                f"(B, 2, E) tensor, got {type(edge_index).__name__}"
+            )
+        _check_local_ids(local, edge_batch, columns, num_dst, num_src, name)
+        super().__init__(num_dst, num_src, local.device)
+        self.batch_size = batch
+        self._local = local  # (2, E) ids within each sample
+        #: the sample of each edge ``(E,)`` (PyG's ``batch`` vector, for edges)
+        self.edge_batch = edge_batch
+        src = local[0] + edge_batch * num_src  # (E,) ids in the flat graph
+        dst = local[1] + edge_batch * num_dst  # (E,)
+        self._flat = EdgeListGraph(torch.stack([src, dst]), batch * num_dst, batch * num_src)
+        if lengths is not None:
+            self.key_padding_mask = self.pad(lengths).key_padding_mask  # (B, Ns)
+            from_padded = self.key_padding_mask[edge_batch, local[0]]  # (E,)
+            if bool(from_padded.any()):
+                e = int(from_padded.nonzero()[0])
+                b, j = int(edge_batch[e]), int(local[0, e])
+                length = int((~self.key_padding_mask[b]).sum())
+                raise ValueError(
+                    f"{name}[{b}][0, {int(columns[e])}] = {j} is a padded source of sample "
+                    f"{b} (lengths[{b}]={length}): its edges cannot carry messages"
+                )
+
+    @property
+    def num_edges(self) -> int:
+        """Edges of all samples together (duplicates counted)."""
+        return self._local.shape[1]
+
+    def flat(self) -> EdgeListGraph:
+        """The block-diagonal graph over ``B * Nd`` targets and ``B * Ns`` sources that
+        attention runs on: target ``i`` of sample ``b`` is ``b * Nd + i``, source ``j`` is
+        ``b * Ns + j``, edges in the order of :meth:`~graphattn.Graph.edge_index`; padded
+        ``(1, B * Ns)`` when this graph is padded."""
+        if self.key_padding_mask is None:
+            return self._flat
+        return self._flat.pad(key_padding_mask=self.key_padding_mask.reshape(1, -1))
+
+    def pad(
+        self,
+        lengths: Tensor | list[int] | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+    ) -> PerSampleGraph:
+        """:meth:`Graph.pad`, with one row per sample: ``lengths`` ``(B,)`` or
+        ``key_padding_mask`` ``(B, Ns)``."""
+        out = super().pad(lengths, key_padding_mask=key_padding_mask)
+        rows = out.key_padding_mask.shape[0]
+        if rows != self.batch_size:
+            given = "lengths" if lengths is not None else "key_padding_mask"
+            raise ValueError(
+                f"{given} has {rows} rows but the per-sample graph has B={self.batch_size} samples"
+            )
+        return out
+
+    def to(self, device: torch.device | str) -> PerSampleGraph:
+        out = super().to(device)
+        if out is not self:
+            out._flat = self._flat.to(device)
+        return out
+
+    def _build_edge_index(self) -> Tensor:
+        return self._local
+
+    def _keys(self) -> Tensor:
+        """Each edge's position in a ``(B, Nd, Ns)`` mask, flattened ``(E,)``."""
+        src, dst = self._local
+        return (self.edge_batch * self.num_dst + dst) * self.num_src + src
+
+    def _build_mask(self) -> Tensor:
+        b, nd, ns = self.batch_size, self.num_dst, self.num_src
+        mask = torch.zeros(b * nd * ns, dtype=torch.bool, device=self.device)
+        mask[self._keys()] = True
+        return mask.view(b, nd, ns)
+
+    def materialize_structure(self) -> Tensor:
+        """Dense boolean ``(B, Nd, Ns)`` mask of each sample's structure, ignoring padding
+        (cached)."""
+        return super().materialize_structure()
+
+    def materialize(self) -> Tensor:
+        """Dense boolean ``(B, Nd, Ns)`` mask, ``True`` where target ``i`` of sample ``b``
+        receives a message from its source ``j`` (padding applied)."""
+        mask = self.materialize_structure()  # (B, Nd, Ns), cached: never hand it out
+        if self.key_padding_mask is not None:
+            return mask & ~self.key_padding_mask[:, None, :]
+        return mask.clone()
+
+    def edge_counts(self) -> Tensor | None:
+        """``(B, Nd, Ns)`` int64 copies of each edge, or ``None`` when no edge appears
+        twice."""
+        if not self._flat.has_duplicates():
+            return None
+        b, nd, ns = self.batch_size, self.num_dst, self.num_src
+        counts = torch.zeros(b * nd * ns, dtype=torch.long, device=self.device)
+        counts.index_add_(0, self._keys(), torch.ones_like(self.edge_batch))
+        return counts.view(b, nd, ns)
+
+    def in_degree(self) -> Tensor:
+        """Number of in-edges of each target of each sample, ``(B, Nd)`` int64."""
+        return self._flat.in_degree().view(self.batch_size, self.num_dst)
+
+    def edge_structure(self) -> EdgeStructure:
+        """Refused: the samples' targets share ids; the structure attention uses is
+        ``flat().edge_structure()``."""
+        raise TypeError(
+            "a PerSampleGraph has no single edge structure over its per-sample ids; attention "
+            "runs on graph.flat() (B * N nodes): use graph.flat().edge_structure()"
+        )
+
+    def _extra_repr(self) -> str:
+        return f", batch_size={self.batch_size}"
+
+
+def _listed_edges(edges: Sequence[Tensor], name: str) -> tuple[Tensor, Tensor, int, Tensor]:
+    """``(local, edge_batch, B, columns)`` of a list of per-sample edge lists: the edges
+    ``(2, E)``, the sample of each ``(E,)``, the batch size and each edge's column in its
+    sample's list ``(E,)``."""
+    if len(edges) == 0:
+        raise ValueError(f"{name} must hold one edge list per sample, got an empty list")
+    device = None
+    for b, ei in enumerate(edges):
+        if not isinstance(ei, Tensor):
+            raise TypeError(
+                f"{name}[{b}] must be a torch.Tensor (a list {name} holds one (2, E_b) "
+                f"edge_index tensor per sample), got {type(ei).__name__}"
+            )
+        if ei.dtype.is_floating_point or ei.is_complex() or ei.dtype == torch.bool:
+            raise TypeError(f"{name}[{b}] must have an integer dtype, got {ei.dtype}")
+        if ei.dim() != 2 or ei.shape[0] != 2:
+            raise ValueError(
+                f"{name}[{b}] must have shape (2, E_b) (row 0 = sources, row 1 = targets), "
+                f"got {tuple(ei.shape)}"
+            )
+        device = ei.device if device is None else device
+        if ei.device != device:
+            raise ValueError(f"{name}[{b}] is on {ei.device} but {name}[0] is on {device}")
+    counts = torch.tensor([ei.shape[1] for ei in edges], device=device)  # (B,)
+    local = torch.cat([ei.long() for ei in edges], dim=1)  # (2, E)
+    edge_batch = torch.repeat_interleave(torch.arange(len(edges), device=device), counts)
+    starts = torch.cumsum(counts, 0) - counts  # (B,) first edge of each sample
+    columns = torch.arange(local.shape[1], device=device) - starts[edge_batch]  # (E,)
+    return local, edge_batch, len(edges), columns
+
+
+def _padded_edges(
+    edge_index: Tensor, edge_mask: Tensor | None, name: str
+) -> tuple[Tensor, Tensor, int, Tensor]:
+    """``(local, edge_batch, B, columns)`` (see :func:`_listed_edges`) of a padded
+    ``(B, 2, E)`` edge tensor and its ``(B, E)`` mask of real edges."""
+    if edge_index.dtype.is_floating_point or edge_index.is_complex():
+        raise TypeError(f"{name} must have an integer dtype, got {edge_index.dtype}")
+    if edge_index.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {edge_index.dtype}")
+    if edge_index.dim() != 3 or edge_index.shape[1] != 2:
+        shared = " (one (2, E) edge_index shared by all samples is Graph.from_edge_index)"
+        raise ValueError(
+            f"{name} must be a list of (2, E_b) tensors or a padded (B, 2, E) tensor, got "
+            f"shape {tuple(edge_index.shape)}{shared if edge_index.dim() == 2 else ''}"
+        )
+    b, _, e = edge_index.shape
+    if b == 0:
+        raise ValueError(
+            f"{name} must hold at least one sample, got shape {tuple(edge_index.shape)}"
+        )
+    if edge_mask is None:
+        edge_mask = torch.ones(b, e, dtype=torch.bool, device=edge_index.device)
+    elif not isinstance(edge_mask, Tensor) or edge_mask.dtype != torch.bool:
+        raise TypeError(
+            "edge_mask must be a bool tensor (True = real edge), got "
+            f"{getattr(edge_mask, 'dtype', type(edge_mask).__name__)}"
+        )
+    elif edge_mask.shape != (b, e):
+        raise ValueError(
+            f"edge_mask must have shape (B={b}, E={e}) to match {name} of shape "
+            f"{tuple(edge_index.shape)}, got {tuple(edge_mask.shape)}"
+        )
+    edge_mask = edge_mask.to(edge_index.device)
+    local = edge_index.long().transpose(0, 1)[:, edge_mask]  # (2, B, E) -> (2, E_real)
+    rows = torch.arange(b, device=edge_index.device)[:, None].expand(b, e)  # (B, E)
+    cols = torch.arange(e, device=edge_index.device)[None, :].expand(b, e)  # (B, E)
+    return local, rows[edge_mask], b, cols[edge_mask]
+
+
+def _check_local_ids(
+    local: Tensor, edge_batch: Tensor, columns: Tensor, num_dst: int, num_src: int, name: str
+) -> None:
+    """Every source id in ``[0, num_src)`` and target id in ``[0, num_dst)``; otherwise
+    raise naming the first bad entry as ``name[b][row, column]``."""
+    sizes = torch.tensor([num_src, num_dst], device=local.device)[:, None]  # (2, 1)
+    bad = (local < 0) | (local >= sizes)  # (2, E)
+    if local.numel() == 0 or not bool(bad.any()):
+        return
+    e = int(bad.any(0).nonzero()[0])
+    row = 0 if bool(bad[0, e]) else 1
+    role, size_name, size = (
+        ("source", "num_src", num_src) if row == 0 else ("target", "num_dst", num_dst)
+    )
+    value, b = int(local[row, e]), int(edge_batch[e])
+    raise IndexError(
+        f"{name}[{b}][{row}, {int(columns[e])}] = {value} (a {role} of sample {b}) is out of "
+        f"range for {size_name}={size}: node ids are local to their sample, 0..{size - 1}"
+    )
+
+
 def _sort_by_target(edge_index: Tensor, num_dst: int, num_src: int) -> EdgeStructure:
     src, dst = edge_index[0], edge_index[1]
     if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
@@ -651,6 +973,7 @@ def as_graph(
     num_src: int,
     device: torch.device | str | None = None,
     *,
+    batch: int | None = None,
     name: str = "graph",
 ) -> Graph:
     """Normalise the ``graph`` argument of the attention calls (``name``: the caller's name
@@ -662,27 +985,57 @@ def as_graph(
     ``(N_dst, N_src)``, rows = targets (:meth:`Graph.from_sparse`); a PyG ``Data`` or
     ``Batch`` gives its graph (:meth:`Graph.from_pyg`); a :class:`Graph` is checked against
     the sizes.
+
+    One graph per sample (:class:`PerSampleGraph`): a list of ``B`` edge lists ``(2, E_b)``
+    or a ``(B, 2, E)`` tensor of real edges, each sample's ids local (``num_dst x num_src``
+    per sample), is built into one; these and a built per-sample graph need ``batch``, the
+    inputs' ``B`` (callers with a batch of samples pass it; others refuse them).
     """
     if graph is None:
         return CompleteGraph(num_dst, num_src, device=device)
     given = graph
-    if is_sparse_adjacency(graph):
+    if is_sparse_adjacency(graph):  # before the (B, 2, E) test: a sparse matrix may be 3-D
         graph = Graph.from_sparse(graph)
+    elif isinstance(graph, list | tuple) or (isinstance(graph, Tensor) and graph.dim() == 3):
+        if batch is not None and len(graph) != batch:
+            form = (
+                f"a list of {len(graph)} edge lists"
+                if isinstance(graph, list | tuple)
+                else f"a (B, 2, E) tensor of shape {tuple(graph.shape)}"
+            )
+            raise ValueError(
+                f"{name} is {form}, one per sample, but the batch has B={batch} samples"
+            )
+        graph = PerSampleGraph(graph, num_dst, num_src, name=name)
     elif isinstance(graph, Tensor):
         return EdgeListGraph(graph, num_dst, num_src)
     elif is_pyg_data(graph):
         graph = Graph.from_pyg(graph)
     elif not isinstance(graph, Graph):
         raise TypeError(
-            f"{name} must be a graphattn.Graph, an edge_index tensor, a sparse adjacency adj_t, "
-            f"a PyG Data or Batch, or None, got {type(graph).__name__}"
+            f"{name} must be a graphattn.Graph, an edge_index tensor, a list of per-sample "
+            f"edge_index tensors, a sparse adjacency adj_t, a PyG Data or Batch, or None, got "
+            f"{type(graph).__name__}"
         )
     if graph.num_dst != num_dst or graph.num_src != num_src:
         hint = ""
         if is_sparse_adjacency(given):
             hint = " (adj_t is (N_dst, N_src), rows = targets: transpose an adj[source, target])"
+        per = " per sample" if isinstance(graph, PerSampleGraph) else ""
         raise ValueError(
-            f"{name} has num_dst={graph.num_dst}, num_src={graph.num_src} but the inputs have "
-            f"{num_dst} target and {num_src} source nodes{hint}"
+            f"{name} has num_dst={graph.num_dst}, num_src={graph.num_src}{per} but the inputs "
+            f"have {num_dst} target and {num_src} source nodes{hint}"
         )
+    if isinstance(graph, PerSampleGraph):
+        if batch is None:
+            raise ValueError(
+                f"{name} is a per-sample graph ({graph.batch_size} samples), which only "
+                f"attention over a batch (B, N, C) takes (GraphAttention, graph_attention); "
+                f"where all nodes form one graph, pass its flat() graph over B * N nodes "
+                f"(Graph.per_sample(...).flat(), as a PyG Batch)"
+            )
+        if graph.batch_size != batch:
+            raise ValueError(
+                f"{name} has {graph.batch_size} samples but the batch has B={batch} samples"
+            )
     return graph

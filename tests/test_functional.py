@@ -715,7 +715,11 @@ def test_error_misc(gen):
         r"key_padding_mask has 3 rows.*B=2",
         lambda: graph_attention(q, k, v, Graph.complete(3).pad(lengths=[1, 2, 3])),
     )
-    _err(TypeError, r"graph must be.*list", lambda: graph_attention(q, k, v, [[0], [1]]))
+    _err(  # a list holds one edge_index tensor per sample
+        TypeError,
+        r"graph\[0\] must be a torch.Tensor.*per sample\), got list",
+        lambda: graph_attention(q, k, v, [[0], [1]]),
+    )
     _err(
         ValueError,
         r"edge_values.*E=9.*\(9, 2, 2\)",

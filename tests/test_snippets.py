@@ -4,8 +4,8 @@ Each block is what a reader pastes into a fresh interpreter: it runs as a script
 subprocess, in an empty temporary directory, with the repository on ``PYTHONPATH`` and one
 torch thread. The selected blocks start together, one per core, when the first of them is
 asked for; each test then reports its own block. A block that imports a package named in
-``OPTIONAL`` (stable-baselines3, the ``[sb3]`` extra) is skipped, saying so, where that
-package is not installed; any other missing import fails its block.
+``OPTIONAL`` (stable-baselines3, the ``[sb3]`` extra; timm, the ``[timm]`` extra) is skipped,
+saying so, where that package is not installed; any other missing import fails its block.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ FENCE = re.compile(r"^```python\n(.*?)^```$", re.M | re.S)
 TIMEOUT_S = 120
 IMPORT = re.compile(r"^(?:from|import)\s+(\w+)", re.M)
 #: top-level module -> the distribution to name when it is missing
-OPTIONAL = {"stable_baselines3": "stable-baselines3"}
+OPTIONAL = {"stable_baselines3": "stable-baselines3", "timm": "timm"}
 
 
 def _blocks() -> dict[str, str]:

@@ -197,7 +197,7 @@ CASES: list[Case] = [
         "PatchAdapter",
         "in_channels",
         lambda v: PatchAdapter(v, 4, 8),
-        [(None, T), (3.0, T), (2, V)],
+        [(None, T), (3.0, T), (0, V)],
     ),
     ("PatchAdapter", "patch_size", lambda v: PatchAdapter(3, v, 8), [(None, T), ("4", T), (0, V)]),
     ("PatchAdapter", "patch_size[1]", lambda v: PatchAdapter(3, (4, v), 8), [(None, T)]),
@@ -226,7 +226,7 @@ CASES: list[Case] = [
         "CNNFeatureAdapter",
         "in_channels",
         lambda v: CNNFeatureAdapter("stem", dim=4, in_channels=v),
-        [(None, T)],
+        [(None, T), ("3", T), (0, V)],
     ),
     ("CNNFeatureAdapter.forward", "images", lambda v: cnn()(v), [(None, T)]),
     # ------------------------------------------------------------------ audio

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from graphattn import Graph, GraphAttention, GridGraph
 from modalities import CNNFeatureAdapter, PatchAdapter
 
 
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize(("height", "width", "patch"), [(8, 12, 4), (6, 10, (3, 5))])
 def test_patch_shapes_positions_and_grid(channels: int, height: int, width: int, patch) -> None:
     adapter = PatchAdapter(channels, patch, 16)
@@ -75,8 +79,8 @@ def test_bad_inputs() -> None:
         adapter(torch.randn(3, 8, 8))
     with pytest.raises(TypeError, match="floating point"):
         adapter(torch.zeros(1, 3, 8, 8, dtype=torch.int32))
-    with pytest.raises(ValueError, match="in_channels must be 1 or 3, got 2"):
-        PatchAdapter(2, 4, 8)
+    with pytest.raises(ValueError, match="in_channels must be > 0, got 0"):
+        PatchAdapter(0, 4, 8)
     with pytest.raises(ValueError, match="patch_size must be > 0, got 0"):
         PatchAdapter(3, 0, 8)
     with pytest.raises(ValueError, match="pos_embed must be"):
@@ -146,6 +150,134 @@ def test_grey_images_with_rgb_backbone_and_uint8() -> None:
     adapter = CNNFeatureAdapter("resnet18", "layer1", dim=4, in_channels=1, convert_uint8=True)
     img = torch.randint(0, 256, (1, 1, 16, 16), dtype=torch.uint8)
     assert adapter(img).grid_shape == (4, 4)
+
+
+# ---------------------------------------------------------------- any input channels
+
+
+def _resnet18(dtype: torch.dtype = torch.float32) -> nn.Module:
+    """An untrained torchvision resnet18 standing in for a trained one (its weights are kept)."""
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).to(dtype).eval()
+
+
+def _adapted(rgb: torch.Tensor, channels: int) -> torch.Tensor:
+    """timm's rule written out: RGB kernels summed (1 channel), else repeated R, G, B, R, ...
+    and scaled by 3 / channels."""
+    if channels == 1:
+        return rgb.sum(1, keepdim=True)
+    return torch.stack([rgb[:, i % 3] for i in range(channels)], 1) * (3 / channels)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 7])
+def test_torchvision_name_any_in_channels(channels: int) -> None:
+    """An untrained backbone by name: the first convolution is rebuilt for the channels."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.manual_seed(0)
+    adapter = CNNFeatureAdapter("resnet18", "layer1", dim=8, in_channels=channels)
+    conv = adapter.backbone.conv1
+    assert conv.weight.shape == (64, channels, 7, 7) and conv.in_channels == channels
+    assert (conv.stride, conv.padding, conv.bias) == ((2, 2), (3, 3), None)
+    nodes = adapter(torch.randn(2, channels, 16, 24))
+    assert nodes.grid_shape == (4, 6) and nodes.features.isfinite().all()
+    if channels == 3:  # nothing changes: the weights are torchvision's own
+        expected = reference.conv1.weight
+    else:  # fresh, at the scale of the weight it replaces
+        scale = conv.weight.square().mean().sqrt() / reference.conv1.weight.square().mean().sqrt()
+        assert 0.8 < scale < 1.25
+        expected = conv.weight
+    torch.testing.assert_close(conv.weight, expected, rtol=0, atol=0)
+    adapter(torch.randn(2, channels, 16, 24)).features.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("backbone", "layer", "first"),
+    [("mobilenet_v3_small", "features.1", "features.0.0"), ("squeezenet1_0", None, "features.0")],
+)
+def test_torchvision_name_first_conv_inside_features(backbone: str, layer, first: str) -> None:
+    """The first convolution is found wherever it sits."""
+    adapter = CNNFeatureAdapter(backbone, layer, dim=8, in_channels=2)
+    assert adapter.backbone.get_submodule(first).in_channels == 2
+    assert adapter(torch.randn(1, 2, 64, 64)).features.isfinite().all()
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 7])
+def test_module_backbone_weights_adapted_as_timm_does(channels: int) -> None:
+    """A module (possibly trained): its first convolution's weights are adapted, not redrawn;
+    everything else is untouched, and 3 channels change nothing at all."""
+    model = _resnet18()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model.conv1.weight
+    model.conv1.weight.requires_grad_(False)  # a frozen first layer stays frozen
+    adapter = CNNFeatureAdapter(model, "layer2", dim=8, in_channels=channels)
+    conv = adapter.backbone.conv1
+    assert conv is model.conv1  # changed in place
+    torch.testing.assert_close(conv.weight, _adapted(before["conv1.weight"], channels))
+    assert not conv.weight.requires_grad
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k != "conv1.weight")
+    if channels == 3:
+        assert conv.weight is weight
+    nodes = adapter(torch.randn(1, channels, 32, 32))
+    assert nodes.grid_shape == (4, 4) and nodes.features.isfinite().all()
+
+
+@pytest.mark.parametrize(
+    ("channels", "repeat"), [(1, lambda g: g.expand(-1, 3, -1, -1)), (6, None)]
+)
+def test_adapted_model_on_grey_or_repeated_images_equals_rgb_model(channels: int, repeat) -> None:
+    """A grey image through the summed kernel equals the RGB model on it repeated to 3
+    channels; 6 channels holding an RGB image twice equal the RGB model on it (float64)."""
+    model = _resnet18(torch.float64)
+    rgb_adapter = CNNFeatureAdapter(copy.deepcopy(model), "layer2", dim=8).double().eval()
+    adapter = CNNFeatureAdapter(model, "layer2", dim=8, in_channels=channels).double().eval()
+    adapter.proj.load_state_dict(rgb_adapter.proj.state_dict())
+    torch.manual_seed(1)
+    if channels == 1:
+        x = torch.rand(2, 1, 32, 40, dtype=torch.float64)
+        rgb = repeat(x)
+    else:
+        rgb = torch.rand(2, 3, 32, 40, dtype=torch.float64)
+        x = torch.cat([rgb, rgb], dim=1)
+    with torch.no_grad():
+        out, ref = adapter(x).features, rgb_adapter(rgb).features
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_adapted_weight_keeps_half_precision() -> None:
+    from modalities.image import _adapt_input_weight
+
+    rgb = torch.randn(4, 3, 3, 3, dtype=torch.float16)
+    grey = _adapt_input_weight(rgb, 1)
+    assert grey.dtype == torch.float16
+    torch.testing.assert_close(grey, rgb.float().sum(1, keepdim=True).half())
+    assert _adapt_input_weight(rgb, 3) is rgb
+
+
+def test_module_that_already_takes_the_channels_is_untouched() -> None:
+    """The first convolution is judged by what it receives: here a space-to-depth step feeds
+    it 4 channels from a grey image, which it already takes."""
+    backbone = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(4, 6, 3, padding=1))
+    weight = backbone[1].weight
+    adapter = CNNFeatureAdapter(backbone, dim=4, in_channels=1)
+    assert backbone[1].weight is weight and adapter(torch.randn(1, 1, 8, 8)).grid_shape == (4, 4)
+
+
+def test_first_conv_that_cannot_be_adapted_is_refused() -> None:
+    unshuffled = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 6, 3))  # built for RGB
+    with pytest.raises(ValueError, match=r"in_channels=1: .* \('1', in_channels=12\) receives 4 "):
+        CNNFeatureAdapter(unshuffled, dim=4, in_channels=1)
+    grouped = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3))
+    with pytest.raises(ValueError, match=r"in_channels=2: .* \('0'\) is grouped \(groups=3\)"):
+        CNNFeatureAdapter(grouped, dim=4, in_channels=2)
+
+
+def test_timm_name_without_timm_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(ImportError, match=r"'timm/resnet18' needs timm: pip install timm"):
+        CNNFeatureAdapter("timm/resnet18", dim=4)
 
 
 def test_module_backbone_used_whole() -> None:
