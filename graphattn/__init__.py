@@ -40,7 +40,7 @@ from .graph import (
     PerSampleGraph,
     WindowGraph,
 )
-from .interop import from_pyg
+from .interop import from_pyg, to_hetero
 from .layers import (
     GraphTransformer,
     GraphTransformerLayer,
@@ -101,6 +101,7 @@ __all__ = [
     "ConvOutput",
     "add_self_loops",
     "from_pyg",
+    "to_hetero",
     "SGFormerAttention",
     "MultiheadAttention",
     "LocalGlobalLayer",

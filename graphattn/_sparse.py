@@ -36,6 +36,8 @@ def linear(lin: nn.Linear, x: Tensor) -> Tensor:
     """
     if x.layout != torch.sparse_csr or x.values().requires_grad or x.dim() != 2:
         return lin(x)
+    if isinstance(lin.weight, nn.parameter.UninitializedParameter):
+        return lin(x)  # a lazy projection: shaped by this first input
     crow, col, values = x.crow_indices(), x.col_indices(), x.values()
     out = _CSRLinear.apply(values, crow, col, tuple(x.shape), lin.weight)  # (N, O)
     return out if lin.bias is None else out + lin.bias

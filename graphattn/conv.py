@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedParameter
 
 from ._checks import check_int, renamed
 from ._pyg import data_inputs, is_pyg_data
@@ -243,24 +244,70 @@ def _split_input(x: NodeInput, name: str = "x") -> tuple[Tensor, Tensor]:
 
 
 def _check_channels(name: str, value: Any) -> int:
-    return check_int(name, value, hint=" (lazy initialisation with -1 is not supported)")
+    return check_int(name, value, hint=" (-1, lazy, is for in_channels only)")
+
+
+def _check_in(name: str, value: Any) -> int:
+    """An input width: a positive int, or ``-1`` (lazy: shaped by the first input)."""
+    if value == -1 and isinstance(value, int) and not isinstance(value, bool):
+        return -1
+    return check_int(name, value, hint=" or -1 (lazy)")
 
 
 def _in_pair(in_channels: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(in_channels, tuple | list):
         if len(in_channels) != 2:
             raise ValueError(f"in_channels must be an int or a pair, got {in_channels!r}")
-        return _check_channels("in_channels[0]", in_channels[0]), _check_channels(
+        return _check_in("in_channels[0]", in_channels[0]), _check_in(
             "in_channels[1]", in_channels[1]
         )
-    c = _check_channels("in_channels", in_channels)
+    c = _check_in("in_channels", in_channels)
     return c, c
 
 
+class _LazyLinear(nn.LazyLinear):
+    """``nn.LazyLinear`` initialised, once its first input shapes it, with Glorot weights
+    and zero bias (PyG's ``Linear(-1, out, weight_initializer="glorot")``); it becomes an
+    ``nn.Linear`` then, as every torch lazy module does."""
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.in_features != 0:
+            _reset_linear(self, glorot=True)
+
+
+def _make_linear(
+    f_in: int, f_out: int, bias: bool, factory: dict[str, Any], glorot: bool = False
+) -> nn.Linear:
+    """``nn.Linear(f_in, f_out)``, or a lazy one (shaped by its first input) for
+    ``f_in=-1``; ``glorot``: the lazy one's initialisation (as GAT's projections)."""
+    if f_in != -1:
+        return nn.Linear(f_in, f_out, bias=bias, **factory)
+    if glorot:
+        return _LazyLinear(f_out, bias=bias, **factory)
+    return nn.LazyLinear(f_out, bias=bias, **factory)
+
+
+def _lazy(t: Tensor | None) -> bool:
+    return isinstance(t, UninitializedParameter)
+
+
 def _glorot(t: Tensor | None) -> None:
-    if t is not None:
+    if t is not None and not _lazy(t):
         bound = math.sqrt(6.0 / (t.shape[-2] + t.shape[-1]))
         nn.init.uniform_(t, -bound, bound)
+
+
+def _reset_linear(lin: nn.Linear | None, glorot: bool) -> None:
+    """Glorot weight and zero bias (``glorot``), else ``nn.Linear``'s initialisation; a
+    lazy projection is left until its first input shapes it."""
+    if lin is None or _lazy(lin.weight):
+        return
+    if not glorot:
+        lin.reset_parameters()
+        return
+    _glorot(lin.weight)
+    if lin.bias is not None:
+        nn.init.zeros_(lin.bias)
 
 
 def _heads_out(out: Tensor, concat: bool) -> Tensor:
@@ -349,7 +396,9 @@ class _AttentionConv(nn.Module):
     def _output_params(self, f_dst: int, bias: bool, factory: dict[str, Any]) -> None:
         """The residual projection of the targets' input and the output bias."""
         total = self.out_channels * (self.heads if self.concat else 1)
-        self.res = nn.Linear(f_dst, total, bias=False, **factory) if self.residual else None
+        self.res = (
+            _make_linear(f_dst, total, False, factory, glorot=True) if self.residual else None
+        )
         self.bias = nn.Parameter(torch.empty(total, **factory)) if bias else None
 
     def _finish_output(self, out: Tensor, x_dst: Tensor) -> Tensor:
@@ -441,10 +490,10 @@ class GATConv(_AttentionConv):
         f_src, f_dst = _in_pair(in_channels)
         self.lin = self.lin_src = self.lin_dst = None
         if isinstance(in_channels, int):
-            self.lin = nn.Linear(f_src, h * c, bias=False, **factory)
+            self.lin = _make_linear(f_src, h * c, False, factory, glorot=True)
         else:
-            self.lin_src = nn.Linear(f_src, h * c, bias=False, **factory)
-            self.lin_dst = nn.Linear(f_dst, h * c, bias=False, **factory)
+            self.lin_src = _make_linear(f_src, h * c, False, factory, glorot=True)
+            self.lin_dst = _make_linear(f_dst, h * c, False, factory, glorot=True)
         self.att_src = nn.Parameter(torch.empty(1, h, c, **factory))
         self.att_dst = nn.Parameter(torch.empty(1, h, c, **factory))
         if edge_dim is not None:
@@ -462,7 +511,7 @@ class GATConv(_AttentionConv):
         """Glorot weights and attention vectors, zero bias (as PyG)."""
         for lin in (self.lin, self.lin_src, self.lin_dst, self.lin_edge, self.res):
             if lin is not None:
-                _glorot(lin.weight)
+                _glorot(lin.weight)  # lazy ones: when shaped
         for att in (self.att_src, self.att_dst, self.att_edge):
             _glorot(att)
         if self.bias is not None:
@@ -598,8 +647,10 @@ class GATv2Conv(_AttentionConv):
         self.share_weights = bool(share_weights)
         h, c = self.heads, self.out_channels
         f_src, f_dst = _in_pair(in_channels)
-        self.lin_l = nn.Linear(f_src, h * c, bias=bias, **factory)
-        self.lin_r = self.lin_l if share_weights else nn.Linear(f_dst, h * c, bias=bias, **factory)
+        self.lin_l = _make_linear(f_src, h * c, bias, factory, glorot=True)
+        self.lin_r = (
+            self.lin_l if share_weights else _make_linear(f_dst, h * c, bias, factory, True)
+        )
         self.att = nn.Parameter(torch.empty(1, h, c, **factory))
         self.lin_edge = (
             nn.Linear(_check_channels("edge_dim", edge_dim), h * c, bias=False, **factory)
@@ -612,10 +663,7 @@ class GATv2Conv(_AttentionConv):
     def reset_parameters(self) -> None:
         """Glorot weights and attention vector, zero biases (as PyG)."""
         for lin in (self.lin_l, self.lin_r, self.lin_edge, self.res):
-            if lin is not None:
-                _glorot(lin.weight)
-                if lin.bias is not None:
-                    nn.init.zeros_(lin.bias)
+            _reset_linear(lin, glorot=True)
         _glorot(self.att)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -719,26 +767,24 @@ class TransformerConv(_AttentionConv):
         self.edge_dim = edge_dim
         h, c = self.heads, self.out_channels
         f_src, f_dst = _in_pair(in_channels)
-        self.lin_key = nn.Linear(f_src, h * c, bias=bias, **factory)
-        self.lin_query = nn.Linear(f_dst, h * c, bias=bias, **factory)
-        self.lin_value = nn.Linear(f_src, h * c, bias=bias, **factory)
+        self.lin_key = _make_linear(f_src, h * c, bias, factory)
+        self.lin_query = _make_linear(f_dst, h * c, bias, factory)
+        self.lin_value = _make_linear(f_src, h * c, bias, factory)
         self.lin_edge = (
             nn.Linear(_check_channels("edge_dim", edge_dim), h * c, bias=False, **factory)
             if edge_dim is not None
             else None
         )
         total = c * (h if concat else 1)
-        self.lin_skip = nn.Linear(f_dst, total, bias=bias, **factory) if root_weight else None
+        self.lin_skip = _make_linear(f_dst, total, bias, factory) if root_weight else None
         self.lin_beta = nn.Linear(3 * total, 1, bias=False, **factory) if self.beta else None
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s initialisation for every projection (as PyG)."""
         for lin in (self.lin_key, self.lin_query, self.lin_value, self.lin_edge):
-            if lin is not None:
-                lin.reset_parameters()
+            _reset_linear(lin, glorot=False)
         for lin in (self.lin_skip, self.lin_beta):
-            if lin is not None:
-                lin.reset_parameters()
+            _reset_linear(lin, glorot=False)
 
     def forward(
         self,

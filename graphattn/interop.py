@@ -1,4 +1,4 @@
-"""Doors from the tools users already have: :func:`from_pyg`.
+"""Doors from the tools users already have: :func:`from_pyg`, :func:`to_hetero`.
 
 PyG is not imported here: a layer is recognised by its class name and module, so
 ``import graphattn`` needs torch alone.
@@ -15,7 +15,7 @@ from .conv import GATConv, GATv2Conv, TransformerConv
 from .functional import BackendName
 from .global_attention import SGFormerAttention
 
-__all__ = ["from_pyg"]
+__all__ = ["from_pyg", "to_hetero"]
 
 _CONVS: dict[str, type[nn.Module]] = {
     "GATConv": GATConv,
@@ -146,3 +146,90 @@ def _from_sgformer(pyg: nn.Module, backend: BackendName) -> SGFormerAttention:
         new.load_state_dict(pyg.state_dict(), strict=True)
     new.train(pyg.training)
     return new
+
+
+# ---------------------------------------------------------------------------- to_hetero
+_AS_MESSAGE_PASSING: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _as_message_passing(cls: type[nn.Module], base: type[nn.Module]) -> type[nn.Module]:
+    """``cls`` registered as a PyG ``MessagePassing`` (``base``) for ``isinstance`` alone:
+    its methods, ``repr`` and pickling stay ``cls``'s (``MessagePassing.__init__`` never
+    runs)."""
+    if cls not in _AS_MESSAGE_PASSING:
+        body = {
+            "__module__": cls.__module__,
+            "__repr__": nn.Module.__repr__,
+            "__setstate__": nn.Module.__setstate__,
+        }
+        _AS_MESSAGE_PASSING[cls] = type(cls.__name__, (cls, base), body)
+    return _AS_MESSAGE_PASSING[cls]
+
+
+def _set_classes(module: nn.Module, classes: dict[type, type]) -> list[tuple[nn.Module, type]]:
+    """Give every submodule whose class is a key of ``classes`` the class it maps to;
+    returns ``(submodule, old class)`` pairs."""
+    changed = []
+    for m in module.modules():
+        new = classes.get(type(m))
+        if new is not None:
+            changed.append((m, type(m)))
+            m.__class__ = new
+    return changed
+
+
+def to_hetero(
+    model: nn.Module,
+    metadata: tuple[list[str], list[tuple[str, str, str]]],
+    aggr: str = "sum",
+    input_map: dict[str, str] | None = None,
+    debug: bool = False,
+) -> nn.Module:
+    """PyG's ``torch_geometric.nn.to_hetero`` for a model with graphattn conv layers.
+
+    PyG's ``to_hetero`` traces ``model.forward`` with every submodule as a leaf (nothing of
+    a layer's own ``forward`` is traced) and gives a layer one copy per edge type, summed
+    per target type, only when the layer is an instance of PyG's ``MessagePassing``; any
+    other module gets edge-level outputs (one per edge type, never aggregated). The
+    graphattn layers do not subclass ``MessagePassing`` (``import graphattn`` needs torch
+    alone), so this function lets ``isinstance`` see :class:`~graphattn.GATConv`,
+    :class:`~graphattn.GATv2Conv` and :class:`~graphattn.TransformerConv` as one during the
+    transformation only: ``model`` and the returned module hold plain graphattn layers.
+
+    Args:
+        model: a homogeneous model whose ``forward(x, edge_index, ...)`` calls the layers.
+        metadata: ``HeteroData.metadata()``: node types and edge types.
+        aggr: how the outputs of several edge types into one node type combine
+            (``"sum"``, ``"mean"``, ``"max"``, ``"min"``, ``"mul"``).
+        input_map: PyG's: ``"node"`` or ``"edge"`` for each argument of ``forward``.
+        debug: PyG's: print the traced graphs.
+
+    Returns:
+        PyG's ``GraphModule``, called with ``(x_dict, edge_index_dict, ...)``.
+
+    Example (the layers' lazy ``(-1, -1)`` sizes suit node types of different widths)::
+
+        class Gnn(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = graphattn.GATConv((-1, -1), 8, heads=2, add_self_loops=False)
+
+            def forward(self, x, edge_index):
+                return self.conv(x, edge_index).relu()
+
+        model = graphattn.to_hetero(Gnn(), data.metadata())
+        out = model(data.x_dict, data.edge_index_dict)  # {node type: (N, 16)}
+    """
+    from torch_geometric.nn import MessagePassing
+    from torch_geometric.nn import to_hetero as pyg_to_hetero
+
+    ours = (GATConv, GATv2Conv, TransformerConv)
+    registered = {c: _as_message_passing(c, MessagePassing) for c in ours}
+    changed = _set_classes(model, registered)
+    try:
+        hetero = pyg_to_hetero(model, metadata, aggr=aggr, input_map=input_map, debug=debug)
+    finally:
+        for m, cls in changed:
+            m.__class__ = cls
+    _set_classes(hetero, {v: k for k, v in registered.items()})
+    return hetero

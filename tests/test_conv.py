@@ -227,8 +227,8 @@ def test_layer_errors(gen):
         conv(x[None].expand(2, -1, -1), ei)
     with pytest.raises(TypeError, match=r"x_dst must be a tensor, got NoneType"):
         conv((x, None), ei)
-    with pytest.raises(ValueError, match=r"lazy initialisation"):
-        graphattn.GATConv(-1, 4)
+    with pytest.raises(ValueError, match=r"in_channels must be a positive int or -1 \(lazy\)"):
+        graphattn.GATConv(-2, 4)
     with pytest.raises(ValueError, match=r"fill_value must be"):
         graphattn.GATConv(5, 4, edge_dim=3, fill_value="median")(x, ei, torch.zeros(2, 3))
     with pytest.raises(IndexError, match=r"out of range"):
