@@ -58,6 +58,7 @@ bench-finite: $(STAMP)
 examples: $(STAMP)
 	$(PY) -m examples.vision_hybrid --seeds 5
 	$(PY) -m examples.citation_graph
+	$(PY) -m examples.node_classification
 	$(PY) -m examples.sentiment --seeds 5
 	$(PY) -m examples.char_lm --graph causal
 	$(PY) -m examples.char_lm --graph window

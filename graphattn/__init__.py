@@ -40,6 +40,7 @@ from .graph import (
     PerSampleGraph,
     WindowGraph,
 )
+from .hetero import HGTConv
 from .interop import from_pyg, to_hetero
 from .layers import (
     GraphTransformer,
@@ -98,6 +99,7 @@ __all__ = [
     "GATConv",
     "GATv2Conv",
     "TransformerConv",
+    "HGTConv",
     "ConvOutput",
     "add_self_loops",
     "from_pyg",

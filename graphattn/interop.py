@@ -14,6 +14,7 @@ from torch import nn
 from .conv import GATConv, GATv2Conv, TransformerConv
 from .functional import BackendName
 from .global_attention import SGFormerAttention
+from .hetero import HGTConv, edge_type_key
 
 __all__ = ["from_pyg", "to_hetero"]
 
@@ -22,6 +23,7 @@ _CONVS: dict[str, type[nn.Module]] = {
     "GATv2Conv": GATv2Conv,
     "TransformerConv": TransformerConv,
     "SGFormerAttention": SGFormerAttention,
+    "HGTConv": HGTConv,
 }
 
 
@@ -61,6 +63,7 @@ def from_pyg(conv: nn.Module, *, backend: BackendName = "auto") -> nn.Module:
     ``GATv2Conv``                 :class:`~graphattn.GATv2Conv`
     ``TransformerConv``           :class:`~graphattn.TransformerConv`
     ``SGFormerAttention``         :class:`~graphattn.SGFormerAttention`
+    ``HGTConv``                   :class:`~graphattn.HGTConv`
     ============================  ========================================
 
     Every option PyG users set carries over (heads, concat, negative_slope, dropout,
@@ -85,12 +88,14 @@ def from_pyg(conv: nn.Module, *, backend: BackendName = "auto") -> nn.Module:
     name = _pyg_name(conv)
     if name is None:
         raise TypeError(
-            f"conv must be a torch_geometric GATConv, GATv2Conv, TransformerConv or "
-            f"SGFormerAttention, got {type(conv).__module__}.{type(conv).__name__}"
+            f"conv must be a torch_geometric GATConv, GATv2Conv, TransformerConv, "
+            f"SGFormerAttention or HGTConv, got {type(conv).__module__}.{type(conv).__name__}"
         )
     if name == "SGFormerAttention":
         return _from_sgformer(conv, backend)
     _refuse_unsupported(conv, name)
+    if name == "HGTConv":
+        return _from_hgt(conv, backend)
     ref = next(conv.parameters())
     common = {
         "heads": conv.heads,
@@ -144,6 +149,47 @@ def _from_sgformer(pyg: nn.Module, backend: BackendName) -> SGFormerAttention:
     ).to(device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         new.load_state_dict(pyg.state_dict(), strict=True)
+    new.train(pyg.training)
+    return new
+
+
+def _from_hgt(pyg: nn.Module, backend: BackendName) -> HGTConv:
+    """:class:`HGTConv` with a copy of PyG's weights: its fused ``kqv_lin`` (rows ``k, q,
+    v``) split into ``k_lin``, ``q_lin``, ``v_lin``; its ``k_rel``/``v_rel``
+    ``(H * R, D, D)`` (type ``h * R + r``) split by relation into ``w_att``/``w_msg``
+    ``(H, D, D)``; ``p_rel`` ``(1, H)`` into ``mu`` ``(H,)``; ``skip`` ``(1,)`` a scalar."""
+    lins = pyg.kqv_lin.lins
+    ref = pyg.k_rel.weight
+    h, f = pyg.heads, pyg.out_channels
+    d, r = f // h, len(pyg.edge_types)
+    node_types = list(pyg.node_types)
+    in_channels = {nt: lins[nt].weight.shape[1] for nt in node_types}
+    new = HGTConv(
+        in_channels,
+        f,
+        (node_types, list(pyg.edge_types)),
+        heads=h,
+        backend=backend,
+        device=ref.device,
+        dtype=ref.dtype,
+    )
+    k_rel = pyg.k_rel.weight.view(h, r, d, d)  # (H, R, D, D)
+    v_rel = pyg.v_rel.weight.view(h, r, d, d)
+    kqv = (new.k_lin, new.q_lin, new.v_lin)
+    with torch.no_grad():
+        for nt in node_types:
+            weights, biases = lins[nt].weight.split(f), lins[nt].bias.split(f)  # k, q, v
+            for w, b, ours in zip(weights, biases, kqv, strict=True):
+                ours[nt].weight.copy_(w)
+                ours[nt].bias.copy_(b)
+            new.out_lin[nt].weight.copy_(pyg.out_lin.lins[nt].weight)
+            new.out_lin[nt].bias.copy_(pyg.out_lin.lins[nt].bias)
+            new.skip[nt].copy_(pyg.skip[nt].view(()))
+        for i, et in enumerate(pyg.edge_types):
+            key = edge_type_key(et)
+            new.w_att[key].copy_(k_rel[:, i])
+            new.w_msg[key].copy_(v_rel[:, i])
+            new.mu[key].copy_(pyg.p_rel[key].view(h))
     new.train(pyg.training)
     return new
 

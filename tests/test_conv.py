@@ -202,7 +202,8 @@ def test_training_mode_dropout_and_state_dict(gen):
 
 def test_from_pyg_refusals():
     with pytest.raises(
-        TypeError, match=r"GATConv, GATv2Conv, TransformerConv or SGFormerAttention.*Linear"
+        TypeError,
+        match=r"GATConv, GATv2Conv, TransformerConv, SGFormerAttention or HGTConv.*Linear",
     ):
         graphattn.from_pyg(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"aggr='mean'"):

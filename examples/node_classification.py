@@ -1,0 +1,506 @@
+"""Node classification with graph attention on homophilous and heterophilous graphs.
+
+Data sets (PyG's loaders, by name): Planetoid's ``Cora``, ``CiteSeer`` and ``PubMed`` on the
+public split (accuracy, one run per seed), and HeterophilousGraphDataset's
+``Roman-empire``, ``Amazon-ratings``, ``Minesweeper``, ``Tolokers`` and ``Questions`` on
+their 10 official splits (one run per split; ROC-AUC for the binary ones, accuracy
+otherwise). A data set is read from ``--data-dir`` (``planetoid/<Name>/raw`` or
+``heterophilous/<name>/raw``, copied to ``--out-dir`` because PyG writes ``processed/`` beside
+``raw/``); where it is not there, PyG downloads it into ``--out-dir``.
+
+Models, one network shape (pre-norm residual blocks on a linear input projection, then a
+linear classifier), differing in what a block attends to:
+
+- ``gat``, ``gatv2``, ``transformer``: local attention on the graph's edges
+  (:class:`graphattn.GATConv`, :class:`graphattn.GATv2Conv`, :class:`graphattn.TransformerConv`
+  with the dot-product score);
+- ``gps``: local (GAT) and global attention summed in each block (GraphGPS's layout), the
+  global part on the complete graph through the linear-time ``linear`` backend
+  (:class:`graphattn.SGFormerAttention`);
+- ``global``: the learned fully connected graph alone: global attention, no edges; the only
+  other path from a node to its output is its own linear skip.
+
+With ``sep`` (the default on heterophilous graphs, Platonov et al., ICLR 2023) a block mixes
+a node's own features and its messages through one linear map of their concatenation
+instead of adding them, and the local layers add no self-loops.
+
+Training is full-batch (AdamW, ``--epochs``, the test metric read at the epoch of the best
+validation metric, early stop after ``--patience`` epochs without a better one). Each run
+records its wall time and ``epoch_ms`` (forward, backward and the optimizer step).
+
+Hyper-parameters: :data:`PRESETS` per data set, chosen on validation (the README says which
+data sets they were chosen on); every field of :class:`NodeConfig` is a flag and overrides
+the preset.
+
+Writes ``examples/results/node_classification.json`` (:mod:`examples.harness`).
+
+Run: ``python -m examples.node_classification --datasets Cora Minesweeper Tolokers
+[--models gat gatv2 transformer gps global] [--runs 3] [--threads 2] [--data-dir ...]``
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from examples.harness import Experiment, count_params, format_table, parse_config, pm, summarize
+from examples.training import resolve_data_dir, seed_everything
+from graphattn import (
+    GATConv,
+    GATv2Conv,
+    Graph,
+    SGFormerAttention,
+    TransformerConv,
+    graph_attention,
+    kernels,
+    scores,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "node_classification.json"
+Model = Literal["gat", "gatv2", "transformer", "gps", "global"]
+MODELS: tuple[Model, ...] = get_args(Model)
+PLANETOID = ("Cora", "CiteSeer", "PubMed")
+HETEROPHILOUS = ("Roman-empire", "Amazon-ratings", "Minesweeper", "Tolokers", "Questions")
+BINARY = ("Minesweeper", "Tolokers", "Questions")
+
+
+@dataclass
+class NodeConfig:
+    """One run of the example. ``None`` fields take the data set's preset (:data:`PRESETS`)."""
+
+    datasets: tuple[str, ...] = ("Cora", "Minesweeper", "Tolokers")  # PyG names, in order
+    models: tuple[Model, ...] = MODELS  # which models to train, in this order
+    runs: int = 3  # seeds (Planetoid) or official splits (heterophilous): first_run, ...
+    first_run: int = 0  # the first seed or split (to spread splits over processes)
+    hidden: int | None = None  # width of every block
+    heads: int | None = None  # attention heads of the local layers (hidden // heads each)
+    layers: int | None = None  # residual blocks
+    dropout: float | None = None  # on block outputs
+    input_dropout: float | None = None  # on the input features
+    attn_dropout: float | None = None  # on the local attention weights
+    sep: bool | None = None  # mix [self, messages] linearly instead of adding them
+    layout: str | None = None  # "plain" (GAT's two layers) or "residual" (pre-norm blocks)
+    global_weight: float | None = None  # gps: messages = local + global_weight * global
+    global_in: str | None = None  # plain gps: global attention in "all" layers or the "last"
+    alpha: float | None = None  # deep layout: weight of the initial features in each layer
+    lam: float | None = None  # deep layout: identity mapping strength, beta_l = log(lam/l + 1)
+    lr: float | None = None  # learning rate
+    weight_decay: float | None = None  # L2 (plain layout, Adam) or decoupled decay (AdamW)
+    epochs: int | None = None  # most epochs
+    patience: int | None = None  # early stop after this many epochs without a better val
+    threads: int | None = None  # torch threads (None: torch's default)
+    data_dir: str | None = None  # holds planetoid/ and heterophilous/ (default ../shared/data)
+    out_dir: str = "runs/node_classification"  # processed data and the JSON
+    results: str | None = str(RESULTS)  # the JSON (None: <out_dir>/node_classification.json)
+    quick: bool = False  # a smoke run: 2 blocks of width 16, 5 epochs, one run
+
+
+#: Hyper-parameters per data set, chosen on the validation metric of split/seed 0.
+PRESETS: dict[str, dict[str, Any]] = {
+    "planetoid": {
+        "hidden": 64, "heads": 8, "layers": 2, "dropout": 0.6, "input_dropout": 0.6,
+        "attn_dropout": 0.6, "sep": False, "layout": "plain", "lr": 0.005,
+        "weight_decay": 5e-4, "epochs": 500, "patience": 100, "global_weight": 0.2,
+        "global_in": "last", "alpha": 0.1, "lam": 0.5,
+    },
+    "heterophilous": {
+        "hidden": 64, "heads": 4, "layers": 16, "dropout": 0.2, "input_dropout": 0.0,
+        "attn_dropout": 0.0, "sep": True, "layout": "residual", "lr": 0.003,
+        "weight_decay": 0.0, "epochs": 1200, "patience": 200, "global_weight": 1.0,
+        "global_in": "all", "alpha": 0.1, "lam": 0.5,
+    },
+}  # fmt: skip
+
+
+def settings(cfg: NodeConfig, dataset: str) -> NodeConfig:
+    """``cfg`` with its ``None`` fields filled from the data set's preset."""
+    preset = PRESETS["planetoid" if dataset in PLANETOID else "heterophilous"]
+    filled = {k: v for k, v in preset.items() if getattr(cfg, k) is None}
+    cfg = replace(cfg, **filled)
+    if cfg.quick:
+        cfg = replace(cfg, hidden=16, heads=2, layers=2, epochs=5, patience=5, runs=1)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- data
+def load_dataset(name: str, data_dir: str | None, out_dir: str | Path) -> Any:
+    """The PyG ``Data`` of data set ``name``, from ``data_dir`` when it holds it, else
+    downloaded by PyG into ``out_dir``."""
+    from torch_geometric.datasets import HeterophilousGraphDataset, Planetoid
+
+    if name not in PLANETOID + HETEROPHILOUS:
+        raise ValueError(f"datasets: unknown name {name!r}; known: {PLANETOID + HETEROPHILOUS}")
+    planetoid = name in PLANETOID
+    folder = Path("planetoid") / name if planetoid else Path("heterophilous") / name.lower()
+    folder = folder.as_posix().replace("-", "_") if not planetoid else folder.as_posix()
+    root = Path(out_dir) / ("planetoid" if planetoid else "heterophilous")
+    try:
+        src = resolve_data_dir(data_dir) / folder / "raw"
+    except FileNotFoundError:
+        src = None
+    if src is not None and src.is_dir():
+        dst = Path(out_dir) / folder / "raw"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            if not (dst / f.name).exists():
+                shutil.copy2(f, dst / f.name)
+    if planetoid:
+        from torch_geometric.transforms import NormalizeFeatures
+
+        return Planetoid(str(root), name, transform=NormalizeFeatures())[0]
+    return HeterophilousGraphDataset(str(root), name)[0]
+
+
+def split_masks(data: Any, run: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Train, validation and test masks of run ``run``: the public split for Planetoid
+    (1-D masks), official split ``run`` for the heterophilous graphs (``(N, 10)`` masks)."""
+    masks = data.train_mask, data.val_mask, data.test_mask
+    if masks[0].dim() == 1:
+        return masks
+    if run >= masks[0].shape[1]:
+        raise ValueError(f"runs: the data set has {masks[0].shape[1]} splits, asked for {run}")
+    return tuple(m[:, run] for m in masks)  # type: ignore[return-value]
+
+
+def roc_auc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve (Mann-Whitney U with tied scores ranked by their mean).
+
+    Example:
+        >>> roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
+        0.75
+    """
+    scores, labels = scores.double().flatten(), labels.flatten().bool()
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError(f"roc_auc needs both classes, got {pos} positives and {neg} negatives")
+    values, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()  # 1-based rank of each distinct value's last copy
+    mean_rank = ends - (counts.double() - 1) / 2
+    rank_sum = mean_rank[inverse][labels].sum().item()
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+# ----------------------------------------------------------------------------- model
+class Block(nn.Module):
+    """One pre-norm residual block: ``h + dropout(GELU(mix(LN(h), messages)))``.
+
+    ``messages`` are the local attention's (on the edges), the global attention's (every
+    node), or their sum; ``mix`` is a linear map of ``[self, messages]`` (``sep``) or the
+    sum ``messages`` itself.
+
+    Shapes:
+        - h: ``(N, hidden)``; returns ``(N, hidden)``
+    """
+
+    def __init__(self, model: Model, cfg: NodeConfig) -> None:
+        super().__init__()
+        hidden, heads = cfg.hidden, cfg.heads
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+        self.norm = nn.LayerNorm(hidden)
+        self.local: nn.Module | None = None
+        if model in ("gat", "gps"):
+            self.local = GATConv(hidden, hidden // heads, heads=heads, dropout=cfg.attn_dropout,
+                                 add_self_loops=False)  # fmt: skip
+        elif model == "gatv2":
+            self.local = GATv2Conv(hidden, hidden // heads, heads=heads,
+                                   dropout=cfg.attn_dropout, add_self_loops=False)  # fmt: skip
+        elif model == "transformer":
+            self.local = TransformerConv(hidden, hidden // heads, heads=heads,
+                                         dropout=cfg.attn_dropout, root_weight=False)  # fmt: skip
+        self.glob = (
+            SGFormerAttention(hidden, heads=1, head_channels=hidden)
+            if model in ("gps", "global")
+            else None
+        )
+        self.mix = nn.Linear(2 * hidden, hidden) if cfg.sep else None
+        self.w = cfg.global_weight if model == "gps" else 1.0
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, h: Tensor, graph: Graph) -> Tensor:
+        y = self.norm(h)
+        msg = torch.zeros_like(y)
+        if self.local is not None:
+            msg = msg + self.local(y, graph)
+        if self.glob is not None:
+            msg = msg + self.w * self.glob(y[None])[0]
+        out = self.mix(torch.cat([y, msg], -1)) if self.mix is not None else msg
+        return h + self.dropout(F.gelu(out))
+
+
+class NodeNet(nn.Module):
+    """``Linear(F, hidden)`` -> ``layers`` blocks -> ``LayerNorm`` -> ``Linear(hidden, C)``.
+
+    Shapes:
+        - x: ``(N, F)``; returns logits ``(N, C)``
+    """
+
+    def __init__(self, model: Model, num_features: int, num_classes: int, cfg: NodeConfig):
+        super().__init__()
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        self.inp = nn.Linear(num_features, cfg.hidden)
+        self.blocks = nn.ModuleList(Block(model, cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, num_classes)
+
+    def forward(self, x: Tensor, graph: Graph) -> Tensor:
+        h = self.inp(self.input_dropout(x))
+        for block in self.blocks:
+            h = block(h, graph)
+        return self.out(self.norm(h))
+
+
+def _local(model: Model, fin: int, fout: int, heads: int, concat: bool, p: float) -> nn.Module:
+    """The local attention layer of ``model`` (``gps`` uses GAT's)."""
+    if model in ("gat", "gps"):
+        return GATConv(fin, fout, heads=heads, concat=concat, dropout=p, add_self_loops=False)
+    if model == "gatv2":
+        return GATv2Conv(fin, fout, heads=heads, concat=concat, dropout=p, add_self_loops=False)
+    return TransformerConv(fin, fout, heads=heads, concat=concat, dropout=p, root_weight=False)
+
+
+class PlainNet(nn.Module):
+    """GAT's network (Velickovic et al., 2018) with each layer's messages chosen by the
+    model: dropout -> layer(F -> heads x hidden/heads) -> ELU -> dropout -> layer(-> C, one
+    head). ``gps`` adds a global attention (SGFormer's, linear in N) to each local layer;
+    ``global`` has the global attention and a linear skip path only, no edges.
+
+    Shapes:
+        - x: ``(N, F)``; returns logits ``(N, C)``
+    """
+
+    def __init__(self, model: Model, num_features: int, num_classes: int, cfg: NodeConfig):
+        super().__init__()
+        h, heads, p = cfg.hidden, cfg.heads, cfg.attn_dropout
+        self.p_in, self.p = cfg.input_dropout, cfg.dropout
+        self.w = cfg.global_weight if model == "gps" else 1.0
+        # gps on Cora: global attention in the output layer only (validation 82.4 / 81.6 on
+        # seeds 0 / 1, against 76.4 / 77.8 with it in both layers)
+        self.global_layers = (1,) if model == "gps" and cfg.global_in == "last" else (0, 1)
+        local = model != "global"
+        self.local = nn.ModuleList(
+            [_local(model, num_features, h // heads, heads, True, p),
+             _local(model, h, num_classes, 1, False, p)] if local else []
+        )  # fmt: skip
+        self.glob = nn.ModuleList(
+            [SGFormerAttention(num_features, heads=1, head_channels=h),
+             SGFormerAttention(h, heads=1, head_channels=num_classes)]
+            if model in ("gps", "global") else []
+        )  # fmt: skip
+        self.skip = nn.ModuleList(
+            [nn.Linear(num_features, h), nn.Linear(h, num_classes)] if not local else []
+        )
+
+    def _layer(self, i: int, x: Tensor, graph: Graph) -> Tensor:
+        out = 0
+        if self.local:
+            out = out + self.local[i](x, graph)
+        if self.glob and i in self.global_layers:
+            g = self.glob[i](x[None])[0]  # dropout: 140 labels overfit the global branch
+            out = out + self.w * F.dropout(g, self.p, self.training)
+        if self.skip:
+            out = out + self.skip[i](x)
+        return out
+
+    def forward(self, x: Tensor, graph: Graph) -> Tensor:
+        h = F.elu(self._layer(0, F.dropout(x, self.p_in, self.training), graph))
+        return self._layer(1, F.dropout(h, self.p, self.training), graph)
+
+
+class Propagate(nn.Module):
+    """Attention-weighted sums of the features themselves (no value projection): per head,
+    ``out_i = sum_j alpha_ij h_j`` over the graph's edges (local models), over every node
+    with SGFormer's linear attention (``global``), or both (``gps``).
+
+    Shapes:
+        - h: ``(N, hidden)``; returns ``(N, hidden)``
+    """
+
+    def __init__(self, model: Model, hidden: int, heads: int, p: float, w: float) -> None:
+        super().__init__()
+        self.heads, self.p, self.w = heads, p, w
+        self.local = model != "global"
+        self.glob = model in ("gps", "global")
+        dq = 1 if model in ("gat", "gps") else hidden  # GAT: one scalar per node and head
+        self.att = (
+            nn.Parameter(torch.randn(heads, hidden // heads) / math.sqrt(hidden // heads))
+            if model == "gatv2"
+            else None
+        )
+        self.score: scores.Score = (
+            scores.GAT(0.2) if dq == 1 else scores.DotProduct() if self.att is None else None
+        )  # type: ignore[assignment]
+        self.q = nn.Linear(hidden, heads * dq) if self.local else None
+        self.k = nn.Linear(hidden, heads * dq) if self.local else None
+        self.gq = nn.Linear(hidden, hidden) if self.glob else None
+        self.gk = nn.Linear(hidden, hidden) if self.glob else None
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], self.heads, -1).transpose(0, 1)[None]  # (1, H, N, C/H)
+
+    def forward(self, h: Tensor, graph: Graph, complete: Graph) -> Tensor:
+        v = self._heads(h)
+        out = torch.zeros_like(v)
+        if self.local:
+            score = scores.GATv2(self.att) if self.att is not None else self.score
+            p = self.p if self.training else 0.0
+            q, k = self._heads(self.q(h)), self._heads(self.k(h))
+            out = out + graph_attention(q, k, v, graph, score=score, dropout_p=p)
+        if self.glob:
+            q, k = self._heads(self.gq(h)), self._heads(self.gk(h))
+            g = graph_attention(q, k, v, complete, score=kernels.SGFormer(), backend="linear")
+            out = out + self.w * g
+        return out[0].transpose(0, 1).reshape(h.shape)
+
+
+class DeepNet(nn.Module):
+    """GCNII's deep network (Chen et al., 2020) with attention in place of GCN's fixed
+    propagation: ``h0 = ReLU(Linear(x))``, then per layer ``l``
+    ``s = (1 - alpha) Propagate(h) + alpha h0`` and ``h = ReLU((1 - beta_l) s + beta_l W_l s)``
+    with ``beta_l = log(lam / l + 1)``, then ``Linear(h)``; dropout before every layer.
+
+    Shapes:
+        - x: ``(N, F)``; returns logits ``(N, C)``
+    """
+
+    def __init__(self, model: Model, num_features: int, num_classes: int, cfg: NodeConfig):
+        super().__init__()
+        h = cfg.hidden
+        self.inp = nn.Linear(num_features, h)
+        self.props = nn.ModuleList(
+            Propagate(model, h, cfg.heads, cfg.attn_dropout, cfg.global_weight)
+            for _ in range(cfg.layers)
+        )
+        self.weights = nn.ModuleList(nn.Linear(h, h, bias=False) for _ in range(cfg.layers))
+        self.out = nn.Linear(h, num_classes)
+        self.p, self.alpha, self.lam = cfg.dropout, cfg.alpha, cfg.lam
+        self._complete: Graph | None = None
+
+    def forward(self, x: Tensor, graph: Graph) -> Tensor:
+        if self._complete is None or self._complete.num_dst != x.shape[0]:
+            self._complete = Graph.complete(x.shape[0], device=x.device)
+        drop = nn.functional.dropout
+        h0 = F.relu(self.inp(drop(x, self.p, self.training)))
+        h = h0
+        for i, (prop, lin) in enumerate(zip(self.props, self.weights, strict=True), start=1):
+            beta = math.log(self.lam / i + 1)
+            s = (1 - self.alpha) * prop(drop(h, self.p, self.training), graph, self._complete)
+            s = s + self.alpha * h0
+            h = F.relu((1 - beta) * s + beta * lin(s))
+        return self.out(drop(h, self.p, self.training))
+
+
+def graph_for(data: Any, sep: bool) -> Graph:
+    """The message graph: the data set's edges without self-loops, plus one per node unless
+    ``sep`` (which feeds a node's own features through its own path)."""
+    from torch_geometric.utils import add_self_loops, remove_self_loops
+
+    edge_index, _ = remove_self_loops(data.edge_index)
+    if not sep:
+        edge_index, _ = add_self_loops(edge_index, num_nodes=data.num_nodes)
+    return Graph.from_edge_index(edge_index, data.num_nodes)
+
+
+# ----------------------------------------------------------------------------- training
+def evaluate(logits: Tensor, y: Tensor, mask: Tensor, binary: bool) -> float:
+    """Accuracy, or ROC-AUC of the positive class's probability for binary tasks."""
+    if binary:
+        return roc_auc(logits[mask].softmax(-1)[:, 1], y[mask])
+    return (logits[mask].argmax(-1) == y[mask]).double().mean().item()
+
+
+def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeConfig) -> dict:
+    """Train one model on one seed/split; the run's record."""
+    seed_everything(run)
+    train, val, test = split_masks(data, run)
+    binary = dataset in BINARY
+    num_classes = int(data.y.max()) + 1
+    graph = graph_for(data, cfg.sep)
+    net = {"plain": PlainNet, "deep": DeepNet, "residual": NodeNet}[cfg.layout]
+    model = net(model_name, data.num_features, num_classes, cfg)
+    # GAT's recipe: Adam with L2 on the weights; the residual blocks: AdamW (decoupled decay)
+    opt_cls = torch.optim.Adam if cfg.layout == "plain" else torch.optim.AdamW
+    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best = {"val": -math.inf, "test": math.nan, "epoch": -1}
+    step_s, start = 0.0, time.perf_counter()
+    epoch = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(data.x, graph)[train], data.y[train])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step_s += time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            logits = model(data.x, graph)
+        val_metric = evaluate(logits, data.y, val, binary)
+        if val_metric > best["val"]:
+            test_metric = evaluate(logits, data.y, test, binary)
+            best = {"val": val_metric, "test": test_metric, "epoch": epoch}
+        elif epoch - best["epoch"] >= cfg.patience:
+            break
+    return {
+        "dataset": dataset,
+        "model": model_name,
+        "run": run,
+        "metric": "roc_auc" if binary else "accuracy",
+        "test": best["test"],
+        "val": best["val"],
+        "best_epoch": best["epoch"],
+        "epochs": epoch + 1,
+        "epoch_ms": 1e3 * step_s / (epoch + 1),
+        "params": count_params(model),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def run(cfg: NodeConfig) -> dict[str, Any]:
+    """Every (data set, model, run) of ``cfg``; prints a table and writes the JSON."""
+    for name in cfg.models:
+        if name not in MODELS:
+            raise ValueError(f"models: unknown model {name!r}; known: {MODELS}")
+    exp = Experiment("node_classification", cfg)
+    for dataset in cfg.datasets:
+        data = load_dataset(dataset, cfg.data_dir, cfg.out_dir)
+        dcfg = settings(cfg, dataset)
+        for model_name in cfg.models:
+            for r in range(dcfg.first_run, dcfg.first_run + dcfg.runs):
+                rec = train_one(model_name, data, dataset, r, dcfg)
+                rec["settings"] = {f.name: getattr(dcfg, f.name) for f in fields(dcfg)
+                                   if f.name in PRESETS["planetoid"]}  # fmt: skip
+                exp.add(
+                    rec,
+                    f"{dataset:>14} {model_name:>11} run {r}: test {rec['metric']} "
+                    f"{100 * rec['test']:.2f} (val {100 * rec['val']:.2f}, epoch "
+                    f"{rec['best_epoch']}), {rec['epoch_ms']:.0f} ms/epoch, {rec['wall_s']:.0f} s",
+                )
+    rows = []
+    for dataset in cfg.datasets:
+        runs = [r for r in exp.runs if r["dataset"] == dataset]
+        for row in summarize(runs, "model", "test", groups=cfg.models):
+            ms = [r["epoch_ms"] for r in runs if r["model"] == row["model"]]
+            rows.append([dataset, row["model"], runs[0]["metric"], row["seeds"],
+                         pm(row["mean"], row["std"]), f"{sum(ms) / len(ms):.0f}",
+                         f"{row['wall_s']:.0f}"])  # fmt: skip
+    table = format_table(["data set", "model", "metric", "runs", "test", "ms/epoch", "wall s"],
+                         rows)  # fmt: skip
+    return exp.finish(table)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run(parse_config(NodeConfig, argv, __doc__))
+
+
+if __name__ == "__main__":
+    main()
