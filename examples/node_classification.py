@@ -8,23 +8,26 @@ otherwise). A data set is read from ``--data-dir`` (``planetoid/<Name>/raw`` or
 ``heterophilous/<name>/raw``, copied to ``--out-dir`` because PyG writes ``processed/`` beside
 ``raw/``); where it is not there, PyG downloads it into ``--out-dir``.
 
-Models, one network shape (pre-norm residual blocks on a linear input projection, then a
-linear classifier), differing in what a block attends to:
+Models, differing in what a layer attends to:
 
 - ``gat``, ``gatv2``, ``transformer``: local attention on the graph's edges
   (:class:`graphattn.GATConv`, :class:`graphattn.GATv2Conv`, :class:`graphattn.TransformerConv`
   with the dot-product score);
-- ``gps``: local (GAT) and global attention summed in each block (GraphGPS's layout), the
-  global part on the complete graph through the linear-time ``linear`` backend
-  (:class:`graphattn.SGFormerAttention`);
+- ``gps``: local (GAT) and global attention summed (GraphGPS's layout), the global part on
+  the complete graph through the linear-time ``linear`` backend
+  (:class:`graphattn.SGFormerAttention`), weighted by ``--global-weight``;
 - ``global``: the learned fully connected graph alone: global attention, no edges; the only
   other path from a node to its output is its own linear skip.
 
-With ``sep`` (the default on heterophilous graphs, Platonov et al., ICLR 2023) a block mixes
-a node's own features and its messages through one linear map of their concatenation
-instead of adding them, and the local layers add no self-loops.
+Layouts (``--layout``): ``plain`` is GAT's two-layer network and recipe (Adam with L2,
+dropout 0.6; the Planetoid preset; ``gps`` puts its global attention in the output layer,
+``--global-in last``); ``residual`` is a stack of pre-norm residual blocks on a linear input
+projection (AdamW; the heterophilous preset), where ``sep`` (Platonov et al., ICLR 2023)
+mixes a node's own features and its messages through one linear map of their concatenation
+and the local layers add no self-loops; ``deep`` is GCNII's network (Chen et al., 2020) with
+attention in place of GCN's propagation.
 
-Training is full-batch (AdamW, ``--epochs``, the test metric read at the epoch of the best
+Training is full-batch (``--epochs``, the test metric read at the epoch of the best
 validation metric, early stop after ``--patience`` epochs without a better one). Each run
 records its wall time and ``epoch_ms`` (forward, backward and the optimizer step).
 
@@ -35,7 +38,8 @@ the preset.
 Writes ``examples/results/node_classification.json`` (:mod:`examples.harness`).
 
 Run: ``python -m examples.node_classification --datasets Cora Minesweeper Tolokers
-[--models gat gatv2 transformer gps global] [--runs 3] [--threads 2] [--data-dir ...]``
+[--models gat gatv2 transformer gps global] [--runs 3] [--first-run 0] [--threads 2]
+[--data-dir ...]`` (the README's results table gives the commands of every reported run)
 """
 
 from __future__ import annotations
@@ -126,6 +130,10 @@ def settings(cfg: NodeConfig, dataset: str) -> NodeConfig:
     preset = PRESETS["planetoid" if dataset in PLANETOID else "heterophilous"]
     filled = {k: v for k, v in preset.items() if getattr(cfg, k) is None}
     cfg = replace(cfg, **filled)
+    if cfg.layout not in ("plain", "residual", "deep"):
+        raise ValueError(f"layout must be 'plain', 'residual' or 'deep', got {cfg.layout!r}")
+    if cfg.global_in not in ("all", "last"):
+        raise ValueError(f"global_in must be 'all' or 'last', got {cfg.global_in!r}")
     if cfg.quick:
         cfg = replace(cfg, hidden=16, heads=2, layers=2, epochs=5, patience=5, runs=1)
     return cfg
@@ -207,16 +215,11 @@ class Block(nn.Module):
         if hidden % heads:
             raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
         self.norm = nn.LayerNorm(hidden)
-        self.local: nn.Module | None = None
-        if model in ("gat", "gps"):
-            self.local = GATConv(hidden, hidden // heads, heads=heads, dropout=cfg.attn_dropout,
-                                 add_self_loops=False)  # fmt: skip
-        elif model == "gatv2":
-            self.local = GATv2Conv(hidden, hidden // heads, heads=heads,
-                                   dropout=cfg.attn_dropout, add_self_loops=False)  # fmt: skip
-        elif model == "transformer":
-            self.local = TransformerConv(hidden, hidden // heads, heads=heads,
-                                         dropout=cfg.attn_dropout, root_weight=False)  # fmt: skip
+        self.local = (
+            _local(model, hidden, hidden // heads, heads, True, cfg.attn_dropout)
+            if model != "global"
+            else None
+        )
         self.glob = (
             SGFormerAttention(hidden, heads=1, head_channels=hidden)
             if model in ("gps", "global")

@@ -62,6 +62,10 @@ def test_splits_and_presets(tmp_path):
     cfg = settings(NodeConfig(hidden=32), "Minesweeper")
     assert cfg.hidden == 32 and cfg.sep is True and cfg.layout == "residual"
     assert settings(NodeConfig(), "Cora").layout == "plain"
+    with pytest.raises(ValueError, match="layout must be 'plain', 'residual' or 'deep', got 'x'"):
+        settings(NodeConfig(layout="x"), "Cora")
+    with pytest.raises(ValueError, match="global_in must be 'all' or 'last', got 'first'"):
+        settings(NodeConfig(global_in="first"), "Cora")
 
 
 def test_unknown_names_are_refused(tmp_path):
