@@ -148,8 +148,8 @@ def load_dataset(name: str, data_dir: str | None, out_dir: str | Path) -> Any:
     if name not in PLANETOID + HETEROPHILOUS:
         raise ValueError(f"datasets: unknown name {name!r}; known: {PLANETOID + HETEROPHILOUS}")
     planetoid = name in PLANETOID
-    folder = Path("planetoid") / name if planetoid else Path("heterophilous") / name.lower()
-    folder = folder.as_posix().replace("-", "_") if not planetoid else folder.as_posix()
+    # PyG's folder names: Planetoid keeps the name, the heterophilous sets lower-case it
+    folder = f"planetoid/{name}" if planetoid else f"heterophilous/{name.lower().replace('-', '_')}"
     root = Path(out_dir) / ("planetoid" if planetoid else "heterophilous")
     try:
         src = resolve_data_dir(data_dir) / folder / "raw"
@@ -391,7 +391,7 @@ class DeepNet(nn.Module):
     def forward(self, x: Tensor, graph: Graph) -> Tensor:
         if self._complete is None or self._complete.num_dst != x.shape[0]:
             self._complete = Graph.complete(x.shape[0], device=x.device)
-        drop = nn.functional.dropout
+        drop = F.dropout
         h0 = F.relu(self.inp(drop(x, self.p, self.training)))
         h = h0
         for i, (prop, lin) in enumerate(zip(self.props, self.weights, strict=True), start=1):
