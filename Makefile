@@ -10,7 +10,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 
 LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples docs)
 
-.PHONY: venv lint test docs demo core-demo bench bench-finite examples format clean
+.PHONY: venv lint test docs demo core-demo bench bench-finite bench-compile examples format clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ bench: $(STAMP)
 bench-finite: $(STAMP)
 	$(PY) -m benchmarks.bench_finite
 
+# torch.compile against eager on the dense, edge and GAT paths, and the recompiles of a
+# changing graph (~6 min; results in benchmarks/results/compile_cpu.json).
+bench-compile: $(STAMP)
+	$(PY) -m benchmarks.bench_compile
+
 # Full example runs (minutes each, not in CI); results go to examples/results/*.json.
 examples: $(STAMP)
 	$(PY) -m examples.vision_hybrid --seeds 5
@@ -65,6 +70,7 @@ examples: $(STAMP)
 	$(PY) -m examples.spoken_digits
 	$(PY) -m examples.cross_modal_digits
 	$(PY) -m examples.rl_cartpole
+	$(PY) -m examples.rl_acrobot
 	$(PY) -m examples.why_attention
 
 format: $(STAMP)

@@ -330,7 +330,13 @@ class Graph:
         return self._cache["edge_index"]
 
     def _build_edge_index(self) -> Tensor:
-        return self.materialize_structure().nonzero().t().flip(0).contiguous()
+        mask = self.materialize_structure()  # (Nd, Ns)
+        if torch.compiler.is_compiling():  # torch.compile / export: E is known, no nonzero
+            nd, ns = mask.shape
+            dst = torch.arange(nd, device=mask.device).repeat_interleave(ns)  # (Nd * Ns,)
+            src = torch.arange(ns, device=mask.device).repeat(nd)  # (Nd * Ns,)
+            return _compact(torch.stack([src, dst]), mask.reshape(-1), self.num_edges)
+        return mask.nonzero().t().flip(0).contiguous()
 
     def edge_structure(self) -> EdgeStructure:
         """Edges sorted by target, cached (see :class:`EdgeStructure`)."""
@@ -446,6 +452,8 @@ class WindowGraph(Graph):
         dst = torch.arange(n, device=self.device)[:, None].expand(n, len(offsets))  # (N, W)
         src = dst + offsets  # (N, W)
         valid = (src >= 0) & (src < n)  # (N, W)
+        if torch.compiler.is_compiling():  # torch.compile / export: E is known, no nonzero
+            return _compact(torch.stack([src, dst]).view(2, -1), valid.view(-1), self.num_edges)
         return torch.stack([src[valid], dst[valid]])  # (2, E)
 
     def _build_mask(self) -> Tensor:
@@ -485,6 +493,24 @@ class GridGraph(Graph):
         near_c = (cols[:, None] - cols[None, :]).abs() <= self.radius
         return near_r & near_c  # (Nd, Ns)
 
+    def _build_edge_index(self) -> Tensor:
+        # O(N * (2 radius + 1)^2) memory, no N x N mask; same order as mask.nonzero(): by
+        # target, then by source (row-major offsets keep a valid cell's sources increasing).
+        h, w, dev = self.height, self.width, self.device
+        rr = min(self.radius, max(h - 1, 0))
+        rc = min(self.radius, max(w - 1, 0))
+        dr = torch.arange(-rr, rr + 1, device=dev).repeat_interleave(2 * rc + 1)  # (W,)
+        dc = torch.arange(-rc, rc + 1, device=dev).repeat(2 * rr + 1)  # (W,)
+        rows = torch.arange(h, device=dev).repeat_interleave(w)[:, None]  # (N, 1)
+        cols = torch.arange(w, device=dev).repeat(h)[:, None]  # (N, 1)
+        sr, sc = rows + dr, cols + dc  # (N, W): source cells
+        valid = (sr >= 0) & (sr < h) & (sc >= 0) & (sc < w)  # (N, W)
+        src = sr * w + sc  # (N, W)
+        dst = (rows * w + cols).expand_as(src)  # (N, W)
+        if torch.compiler.is_compiling():  # torch.compile / export: E is known, no nonzero
+            return _compact(torch.stack([src, dst]).view(2, -1), valid.view(-1), self.num_edges)
+        return torch.stack([src[valid], dst[valid]])  # (2, E)
+
     def _extra_repr(self) -> str:
         return f", height={self.height}, width={self.width}, radius={self.radius}"
 
@@ -518,6 +544,22 @@ class EdgeListGraph(Graph):
         num_edges = edge_index.shape[1]
         if num_src is None and num_dst is not None:
             num_src = num_dst
+        if num_dst is not None and torch.compiler.is_compiling():
+            # torch.compile / export: the range check runs inside the compiled code (reading
+            # the ids into Python would break the graph); a bad id raises a RuntimeError.
+            check_int("num_dst", num_dst, minimum=0)
+            check_int("num_src", num_src, minimum=0)
+            if num_edges > 0:
+                src, dst = edge_index[0], edge_index[1]
+                ok = (src >= 0).all() & (src < num_src).all() & (dst >= 0).all()
+                torch._assert_async(
+                    ok & (dst < num_dst).all(),
+                    "edge_index has an index out of range (negative, or a source >= num_src "
+                    "or a target >= num_dst)",
+                )
+            super().__init__(num_dst, num_src, edge_index.device)
+            self._edge_index = edge_index
+            return
         if num_edges > 0:
             lo = int(edge_index.min())
             if lo < 0:
@@ -551,12 +593,15 @@ class EdgeListGraph(Graph):
         return self._edge_index
 
     def edge_counts(self) -> Tensor | None:
-        if "counts" not in self._cache:
-            counts = torch.zeros(self.num_dst * self.num_src, dtype=torch.long, device=self.device)
-            src, dst = self._edge_index
-            counts.index_add_(0, dst * self.num_src + src, torch.ones_like(src))
-            counts = counts.view(self.num_dst, self.num_src)
-            self._cache["counts"] = counts if bool((counts > 1).any()) else None
+        if "counts" in self._cache:
+            return self._cache["counts"]
+        counts = torch.zeros(self.num_dst * self.num_src, dtype=torch.long, device=self.device)
+        src, dst = self._edge_index
+        counts.index_add_(0, dst * self.num_src + src, torch.ones_like(src))
+        counts = counts.view(self.num_dst, self.num_src)
+        if torch.compiler.is_compiling():  # whether an edge repeats is data: counts always
+            return counts
+        self._cache["counts"] = counts if bool((counts > 1).any()) else None
         return self._cache["counts"]
 
     def _build_mask(self) -> Tensor:
@@ -581,6 +626,9 @@ class EdgeListGraph(Graph):
 
     @property
     def is_complete(self) -> bool:
+        if torch.compiler.is_compiling() and "dups" not in self._cache:
+            return False  # compiled code reads no edge ids into Python (a complete edge
+            # list then runs as a graph: same numbers)
         return (
             self.num_edges == self.num_dst * self.num_src
             and self.num_edges > 0
@@ -590,9 +638,12 @@ class EdgeListGraph(Graph):
     def complete_blocks(self) -> Tensor | None:
         """Node offsets ``(G + 1,)`` if this graph is a disjoint union of complete
         self-attention graphs over contiguous node ranges (a PyG batch of complete graphs,
-        one block per sample), else ``None``. A single complete graph is one block."""
+        one block per sample), else ``None``. A single complete graph is one block (``None``
+        in compiled code, unless found before: it reads the edge ids)."""
         if "blocks" in self._cache:
             return self._cache["blocks"]
+        if torch.compiler.is_compiling():
+            return None
         self._cache["blocks"] = blocks = self._find_complete_blocks()
         return blocks
 
@@ -909,8 +960,28 @@ def _check_local_ids(
     )
 
 
+def _compact(x: Tensor, valid: Tensor, count: int) -> Tensor:
+    """``x[:, valid]`` for a ``valid`` mask with ``count`` True entries known in advance:
+    static shapes (a cumulative sum and a scatter, no ``nonzero``), for torch.compile,
+    ``torch.export`` and ONNX.
+
+    Shapes:
+        - x: ``(R, M)``; valid: ``(M,)`` bool; returns ``(R, count)``
+    """
+    pos = torch.cumsum(valid.long(), 0) - 1  # (M,): slot of each valid column
+    pos = torch.where(valid, pos, count)  # invalid columns land in a spare last slot
+    out = x.new_zeros(x.shape[0], count + 1)  # (R, count + 1)
+    out.scatter_(1, pos.expand_as(x), x)
+    return out[:, :count]
+
+
 def _sort_by_target(edge_index: Tensor, num_dst: int, num_src: int) -> EdgeStructure:
     src, dst = edge_index[0], edge_index[1]
+    if torch.compiler.is_compiling():  # no data-dependent branch, no data-dependent size
+        perm = torch.sort(dst, stable=True).indices
+        src, dst = src[perm], dst[perm]
+        ptr = torch.searchsorted(dst, torch.arange(num_dst + 1, device=dst.device))
+        return EdgeStructure(perm, src.contiguous(), dst.contiguous(), ptr, num_src)
     if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
         perm = torch.sort(dst, stable=True).indices
         src, dst = src[perm], dst[perm]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._finite import all_finite, bad_rows, may_be_non_finite
+from .._finite import bad_rows, may_be_non_finite
 from ..graph import Graph
 from ..scores import Score
 from ..softmax import segment_softmax
@@ -112,6 +112,7 @@ def _memory(call: AttentionCall) -> int:
     if call.bias is not None:
         total += 3 * b * h * pairs * item
     blockwise = call.dropout_p == 0.0 and call.q.dtype in (torch.float32, torch.float64)
+    blockwise = blockwise and not torch.compiler.is_compiling()  # see attend()
     if call.need_weights or not (call.score.sdpa or blockwise):
         total += 3 * b * h * pairs * item  # scores, weights, dropped weights
     return total
@@ -197,6 +198,7 @@ def attend(
         and dropout_p == 0.0
         and q.dtype in (torch.float32, torch.float64)
         and (mask is None or not mask.requires_grad)
+        and not torch.compiler.is_compiling()  # compiled: the explicit math, fused by Inductor
     ):  # nothing of size Nd x Ns is stored
         out = blockwise_attention(q, k, v, mask, score=score, scale=scale, is_causal=is_causal)
         return _Dense(_keep_rows(out, row_keep), None)
@@ -270,7 +272,8 @@ def dense_attention(call: AttentionCall, *, bias: Tensor | None, reparam: Repara
     row_keep = None
     if mask is not None:
         has_edge = mask.any(-1) if mask.dtype == torch.bool else (mask != -math.inf).any(-1)
-        if not bool(has_edge.all()):
+        # compiled code opens rows always (a no-op where every row has an edge)
+        if torch.compiler.is_compiling() or not bool(has_edge.all()):
             empty = ~has_edge  # (…, Nd)
             open_row = empty[..., None]
             mask = mask | open_row if mask.dtype == torch.bool else mask.masked_fill(open_row, 0.0)
@@ -282,7 +285,7 @@ def dense_attention(call: AttentionCall, *, bias: Tensor | None, reparam: Repara
     # otherwise carry 0 * NaN to every target). Padded sources reach nobody.
     k, v = call.k, call.v
     bad_k = bad_v = None
-    if not graph.is_complete and not all_finite(k, v):
+    if not graph.is_complete and may_be_non_finite(k, v):
         bad_k, bad_v = bad_rows(k), bad_rows(v)  # (B, H, Ns)
         k = k.masked_fill(bad_k[..., None], 0.0)
         v = v.masked_fill(bad_v[..., None], 0.0)

@@ -11,7 +11,11 @@ gathered per-edge queries, keys and values ``(E, H, D)`` each. The score's per-e
 recomputed in backward chunk by chunk (see :mod:`graphattn.scores`), into buffers allocated
 once per call, so peak memory beyond inputs and outputs is ``O(E * G + CHUNK_ELEMENTS)``.
 
-This pure-torch path is the reference every fused kernel is tested against.
+This pure-torch path is the reference every fused kernel is tested against. Under
+``torch.compile`` and ``torch.export`` the backend runs :func:`_run_traced` instead: the same
+attention in plain differentiable ops on the graph's edge order, with no data-dependent
+branch, so that a call is one graph with a symbolic edge count (PyG's memory, per-edge
+gathers; autograd and Inductor handle backward).
 
 Axis legend: ``B`` batch, ``H`` heads, ``Nd`` targets, ``Ns`` sources, ``E`` edges (sorted
 by target), ``G = B * H`` groups, ``D`` query/key head dim, ``Dv`` value head dim, ``De``
@@ -29,7 +33,7 @@ from torch import Tensor
 
 from .._finite import all_finite
 from ..graph import EdgeStructure
-from ..scores import Score
+from ..scores import Score, _checked
 from ..weights import AttentionWeights
 from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from ._chunks import (
@@ -139,6 +143,8 @@ def sorted_edge_inputs(
 
 
 def _run(call: AttentionCall) -> BackendResult:
+    if torch.compiler.is_compiling():
+        return _run_traced(call)
     q, k, v, graph = call.q, call.k, call.v, call.graph
     b, h, nd, _ = q.shape
     dv = v.shape[-1]
@@ -178,6 +184,105 @@ def _run(call: AttentionCall) -> BackendResult:
     elif graph.weights_layout == "dense":  # with edge values: a dense copy, off the path
         weights = AttentionWeights(weights, graph, "edges").to_dense()
     return BackendResult(out, weights)
+
+
+def _run_traced(call: AttentionCall) -> BackendResult:
+    """:func:`_run` under ``torch.compile`` and ``torch.export``: the same attention in plain
+    differentiable ops on the graph's own edge order (no sort, no sparse products, no chunk
+    loop, no data-dependent branch), so that the whole call is one graph whose sizes may be
+    symbolic (a changing ``E`` compiles once). Autograd and Inductor handle backward and
+    fusion; memory is that of PyG's formulation (per-edge gathers of ``(E, G, D)``)."""
+    q, k, v, graph = call.q, call.k, call.v, call.graph
+    b, h, nd, _ = q.shape
+    dv = v.shape[-1]
+    src, dst = graph.edge_index()  # (E,) each, the graph's order
+    e = src.shape[0]
+    bias = _edge_bias(call)  # (E, G)
+    ef = None if call.edge_features is None else _edge_major(call.edge_features, b)
+    ev = None if call.edge_values is None else _edge_major(call.edge_values, b)
+    out, alpha = _traced_edge_attention(
+        _node_major(q),
+        _node_major(k),
+        _node_major(v),
+        src,
+        dst,
+        nd,
+        score=call.score,
+        heads=h,
+        bias=bias,
+        edge_features=ef,
+        edge_values=ev,
+        scale=call.scale,
+        dropout_p=call.dropout_p,
+    )
+    out = out.view(nd, b, h, dv).permute(1, 2, 0, 3)  # (B, H, Nd, Dv)
+    if not call.need_weights:
+        return BackendResult(out)
+    weights = alpha.view(e, b, h).permute(1, 0, 2).to(q.dtype)  # (B, E, H)
+    if graph.weights_layout == "dense":  # as eager: the output from the dense weights
+        weights = AttentionWeights(weights, graph, "edges").to_dense()  # (B, H, Nd, Ns)
+        if ev is None:
+            dropped = F.dropout(weights, call.dropout_p) if call.dropout_p > 0 else weights
+            out = torch.matmul(dropped, v)  # (B, H, Nd, Dv)
+    return BackendResult(out, weights)
+
+
+def _traced_edge_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    num_dst: int,
+    *,
+    score: Score,
+    heads: int,
+    bias: Tensor | None,
+    edge_features: Tensor | None,
+    edge_values: Tensor | None,
+    scale: float,
+    dropout_p: float,
+) -> tuple[Tensor, Tensor]:
+    """:func:`edge_attention` in plain differentiable torch, for edges in any order (the
+    compiled and exported path). The score is :meth:`Score.forward` on every edge at once.
+    Non-finite rules as in eager: a ``-inf`` bias removes an edge even where the score is
+    NaN, and a target without finite in-edges gets zero weights and output (never NaN).
+
+    Shapes:
+        - q: ``(Nd, G, D)``; k: ``(Ns, G, D)``; v: ``(Ns, G, Dv)``; src, dst: ``(E,)``
+        - bias: ``(E, G)``; edge_features: ``(E, G, De)``; edge_values: ``(E, G, Dv)``
+        - returns ``out (Nd, G, Dv)`` and ``alpha (E, G)`` (before dropout)
+    """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+        bias = None if bias is None else bias.float()
+        edge_features = None if edge_features is None else edge_features.float()
+        edge_values = None if edge_values is None else edge_values.float()
+    e, g, d = src.shape[0], q.shape[1], q.shape[-1]
+    b = g // heads
+    qi = q.index_select(0, dst).view(e * b, heads, d)  # (E * B, H, D)
+    kj = k.index_select(0, src).view(e * b, heads, d)  # (E * B, H, D)
+    ej = None if edge_features is None else edge_features.reshape(e * b, heads, -1)
+    logits = _checked(score.forward(qi, kj, ej), e, b, heads, score).reshape(e, g)  # (E, G)
+    if scale != 1.0:
+        logits = logits * scale
+    if bias is not None:  # -inf removes the edge, even where the score is NaN
+        logits = (logits + bias).masked_fill(bias == -math.inf, -math.inf)
+    index = dst[:, None].expand(e, g)  # (E, G)
+    m = logits.new_full((num_dst, g), -math.inf)  # (Nd, G)
+    m = m.scatter_reduce(0, index, logits.detach(), "amax", include_self=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device))
+    ex = (logits - m.index_select(0, dst)).exp()  # (E, G)
+    z = ex.new_zeros(num_dst, g).index_add(0, dst, ex)  # (Nd, G)
+    z = torch.where(z > 0, z, torch.ones((), dtype=z.dtype, device=z.device))
+    alpha = ex / z.index_select(0, dst)  # (E, G)
+    alpha_d = F.dropout(alpha, dropout_p) if dropout_p > 0.0 else alpha
+    vals = v.index_select(0, src)  # (E, G, Dv)
+    if edge_values is not None:
+        vals = vals + edge_values
+    out = v.new_zeros(num_dst, g, v.shape[-1]).index_add(0, dst, alpha_d[:, :, None] * vals)
+    return out.to(dtype), alpha
 
 
 class _EdgeSoftmax(torch.autograd.Function):

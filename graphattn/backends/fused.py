@@ -125,6 +125,8 @@ class FusedEdgesBackend(Backend):
     def reasons(self, call: AttentionCall) -> list[str]:
         reasons = []
         device = call.q.device.type
+        if torch.compiler.is_compiling():
+            reasons.append("torch.compile and torch.export trace the pure-torch edge path")
         if device not in ("cpu", "cuda", "meta"):
             reasons.append(f"CPU (C++) and CUDA (Triton) only, got device {call.q.device}")
         if type(call.score) not in _SCORES:
