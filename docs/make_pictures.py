@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
-from graphattn import Graph, GraphTransformer
+from graphattn import AttentionWeights, Graph, GraphTransformer
 from graphattn.explain import attention_rollout, head_statistics
 from graphattn.plot import (
     plot_attention_graph,
@@ -57,13 +57,16 @@ class ByteLM(nn.Module):
         )
         self.head = nn.Linear(dim, 256)
 
-    def forward(self, ids: Tensor, return_attention: bool = False):
+    def forward(self, ids: Tensor) -> Tensor:
         n = ids.shape[1]
         x = self.embed(ids) + self.pos[:n]  # (B, N, C)
-        res = self.body(x, Graph.causal(n), need_weights=return_attention)
-        out = res.out if return_attention else res
-        logits = self.head(out)  # (B, N, 256)
-        return (logits, res.attentions) if return_attention else logits
+        return self.head(self.body(x, Graph.causal(n)))  # (B, N, 256)
+
+    def forward_with_weights(self, ids: Tensor) -> tuple[Tensor, list[AttentionWeights]]:
+        n = ids.shape[1]
+        x = self.embed(ids) + self.pos[:n]  # (B, N, C)
+        res = self.body.forward_with_weights(x, Graph.causal(n))
+        return self.head(res.out), res.attentions  # (B, N, 256), L weights
 
 
 def digit_graph() -> Graph:
@@ -91,14 +94,17 @@ class DigitClassifier(nn.Module):
         self.graphs = [digit_graph(), None]
         self.head = nn.Linear(dim, 10)
 
-    def forward(self, images: Tensor, return_attention: bool = False):
+    def _nodes(self, images: Tensor) -> Tensor:
         b = images.shape[0]
         x = self.pixel(images.reshape(b, 64, 1))  # (B, 64, C)
-        x = torch.cat([self.cls.expand(b, -1, -1), x], 1) + self.pos  # (B, 65, C)
-        res = self.body(x, self.graphs, need_weights=return_attention)
-        out = res.out if return_attention else res
-        logits = self.head(out[:, 0])  # (B, 10)
-        return (logits, res.attentions) if return_attention else logits
+        return torch.cat([self.cls.expand(b, -1, -1), x], 1) + self.pos  # (B, 65, C)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.body(self._nodes(images), self.graphs)[:, 0])  # (B, 10)
+
+    def forward_with_weights(self, images: Tensor) -> tuple[Tensor, list[AttentionWeights]]:
+        res = self.body.forward_with_weights(self._nodes(images), self.graphs)
+        return self.head(res.out[:, 0]), res.attentions  # (B, 10), L weights
 
 
 def train_text(steps: int, gen: torch.Generator) -> ByteLM:
@@ -152,7 +158,7 @@ def main() -> None:
     lm = train_text(args.text_steps, gen).eval()
     ids = torch.tensor([list(SENTENCE.encode())])
     with torch.no_grad():
-        _, atts = lm(ids, need_weights=True)
+        _, atts = lm.forward_with_weights(ids)
     stats = [head_statistics(a) for a in atts]
     # the head of the last layer with the most concentrated attention
     layer, head = len(atts) - 1, int(stats[-1].entropy.argmin())
@@ -175,7 +181,7 @@ def main() -> None:
     clf.eval()
     sample = images[:8]
     with torch.no_grad():
-        logits, atts = clf(sample, need_weights=True)
+        logits, atts = clf.forward_with_weights(sample)
     pred = logits.argmax(1)
     i = int((pred == labels[:8]).nonzero()[0])  # first correctly classified test digit
     rollout = attention_rollout(atts)  # (B, 65, 65): layer 0 per edge, layer 1 dense

@@ -9,12 +9,14 @@ from . import backends, kernels, scores
 from .attention import GraphAttention
 from .backends import AttentionCall, Backend, register_backend
 from .conv import ConvOutput, GATConv, GATv2Conv, TransformerConv, add_self_loops
+from .decoding import KVCache
 from .explain import (
     HeadStatistics,
     PerturbationResult,
     attention_rollout,
     force_dense_backend,
     grad_attention,
+    grad_attention_by_role,
     head_statistics,
     perturbation_check,
     summarize_by_modality,
@@ -27,7 +29,9 @@ from .functional import (
     auto_policy,
     choose_backend,
     graph_attention,
+    graph_attention_with_weights,
     segment_softmax,
+    zero_padded_nodes,
 )
 from .global_attention import SGFormerAttention
 from .gps import LocalGlobalLayer
@@ -40,7 +44,7 @@ from .graph import (
     PerSampleGraph,
     WindowGraph,
 )
-from .hetero import HGTConv
+from .hetero import HGTConv, TypedLinear
 from .interop import from_pyg, to_hetero
 from .layers import (
     GraphTransformer,
@@ -52,6 +56,7 @@ from .mha import MultiheadAttention
 from .partition import NodePartitions, PartitionBatch
 from .positional import (
     AxialRotaryEmbedding,
+    LaplacianEigenpairs,
     LaplacianPE,
     LearnedPositionalEncoding,
     RelativePositionBias1D,
@@ -59,6 +64,7 @@ from .positional import (
     RotaryEmbedding,
     ShortestPathBias,
     SinusoidalPositionalEncoding,
+    laplacian_eigenpairs,
     laplacian_eigenvector_pe,
     random_walk_pe,
     shortest_path_distance,
@@ -80,6 +86,8 @@ __all__ = [
     "EdgeListGraph",
     "PerSampleGraph",
     "graph_attention",
+    "graph_attention_with_weights",
+    "zero_padded_nodes",
     "segment_softmax",
     "AttentionOutput",
     "AttentionWeights",
@@ -100,6 +108,7 @@ __all__ = [
     "GATv2Conv",
     "TransformerConv",
     "HGTConv",
+    "TypedLinear",
     "ConvOutput",
     "add_self_loops",
     "from_pyg",
@@ -114,6 +123,7 @@ __all__ = [
     "GraphTransformer",
     "LayerOutput",
     "TransformerOutput",
+    "KVCache",
     # positional and structural encodings
     "sinusoidal_encoding",
     "sinusoidal_2d",
@@ -125,6 +135,8 @@ __all__ = [
     "RelativePositionBias1D",
     "RelativePositionBias2D",
     "laplacian_eigenvector_pe",
+    "laplacian_eigenpairs",
+    "LaplacianEigenpairs",
     "LaplacianPE",
     "random_walk_pe",
     "shortest_path_distance",
@@ -136,6 +148,7 @@ __all__ = [
     # explanations
     "attention_rollout",
     "grad_attention",
+    "grad_attention_by_role",
     "force_dense_backend",
     "head_statistics",
     "HeadStatistics",

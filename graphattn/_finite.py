@@ -124,6 +124,10 @@ def zero_padded_nodes(x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
     """``x`` with padded nodes' features set to zero when any of ``x`` is non-finite
     (otherwise ``x`` itself, uncopied; compiled code keeps ``x``: no data-dependent branch).
 
+    The padding rule of every graphattn module, public so that a module of your own follows
+    it too: call it on the input before the projections, so that NaN or inf in padding can
+    reach neither the outputs nor the gradients of real nodes.
+
     Shapes:
         - x: ``(B, N, C)`` or ``(N, C)``; key_padding_mask: ``(B, N)``, ``(N,)`` or
           ``(1, N)`` bool, True = padded

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
-from ._checks import check_int, renamed
+from ._checks import WITH_WEIGHTS, check_int, renamed, weights_flag
 from ._finite import zero_padded_nodes
 from ._pyg import data_inputs, is_pyg_data
 from .backends import backend_names
-from .functional import AttentionOutput, BackendName, graph_attention
+from .functional import AttentionOutput, BackendName, graph_attention, graph_attention_with_weights
 from .graph import Graph, GraphLike, as_graph
 from .scores import Score, ScoreFn
 
@@ -436,7 +436,7 @@ class GraphAttention(nn.Module):
         need_weights: Literal[True],
         bias: Tensor | None = ...,
         return_attention: bool | None = ...,
-    ) -> AttentionOutput: ...
+    ) -> AttentionOutput: ...  # deprecated: forward_with_weights
     def forward(
         self,
         x: Tensor | tuple[Tensor, Tensor] | Data,
@@ -451,7 +451,7 @@ class GraphAttention(nn.Module):
         need_weights: bool = False,
         bias: Tensor | None = None,
         return_attention: bool | None = None,
-    ) -> Tensor | AttentionOutput:
+    ) -> Tensor:
         """Attend from every target node to its in-edges' sources.
 
         Args:
@@ -478,7 +478,8 @@ class GraphAttention(nn.Module):
                 ``(B, H, N, Dh)``, applied right after the projections (before edge features
                 and attention), e.g. a :class:`~graphattn.RotaryEmbedding`. Use
                 ``functools.partial(rope, q_pos=..., k_pos=...)`` for explicit positions.
-            need_weights: also return the attention weights.
+            need_weights: deprecated: ``True`` returns an :class:`AttentionOutput`, with a
+                ``FutureWarning``; call :meth:`forward_with_weights` instead.
             bias: the old name of ``attn_bias`` (deprecated: ``bias`` means the projection
                 biases of the constructor).
             return_attention: the old name of ``need_weights`` (deprecated).
@@ -487,12 +488,14 @@ class GraphAttention(nn.Module):
             - x: ``([B,] Nd, C)``; x_src: ``([B,] Ns, kdim)``; returns ``([B,] Nd, C)``.
 
         Returns:
-            The output, or an :class:`AttentionOutput` (``out``, ``attention``, ``backend``)
-            when ``need_weights=True``.
+            The output (the weights: :meth:`forward_with_weights`).
         """
         attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
-        need_weights = renamed(
-            "need_weights", need_weights, "return_attention", return_attention, False
+        need_weights = weights_flag(
+            need_weights,
+            return_attention,
+            "GraphAttention.forward",
+            "GraphAttention.forward_with_weights",
         )
         if is_pyg_data(x):
             x, graph, edge_attr = data_inputs(
@@ -537,7 +540,7 @@ class GraphAttention(nn.Module):
             edge_features = self._edge_features(edge_attr, graph)  # (E, H, Dh)
         elif self.lin_edge is not None:
             raise ValueError("this module was built with edge_dim; pass edge_attr")
-        res = graph_attention(
+        res = (graph_attention_with_weights if need_weights else graph_attention)(
             q,
             k,
             v,
@@ -546,7 +549,6 @@ class GraphAttention(nn.Module):
             edge_features=edge_features,
             edge_values=edge_features,
             dropout_p=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
             score=self.score,
             backend=self.backend,
         )
@@ -563,6 +565,30 @@ class GraphAttention(nn.Module):
             res.attention.values = res.attention.values[0]
             res.attention.batched = False
         return AttentionOutput(out, res.attention, res.backend)
+
+    def forward_with_weights(
+        self, x: Tensor | tuple[Tensor, Tensor] | Data, graph: GraphLike = None, **kwargs: Any
+    ) -> AttentionOutput:
+        """:meth:`forward`, also returning the attention weights and the backend that ran.
+
+        Takes :meth:`forward`'s arguments (``x_src``, ``x_value``, ``edge_attr``,
+        ``key_padding_mask``, ``attn_bias``, ``rotary``). As timm's ``forward_intermediates``,
+        it calls the module's code directly: forward hooks do not run.
+
+        Shapes:
+            - x: as :meth:`forward`; ``out`` ``([B,] Nd, C)``; ``attention`` per edge
+              ``([B,] E, H)`` or dense ``([B,] H, Nd, Ns)`` (see
+              :class:`~graphattn.AttentionWeights`).
+
+        Example:
+            >>> import torch
+            >>> from graphattn import Graph, GraphAttention
+            >>> attn = GraphAttention(32, 4)
+            >>> res = attn.forward_with_weights(torch.randn(10, 32), Graph.window(10, 1))
+            >>> res.out.shape, res.attention.to_dense().shape  # weights (H, Nd, Ns)
+            (torch.Size([10, 32]), torch.Size([4, 10, 10]))
+        """
+        return GraphAttention.forward(self, x, graph, need_weights=WITH_WEIGHTS, **kwargs)
 
     def _edge_features(self, edge_attr: Tensor, graph: Graph) -> Tensor:
         """Projected edge features ``(E, H, Dh)``, added to the key of their edge inside the

@@ -12,8 +12,8 @@ Differences from PyG, all deliberate:
 - attention weights come back before dropout (PyG's ``GATConv`` returns them after);
 - ``edge_attr`` given to a layer built without ``edge_dim`` is refused (``GATConv``
   ignores it silently);
-- weights are returned as a :class:`ConvOutput` (``out``, per-edge ``attention``, and the
-  ``edge_index`` they align with, self-loops included), not a tuple; with
+- ``forward_with_weights`` returns the weights as a :class:`ConvOutput` (``out``, per-edge
+  ``attention``, and the ``edge_index`` they align with, self-loops included); with
   ``return_attention_weights=True`` PyG's ``(out, (edge_index, alpha))``, whose first part is
   the edge list also when the graph came as a sparse ``adj_t`` (PyG gives that matrix back,
   with ``alpha`` as its values).
@@ -42,10 +42,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
-from ._checks import check_int, renamed
+from ._checks import WITH_WEIGHTS, check_int, weights_flag
 from ._pyg import data_inputs, is_pyg_data
 from ._sparse import linear as _linear
-from .functional import AttentionOutput, BackendName, graph_attention
+from .functional import AttentionOutput, BackendName, graph_attention, graph_attention_with_weights
 from .graph import Graph, GraphLike, as_graph
 from .scores import GAT, GATv2, _check_slope
 from .weights import AttentionWeights
@@ -63,7 +63,7 @@ _REDUCE = {"add": "sum", "sum": "sum", "mean": "mean", "min": "amin", "max": "am
 
 @dataclass
 class ConvOutput:
-    """What a conv layer returns with ``need_weights=True``.
+    """What a conv layer's ``forward_with_weights`` returns.
 
     Attributes:
         out: node outputs ``(Nd, out_features)``.
@@ -159,11 +159,15 @@ class _GraphCache:
         self._value: _Prepared | None = None
 
     def get(self, edge_index: Tensor, key: tuple[Any, ...]) -> _Prepared | None:
+        if torch.compiler.is_compiling():  # compiled code builds the graph in the graph
+            return None  # (a tensor's version counter cannot be traced)
         if self._index is edge_index and self._key == (edge_index._version, *key):
             return self._value
         return None
 
     def put(self, edge_index: Tensor, key: tuple[Any, ...], value: _Prepared) -> None:
+        if torch.compiler.is_compiling():
+            return
         self._index, self._key, self._value = edge_index, (edge_index._version, *key), value
 
     def __deepcopy__(self, memo: dict) -> _GraphCache:
@@ -317,13 +321,17 @@ def _heads_out(out: Tensor, concat: bool) -> Tensor:
 
 
 def _weights_request(
-    need_weights: bool, return_attention: bool | None, return_attention_weights: bool | None
+    layer: nn.Module,
+    need_weights: bool,
+    return_attention: bool | None,
+    return_attention_weights: bool | None,
 ) -> tuple[bool, bool]:
     """Whether a conv call wants the weights, and whether in PyG's ``(out, (edge_index,
-    alpha))`` form (``return_attention_weights``); ``return_attention`` is the deprecated
-    name of ``need_weights``."""
-    need_weights = renamed(
-        "need_weights", need_weights, "return_attention", return_attention, False
+    alpha))`` form (``return_attention_weights``); ``need_weights=True`` and its older name
+    ``return_attention`` are deprecated for ``forward_with_weights``."""
+    name = type(layer).__name__
+    need_weights = weights_flag(
+        need_weights, return_attention, f"{name}.forward", f"{name}.forward_with_weights"
     )
     pyg = bool(return_attention_weights)
     return need_weights or pyg, pyg
@@ -366,17 +374,28 @@ class _AttentionConv(nn.Module):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, graph: Graph, want: bool, **kw: Any):
         """``graph_attention`` on ``(N, H, C)`` node tensors; returns the result and the
         output ``(H, Nd, C)``."""
-        res = graph_attention(
+        res = (graph_attention_with_weights if want else graph_attention)(
             q.permute(1, 0, 2),
             k.permute(1, 0, 2),
             v.permute(1, 0, 2),
             graph,
             dropout_p=self.dropout if self.training else 0.0,
-            need_weights=want,
             backend=self.backend,
             **kw,
         )
         return res, (res.out if want else res)
+
+    def forward_with_weights(
+        self, x: NodeInput | Data, edge_index: GraphLike = None, edge_attr: Tensor | None = None
+    ) -> ConvOutput:
+        """``forward``, also returning the per-edge attention weights (before dropout),
+        aligned with the output's ``edge_index`` (self-loops included).
+
+        Shapes:
+            - x: ``(N, in_channels)`` or a pair; ``out`` ``(Nd, H * C)`` or ``(Nd, C)``;
+              ``attention.values`` ``(E', H)`` with ``E'`` edges after the self-loops.
+        """
+        return type(self).forward(self, x, edge_index, edge_attr, need_weights=WITH_WEIGHTS)
 
     def _loop_options(
         self,
@@ -526,18 +545,17 @@ class GATConv(_AttentionConv):
         need_weights: bool = False,
         return_attention: bool | None = None,
         return_attention_weights: bool | None = None,
-    ) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend over the in-edges (and self-loops) of every target node
-        (``need_weights``: also return the weights as a :class:`ConvOutput`;
-        ``return_attention``: its old name; ``return_attention_weights=True``: PyG's
-        ``(out, (edge_index, alpha))``).
+        (the weights: ``forward_with_weights``; ``need_weights=True`` and
+        ``return_attention=True`` are deprecated for it).
 
         Returns:
-            ``(Nd, H * C)`` or ``(Nd, C)``; with ``need_weights=True`` a
-            :class:`ConvOutput` whose weights align with its ``edge_index``.
+            ``(Nd, H * C)`` or ``(Nd, C)``; with PyG's ``return_attention_weights=True``, PyG's
+            ``(out, (edge_index, alpha))``, kept so that PyG code runs unchanged.
         """
         need_weights, pyg = _weights_request(
-            need_weights, return_attention, return_attention_weights
+            self, need_weights, return_attention, return_attention_weights
         )
         x, edge_index, edge_attr = _layer_inputs(
             x, edge_index, edge_attr, self.lin_edge is not None
@@ -677,17 +695,17 @@ class GATv2Conv(_AttentionConv):
         need_weights: bool = False,
         return_attention: bool | None = None,
         return_attention_weights: bool | None = None,
-    ) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend over the in-edges (and self-loops) of every target node
-        (``need_weights``: also return the weights as a :class:`ConvOutput`;
-        ``return_attention``: its old name; ``return_attention_weights=True``: PyG's
-        ``(out, (edge_index, alpha))``).
+        (the weights: ``forward_with_weights``; ``need_weights=True`` and
+        ``return_attention=True`` are deprecated for it).
 
         Returns:
-            ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
+            ``(Nd, H * C)`` or ``(Nd, C)``; with PyG's ``return_attention_weights=True``, PyG's
+            ``(out, (edge_index, alpha))``, kept so that PyG code runs unchanged.
         """
         need_weights, pyg = _weights_request(
-            need_weights, return_attention, return_attention_weights
+            self, need_weights, return_attention, return_attention_weights
         )
         x, edge_index, edge_attr = _layer_inputs(
             x, edge_index, edge_attr, self.lin_edge is not None
@@ -795,16 +813,17 @@ class TransformerConv(_AttentionConv):
         need_weights: bool = False,
         return_attention: bool | None = None,
         return_attention_weights: bool | None = None,
-    ) -> Tensor | ConvOutput | tuple[Tensor, tuple[Tensor, Tensor]]:
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend over the in-edges of every target node (``need_weights``: also return
-        the weights as a :class:`ConvOutput`; ``return_attention``: its old name;
-        ``return_attention_weights=True``: PyG's ``(out, (edge_index, alpha))``).
+        the weights: ``forward_with_weights``; ``need_weights=True`` and
+        ``return_attention=True`` are deprecated for it).
 
         Returns:
-            ``(Nd, H * C)`` or ``(Nd, C)``, or a :class:`ConvOutput`.
+            ``(Nd, H * C)`` or ``(Nd, C)``; with PyG's ``return_attention_weights=True``, PyG's
+            ``(out, (edge_index, alpha))``, kept so that PyG code runs unchanged.
         """
         need_weights, pyg = _weights_request(
-            need_weights, return_attention, return_attention_weights
+            self, need_weights, return_attention, return_attention_weights
         )
         x, edge_index, edge_attr = _layer_inputs(
             x, edge_index, edge_attr, self.lin_edge is not None

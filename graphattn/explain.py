@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +36,7 @@ from .functional import AttentionWeights
 __all__ = [
     "attention_rollout",
     "grad_attention",
+    "grad_attention_by_role",
     "force_dense_backend",
     "HeadStatistics",
     "head_statistics",
@@ -156,7 +158,7 @@ def attention_rollout(
 
     Args:
         attentions: one attention per layer, first layer first (e.g.
-            ``GraphTransformer(..., need_weights=True).attentions``).
+            ``GraphTransformer.forward_with_weights(x, graph).attentions``).
         residual: add the identity for the residual connection (needs self-attention).
         head_reduce: ``"mean"`` (the paper), ``"max"`` or ``"min"`` over heads.
 
@@ -228,7 +230,7 @@ def force_dense_backend(module: nn.Module) -> Iterator[nn.Module]:
 _NOT_DIFFERENTIABLE = (
     "the attention weights of layer {layer} are not part of the autograd graph that "
     "computed the score ({why}). Gradient x attention needs the weights returned by the "
-    "same forward pass that computed the score (need_weights=True), not under "
+    "same forward pass that computed the score (forward_with_weights), not under "
     "torch.no_grad() and not detached."
 )
 
@@ -259,14 +261,75 @@ def grad_attention(
     *,
     roles: Sequence[tuple[str, str]] | None = None,
     retain_graph: bool = False,
-) -> Tensor | dict[tuple[str, str], Tensor]:
+) -> Tensor:
     """Gradient-weighted attention relevance (Chefer, Gur & Wolf, 2021, "Generic
     Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
     Transformers", rules 5-11).
 
     Per layer, ``A_bar = mean_heads(clamp(dscore/dA * A, min=0))`` (rule 5). Relevance
-    starts at ``R_xx = I`` for every node set ``x`` and ``R_xy = 0`` for ``x != y``; then,
-    layer by layer (first layer first):
+    starts at ``R = I``; then, layer by layer (first layer first), ``R += A_bar @ R``
+    (rule 6). Row ``i`` of ``R`` is the relevance of every node for output node ``i`` (e.g.
+    the row of a CLS node). For several node sets and cross-attention, see
+    :func:`grad_attention_by_role`.
+
+    The weights must be part of the autograd graph that computed ``score`` (every backend
+    returns weights the output is computed from, dense or per edge); a clear error says so
+    otherwise. ``score`` may be a vector over the batch: its sum is differentiated,
+    which gives per-sample gradients when the samples do not interact.
+
+    Args:
+        score: the output to explain (e.g. the logit of a class), any shape.
+        attentions: the self-attention of every layer over one node set, first layer
+            first, as ``forward_with_weights`` returns it (dense ``([B,] H, N, N)`` or per
+            edge).
+        roles: deprecated: call :func:`grad_attention_by_role` (with roles, this returns
+            its dict, with a ``FutureWarning``).
+        retain_graph: keep the autograd graph (to explain another score from the same pass).
+
+    Shapes:
+        - returns ``R`` ``(B, N, N)`` (no ``B`` for unbatched weights).
+
+    Raises:
+        ValueError: the weights are not differentiable, or a layer is not square (a
+            cross-attention: use :func:`grad_attention_by_role`).
+    """
+    if roles is not None:
+        warnings.warn(
+            "grad_attention(..., roles=...) is deprecated (one return type per function): "
+            "call grad_attention_by_role(score, attentions, roles), which returns the dict",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return grad_attention_by_role(score, attentions, roles, retain_graph=retain_graph)
+    cams = _relevance_maps(score, attentions, retain_graph, "grad_attention")
+    batched = any(b for _, b in cams)
+    n = cams[0][0].shape[-1]
+    for layer, (a, _) in enumerate(cams):
+        if a.shape[-2:] != (n, n):
+            raise ValueError(
+                f"layer {layer} has shape {tuple(a.shape[-2:])}, not ({n}, {n}): use "
+                "grad_attention_by_role for cross-attention"
+            )
+    bsz = max(a.shape[0] for a, _ in cams)
+    r = torch.eye(n, dtype=cams[0][0].dtype, device=cams[0][0].device).repeat(bsz, 1, 1)
+    for a, _ in cams:
+        r = r + a @ r  # rule 6
+    return r if batched else r[0]
+
+
+def grad_attention_by_role(
+    score: Tensor,
+    attentions: Sequence[AttentionLike],
+    roles: Sequence[tuple[str, str]],
+    *,
+    retain_graph: bool = False,
+) -> dict[tuple[str, str], Tensor]:
+    """Gradient-weighted attention relevance over several node sets (Chefer, Gur & Wolf,
+    2021, rules 5-11), for models that mix self- and cross-attention (e.g. image and text).
+
+    Per layer, ``A_bar`` is as in :func:`grad_attention`. Relevance starts at ``R_xx = I``
+    for every node set ``x`` and ``R_xy = 0`` for ``x != y``; then, layer by layer (first
+    layer first):
 
     - self-attention within ``x``: ``R_xy += A_bar @ R_xy`` for every set ``y`` (rules 6-7);
     - ``x`` attends to ``y`` (cross-attention, ``A_bar`` is ``(N_x, N_y)``):
@@ -276,31 +339,34 @@ def grad_attention(
     Row ``i`` of ``R_xy`` is the relevance of every node of ``y`` for output node ``i`` of
     ``x`` (e.g. the row of a CLS node).
 
-    The weights must be part of the autograd graph that computed ``score`` (every backend
-    returns weights the output is computed from, dense or per edge); a clear error says so
-    otherwise. ``score`` may be a vector over the batch: its sum is differentiated,
-    which gives per-sample gradients when the samples do not interact.
-
     Args:
         score: the output to explain (e.g. the logit of a class), any shape.
-        attentions: the attention of every layer, first layer first, as returned with
-            ``need_weights=True`` (dense ``([B,] H, Nd, Ns)`` or per edge).
+        attentions: the attention of every layer, first layer first (dense
+            ``([B,] H, Nd, Ns)`` or per edge), part of the autograd graph of ``score``.
         roles: ``(target set, source set)`` names per layer, e.g. ``[("img", "img"),
-            ("txt", "txt"), ("txt", "img")]``; ``None`` means every layer is self-attention
-            over one node set.
+            ("txt", "txt"), ("txt", "img")]``.
         retain_graph: keep the autograd graph (to explain another score from the same pass).
 
     Shapes:
-        - ``roles=None``: returns ``R`` ``(B, N, N)`` (no ``B`` for unbatched weights).
-        - with ``roles``: returns ``{(x, y): R_xy}`` with ``R_xy`` ``(B, N_x, N_y)``.
+        - returns ``{(x, y): R_xy}`` with ``R_xy`` ``(B, N_x, N_y)`` (no ``B`` for unbatched
+          weights).
 
     Raises:
         ValueError: the weights are not differentiable, or the shapes do not fit the roles.
     """
-    if len(attentions) == 0:
-        raise ValueError("grad_attention needs the attention of at least one layer")
-    if roles is not None and len(roles) != len(attentions):
+    if len(roles) != len(attentions):
         raise ValueError(f"got {len(attentions)} attentions but {len(roles)} roles")
+    cams = _relevance_maps(score, attentions, retain_graph, "grad_attention_by_role")
+    batched = any(b for _, b in cams)
+    return _propagate_roles([a for a, _ in cams], list(roles), batched)
+
+
+def _relevance_maps(
+    score: Tensor, attentions: Sequence[AttentionLike], retain_graph: bool, caller: str
+) -> list[tuple[Tensor, bool]]:
+    """Rule 5 per layer: ``(mean_heads(clamp(dscore/dA * A, min=0)) (B, Nd, Ns), batched)``."""
+    if len(attentions) == 0:
+        raise ValueError(f"{caller} needs the attention of at least one layer")
     if not isinstance(score, Tensor) or not score.requires_grad:
         raise ValueError(
             "score must be a tensor that requires grad (computed from the inputs outside "
@@ -333,21 +399,7 @@ def grad_attention(
             cam = AttentionWeights(cam, w.graph, w.layout, w.batched)
         dense, batched = _as_dense(cam)  # (B, H, Nd, Ns); duplicated edges summed
         cams.append((dense.clamp(min=0).mean(1), batched))  # (B, Nd, Ns)
-    batched = any(b for _, b in cams)
-    if roles is None:
-        n = cams[0][0].shape[-1]
-        for layer, (a, _) in enumerate(cams):
-            if a.shape[-2:] != (n, n):
-                raise ValueError(
-                    f"layer {layer} has shape {tuple(a.shape[-2:])}, not ({n}, {n}): pass "
-                    "roles= for cross-attention"
-                )
-        bsz = max(a.shape[0] for a, _ in cams)
-        r = torch.eye(n, dtype=cams[0][0].dtype, device=cams[0][0].device).repeat(bsz, 1, 1)
-        for a, _ in cams:
-            r = r + a @ r  # rule 6
-        return r if batched else r[0]
-    return _propagate_roles([a for a, _ in cams], list(roles), batched)
+    return cams
 
 
 def _propagate_roles(

@@ -26,8 +26,8 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from ._checks import renamed
-from ._finite import all_finite, mask_padded_inputs, wider_dtype
+from ._checks import WITH_WEIGHTS, renamed, weights_flag
+from ._finite import all_finite, mask_padded_inputs, wider_dtype, zero_padded_nodes
 from .backends import AttentionCall, Backend, BackendNotSupportedError, BackendResult, backend_names
 from .dispatch import AutoPolicy, auto_policy, choose_backend, select_backend
 from .graph import Graph, GraphLike, PerSampleGraph, as_graph
@@ -37,6 +37,8 @@ from .weights import AttentionWeights
 
 __all__ = [
     "graph_attention",
+    "graph_attention_with_weights",
+    "zero_padded_nodes",
     "segment_softmax",
     "AttentionOutput",
     "AttentionWeights",
@@ -55,8 +57,9 @@ ScoreLike = Score | Callable[[Tensor, Tensor, Tensor | None], Tensor] | None
 
 @dataclass
 class AttentionOutput:
-    """What ``graph_attention(..., need_weights=True)`` and ``GraphAttention(...,
-    need_weights=True)`` return.
+    """What :func:`graph_attention_with_weights` and
+    :meth:`GraphAttention.forward_with_weights <graphattn.GraphAttention.forward_with_weights>`
+    return.
 
     Attributes:
         out: the attention output.
@@ -163,7 +166,7 @@ def graph_attention(
     need_weights: Literal[True],
     backend: BackendName = ...,
     bias: Tensor | None = ...,
-) -> AttentionOutput: ...
+) -> AttentionOutput: ...  # deprecated: graph_attention_with_weights
 def graph_attention(
     q: Tensor,
     k: Tensor,
@@ -179,7 +182,7 @@ def graph_attention(
     need_weights: bool = False,
     backend: BackendName = "auto",
     bias: Tensor | None = None,
-) -> Tensor | AttentionOutput:
+) -> Tensor:
     """Multi-head attention over the in-edges of a graph.
 
     With the default score this is ``F.scaled_dot_product_attention(q, k, v,
@@ -211,7 +214,8 @@ def graph_attention(
         dropout_p: dropout probability on the attention weights (use 0 in evaluation).
         scale: multiplies the dot-product score, default ``1 / sqrt(D)``; other scores take no
             scale.
-        need_weights: also return the attention weights (see :class:`AttentionOutput`).
+        need_weights: deprecated: ``True`` returns an :class:`AttentionOutput`, with a
+            ``FutureWarning``; call :func:`graph_attention_with_weights` instead.
         backend: ``"auto"`` or a registered backend (``dense``, ``blocks``, ``edges``,
             ``fused``, ``linear``, or your own: :func:`~graphattn.backends.backend_names`).
         bias: the old name of ``attn_bias`` (deprecated).
@@ -221,13 +225,16 @@ def graph_attention(
         - returns ``([B,] H, Nd, Dv)``
 
     Returns:
-        The output tensor, or an :class:`AttentionOutput` when ``need_weights=True``.
+        The output tensor (the weights: :func:`graph_attention_with_weights`).
 
     Raises:
         BackendNotSupportedError: the requested backend cannot serve the call (the message
             lists every backend's reasons and the call's shapes).
     """
     attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
+    need_weights = weights_flag(
+        need_weights, None, "graph_attention", "graph_attention_with_weights"
+    )
     call, samples = _make_call(
         q, k, v, graph, score, attn_bias, edge_features, edge_values, dropout_p, scale, need_weights
     )
@@ -246,6 +253,55 @@ def graph_attention(
     weights = res.weights if call.batched else res.weights[0]
     attention = AttentionWeights(weights, call.graph, call.graph.weights_layout, call.batched)
     return AttentionOutput(out, attention, chosen.name)
+
+
+def graph_attention_with_weights(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    graph: GraphLike = None,
+    *,
+    score: ScoreLike = None,
+    attn_bias: Tensor | None = None,
+    edge_features: Tensor | None = None,
+    edge_values: Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    backend: BackendName = "auto",
+) -> AttentionOutput:
+    """:func:`graph_attention`, also returning the attention weights and the backend that ran.
+
+    The arguments are :func:`graph_attention`'s. The weights are part of the autograd graph
+    (the output is computed from them), so gradient-based explanations can use them.
+
+    Shapes:
+        - q, k, v: as :func:`graph_attention`.
+        - returns ``out`` ``([B,] H, Nd, Dv)``; ``attention`` per edge ``([B,] E, H)`` or
+          dense ``([B,] H, Nd, Ns)``, as the graph's ``weights_layout`` says (see
+          :class:`AttentionWeights`).
+
+    Example:
+        >>> import torch
+        >>> from graphattn import Graph, graph_attention_with_weights
+        >>> q = k = v = torch.randn(2, 4, 16, 8)  # (B, H, N, D)
+        >>> res = graph_attention_with_weights(q, k, v, Graph.window(16, 2))
+        >>> res.out.shape, res.attention.to_dense().shape
+        (torch.Size([2, 4, 16, 8]), torch.Size([2, 4, 16, 16]))
+    """
+    return graph_attention(
+        q,
+        k,
+        v,
+        graph,
+        score=score,
+        attn_bias=attn_bias,
+        edge_features=edge_features,
+        edge_values=edge_values,
+        dropout_p=dropout_p,
+        scale=scale,
+        need_weights=WITH_WEIGHTS,
+        backend=backend,
+    )
 
 
 def _make_call(

@@ -43,7 +43,7 @@ from ._pyg import is_sparse_adjacency
 from .functional import BackendName, graph_attention
 from .graph import Graph
 
-__all__ = ["HGTConv", "edge_type_key"]
+__all__ = ["HGTConv", "TypedLinear", "edge_type_key"]
 
 NodeType = str
 EdgeType = tuple[str, str, str]
@@ -352,4 +352,141 @@ class HGTConv(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, heads={self.heads}, "
             f"node_types={len(self.node_types)}, edge_types={len(self.edge_types)}"
+        )
+
+
+class TypedLinear(nn.Module):
+    """One affine map per node type, each node through its own type's:
+    ``y_n = W[t_n] x_n + b[t_n]``.
+
+    HGT's per-type projections (:class:`HGTConv`'s ``q_lin``, ``k_lin``, ``v_lin``,
+    ``out_lin``) for nodes of several types that sit in one tensor, e.g. the fused node sets
+    of several modalities (:class:`modalities.fusion.ModalityTransformer`), instead of one
+    tensor per type. The same map as PyG's ``HeteroLinear`` on a type vector; the weights are
+    stored as ``nn.Linear``'s, one ``(F_out, F_in)`` slice per type.
+
+    Args:
+        in_features: input width ``F_in``.
+        out_features: output width ``F_out``.
+        num_types: node types ``T``.
+        bias: a bias per type.
+        device: where the parameters live.
+        dtype: the parameters' dtype.
+
+    Attributes:
+        weight: ``(T, F_out, F_in)``.
+        bias: ``(T, F_out)`` or ``None``.
+
+    Shapes:
+        - x: ``(..., N, F_in)``; node_type: ``(N,)`` integer ids in ``[0, T)``
+        - returns ``(..., N, F_out)``
+
+    Example:
+        >>> import torch
+        >>> lin = TypedLinear(4, 8, num_types=2)
+        >>> x = torch.randn(3, 5, 4)  # (B, N, F_in)
+        >>> y = lin(x, torch.tensor([0, 0, 1, 1, 1]))
+        >>> y.shape, torch.allclose(y[:, 2:], x[:, 2:] @ lin.weight[1].T + lin.bias[1])
+        (torch.Size([3, 5, 8]), True)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_types: int,
+        *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int("in_features", in_features)
+        self.out_features = check_int("out_features", out_features)
+        self.num_types = check_int("num_types", num_types)
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(num_types, out_features, in_features, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(num_types, out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, num_types: int) -> TypedLinear:
+        """Every type a copy of ``linear`` (a shared projection made per-type: same outputs
+        until training moves the types apart)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            num_types,
+            bias=linear.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            new.weight.copy_(w.expand_as(new.weight))
+            if new.bias is not None:
+                new.bias.copy_(linear.bias.expand_as(new.bias))
+        return new
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation, type by type (fan-in ``F_in``)."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        for t in range(self.num_types):
+            nn.init.kaiming_uniform_(self.weight[t], a=math.sqrt(5))
+            if self.bias is not None:
+                nn.init.uniform_(self.bias[t], -bound, bound)
+
+    def forward(self, x: Tensor, node_type: Tensor) -> Tensor:
+        """Project every node with its type's weights.
+
+        Args:
+            x: node features, nodes on the second-to-last axis.
+            node_type: the type id of every node.
+
+        Shapes:
+            - x: ``(..., N, F_in)``; node_type: ``(N,)``; returns ``(..., N, F_out)``.
+        """
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[-1] != self.in_features:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be (..., N, F_in={self.in_features}), got {shape}")
+        n = x.shape[-2]
+        if (
+            not isinstance(node_type, Tensor)
+            or node_type.dim() != 1
+            or node_type.dtype.is_floating_point
+            or node_type.dtype == torch.bool
+            or node_type.shape[0] != n
+        ):
+            shape = (
+                f"{tuple(node_type.shape)} {node_type.dtype}"
+                if isinstance(node_type, Tensor)
+                else type(node_type).__name__
+            )
+            raise ValueError(f"node_type must be integer ids of shape (N={n},), got {shape}")
+        node_type = node_type.to(x.device)
+        if n and (int(node_type.min()) < 0 or int(node_type.max()) >= self.num_types):
+            raise ValueError(
+                f"node_type must lie in [0, num_types={self.num_types}), got ids from "
+                f"{int(node_type.min())} to {int(node_type.max())}"
+            )
+        # nodes grouped by type (stable: the fused layout's contiguous blocks stay in place)
+        order = torch.argsort(node_type, stable=True)  # (N,)
+        counts = torch.bincount(node_type, minlength=self.num_types).tolist()  # T ints
+        parts = x.index_select(-2, order).split(counts, dim=-2)  # T x (..., N_t, F_in)
+        outs = [
+            F.linear(part, self.weight[t], None if self.bias is None else self.bias[t])
+            for t, part in enumerate(parts)
+        ]  # T x (..., N_t, F_out)
+        grouped = torch.cat(outs, dim=-2)  # (..., N, F_out) in type order
+        return grouped.index_select(-2, torch.argsort(order))  # (..., N, F_out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"num_types={self.num_types}, bias={self.bias is not None}"
         )

@@ -23,9 +23,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ._checks import check_int, renamed
+from ._checks import WITH_WEIGHTS, check_int, renamed, weights_flag
 from ._finite import zero_padded_nodes
 from .attention import GraphAttention, RotaryFn
+from .decoding import (
+    KVCache,
+    PositionalRotary,
+    check_step_input,
+    layer_step,
+    transformer_step,
+)
 from .functional import AttentionWeights, BackendName, ScoreLike
 from .graph import Graph
 from .scores import Score
@@ -43,7 +50,7 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F
 
 @dataclass
 class LayerOutput:
-    """What ``GraphTransformerLayer(..., need_weights=True)`` returns.
+    """What :meth:`GraphTransformerLayer.forward_with_weights` returns.
 
     Attributes:
         out: the layer output, shaped like its input ``([B,] N, C)``.
@@ -56,7 +63,7 @@ class LayerOutput:
 
 @dataclass
 class TransformerOutput:
-    """What ``GraphTransformer(..., need_weights=True)`` returns.
+    """What :meth:`GraphTransformer.forward_with_weights` returns.
 
     Attributes:
         out: the final node features ``([B,] N, C)``.
@@ -229,7 +236,7 @@ class GraphTransformerLayer(nn.Module):
         need_weights: bool = False,
         bias: Tensor | None = None,
         return_attention: bool | None = None,
-    ) -> Tensor | LayerOutput:
+    ) -> Tensor:
         """Run the layer.
 
         Args:
@@ -241,7 +248,8 @@ class GraphTransformerLayer(nn.Module):
                 ``(…, H, N, N)``.
             rotary: a ``(q, k) -> (q, k)`` transform such as
                 :class:`~graphattn.RotaryEmbedding`.
-            need_weights: also return the attention weights.
+            need_weights: deprecated: ``True`` returns a :class:`LayerOutput`, with a
+                ``FutureWarning``; call :meth:`forward_with_weights` instead.
             bias: the old name of ``attn_bias`` (deprecated).
             return_attention: the old name of ``need_weights`` (deprecated).
 
@@ -249,12 +257,16 @@ class GraphTransformerLayer(nn.Module):
             - x: ``([B,] N, C)``; returns ``([B,] N, C)``.
 
         Returns:
-            The output, or a :class:`LayerOutput` when ``need_weights=True``.
+            The output (the weights: :meth:`forward_with_weights`).
         """
         attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
-        need_weights = renamed(
-            "need_weights", need_weights, "return_attention", return_attention, False
+        need_weights = weights_flag(
+            need_weights,
+            return_attention,
+            "GraphTransformerLayer.forward",
+            "GraphTransformerLayer.forward_with_weights",
         )
+        attend = self.self_attn.forward_with_weights if need_weights else self.self_attn
         x = zero_padded_nodes(x, key_padding_mask)  # NaN padding must not reach gradients
         kwargs = {
             "key_padding_mask": key_padding_mask,
@@ -264,13 +276,13 @@ class GraphTransformerLayer(nn.Module):
         }
         attention = None
         if self.norm_first:
-            h = self.self_attn(self.norm1(x), graph, need_weights=need_weights, **kwargs)
+            h = attend(self.norm1(x), graph, **kwargs)
             if need_weights:
                 h, attention = h.out, h.attention
             x = x + self.dropout1(h)  # ([B,] N, C)
             x = x + self._ff_block(self.norm2(x))
         else:
-            h = self.self_attn(x, graph, need_weights=need_weights, **kwargs)
+            h = attend(x, graph, **kwargs)
             if need_weights:
                 h, attention = h.out, h.attention
             x = self.norm1(x + self.dropout1(h))  # ([B,] N, C)
@@ -278,6 +290,44 @@ class GraphTransformerLayer(nn.Module):
         if need_weights:
             return LayerOutput(x, attention)
         return x
+
+    def forward_with_weights(
+        self, x: Tensor, graph: Graph | Tensor | None = None, **kwargs: Any
+    ) -> LayerOutput:
+        """:meth:`forward`, also returning the self-attention weights.
+
+        Takes :meth:`forward`'s arguments (``key_padding_mask``, ``edge_attr``,
+        ``attn_bias``, ``rotary``); forward hooks do not run.
+
+        Shapes:
+            - x: ``([B,] N, C)``; ``out`` ``([B,] N, C)``; ``attention`` per edge or dense
+              (see :class:`~graphattn.AttentionWeights`).
+        """
+        return GraphTransformerLayer.forward(self, x, graph, need_weights=WITH_WEIGHTS, **kwargs)
+
+    def decode_step(
+        self, x: Tensor, cache: KVCache, *, rotary: PositionalRotary | None = None
+    ) -> Tensor:
+        """Run the layer on ``T`` new positions of a causal or causal-window graph, attending
+        to the positions ``cache`` holds and to themselves; ``cache`` takes their keys and
+        values (see :mod:`graphattn.decoding`).
+
+        In evaluation mode, the steps of a sequence give the rows of :meth:`forward` on the
+        whole sequence with the cache's graph, up to rounding.
+
+        Args:
+            x: the new positions' features, batch first.
+            cache: this layer's :class:`~graphattn.decoding.KVCache`
+                (``KVCache.for_graph(graph)``; the first step fixes its batch size).
+            rotary: a rotary embedding with a ``rotate(x, positions)`` method (a
+                :class:`~graphattn.RotaryEmbedding`), the one :meth:`forward` is given;
+                ``None``: none.
+
+        Shapes:
+            - x: ``(B, T, C)``; returns ``(B, T, C)``.
+        """
+        check_step_input(x, self.embed_dim)
+        return layer_step(self, x, cache, rotary)
 
     def _ff_block(self, x: Tensor) -> Tensor:
         h = self.dropout(self.activation(self.linear1(x)))  # ([B,] N, F)
@@ -446,7 +496,7 @@ class GraphTransformer(nn.Module):
         need_weights: bool = False,
         bias: Tensor | Sequence[Tensor | None] | None = None,
         return_attention: bool | None = None,
-    ) -> Tensor | TransformerOutput:
+    ) -> Tensor:
         """Run all layers.
 
         Args:
@@ -459,7 +509,8 @@ class GraphTransformer(nn.Module):
             attn_bias: additive score bias (see :class:`GraphTransformerLayer`), or one per
                 layer.
             rotary: a ``(q, k) -> (q, k)`` transform applied in every layer.
-            need_weights: also return every layer's attention weights.
+            need_weights: deprecated: ``True`` returns a :class:`TransformerOutput`, with a
+                ``FutureWarning``; call :meth:`forward_with_weights` instead.
             bias: the old name of ``attn_bias`` (deprecated).
             return_attention: the old name of ``need_weights`` (deprecated).
 
@@ -467,11 +518,14 @@ class GraphTransformer(nn.Module):
             - x: ``([B,] N, C)``; returns ``([B,] N, C)``.
 
         Returns:
-            The output, or a :class:`TransformerOutput` when ``need_weights=True``.
+            The output (every layer's weights: :meth:`forward_with_weights`).
         """
         attn_bias = renamed("attn_bias", attn_bias, "bias", bias, None)
-        need_weights = renamed(
-            "need_weights", need_weights, "return_attention", return_attention, False
+        need_weights = weights_flag(
+            need_weights,
+            return_attention,
+            "GraphTransformer.forward",
+            "GraphTransformer.forward_with_weights",
         )
         num = len(self.layers)
         graphs = _per_layer("graph", graph, num, (Graph, Tensor))
@@ -485,12 +539,12 @@ class GraphTransformer(nn.Module):
                 "edge_attr": ea,
                 "attn_bias": b,
                 "rotary": rotary,
-                "need_weights": need_weights,
             }
+            run = layer.forward_with_weights if need_weights else layer
             if use_checkpoint:
-                res = _checkpoint(layer, x, g, use_reentrant=False, **kwargs)
+                res = _checkpoint(run, x, g, use_reentrant=False, **kwargs)
             else:
-                res = layer(x, g, **kwargs)
+                res = run(x, g, **kwargs)
             if need_weights:
                 attentions.append(res.attention)
                 res = res.out
@@ -500,6 +554,71 @@ class GraphTransformer(nn.Module):
         if need_weights:
             return TransformerOutput(x, attentions)
         return x
+
+    def forward_with_weights(
+        self,
+        x: Tensor,
+        graph: Graph | Tensor | Sequence[Graph | Tensor | None] | None = None,
+        **kwargs: Any,
+    ) -> TransformerOutput:
+        """:meth:`forward`, also returning every layer's attention weights (first layer
+        first), e.g. for :func:`~graphattn.attention_rollout` or
+        :func:`~graphattn.grad_attention`.
+
+        Takes :meth:`forward`'s arguments (``key_padding_mask``, ``edge_attr``,
+        ``attn_bias``, ``rotary``); forward hooks do not run.
+
+        Shapes:
+            - x: ``([B,] N, C)``; ``out`` ``([B,] N, C)``; ``attentions``: ``L`` entries.
+        """
+        return GraphTransformer.forward(self, x, graph, need_weights=WITH_WEIGHTS, **kwargs)
+
+    def init_cache(self, graph: Graph | Sequence[Graph]) -> list[KVCache]:
+        """Empty key-value caches for :meth:`decode_step`, one per layer.
+
+        Args:
+            graph: the graph :meth:`forward` runs on, ``Graph.causal(n)`` or
+                ``Graph.window(n, radius, causal=True)``, or a list with one per layer. A
+                causal cache holds up to ``n`` positions; a window cache the last ``radius``
+                positions, for any number of steps.
+        """
+        graphs = _per_layer("graph", graph, len(self.layers), (Graph,))
+        return [KVCache.for_graph(g) for g in graphs]
+
+    def decode_step(
+        self, x: Tensor, cache: list[KVCache], *, rotary: PositionalRotary | None = None
+    ) -> Tensor:
+        """Run all layers on ``T`` new positions (one generated token, or a prompt), using and
+        extending ``cache`` (see :mod:`graphattn.decoding`).
+
+        In evaluation mode, the steps of a sequence give the rows of :meth:`forward` on the
+        whole sequence with the caches' graphs, up to rounding. A step that would pass a
+        causal cache's length is refused before any cache changes.
+
+        Args:
+            x: the new positions' features, batch first.
+            cache: one :class:`~graphattn.decoding.KVCache` per layer, from
+                :meth:`init_cache`.
+            rotary: a rotary embedding with a ``rotate(x, positions)`` method (a
+                :class:`~graphattn.RotaryEmbedding`), the one :meth:`forward` is given;
+                ``None``: none.
+
+        Shapes:
+            - x: ``(B, T, C)``; returns ``(B, T, C)``.
+
+        Example:
+            >>> from graphattn import Graph, RotaryEmbedding
+            >>> model = GraphTransformer(2, 16, 4, dim_feedforward=32).eval()
+            >>> cache, rope = model.init_cache(Graph.causal(8)), RotaryEmbedding(4)
+            >>> model.decode_step(torch.randn(3, 5, 16), cache, rotary=rope).shape  # prompt
+            torch.Size([3, 5, 16])
+            >>> model.decode_step(torch.randn(3, 1, 16), cache, rotary=rope).shape
+            torch.Size([3, 1, 16])
+            >>> cache[0].length, cache[0].keys.shape
+            (6, torch.Size([3, 4, 6, 4]))
+        """
+        check_step_input(x, self.layers[0].embed_dim)
+        return transformer_step(self, x, cache, rotary)
 
     def extra_repr(self) -> str:
         first = self.layers[0]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import GraphAttention
-from .functional import BackendName, graph_attention
+from .functional import BackendName, graph_attention, graph_attention_with_weights
 from .graph import Graph
 
 __all__ = ["MultiheadAttention"]
@@ -126,9 +126,10 @@ class MultiheadAttention(GraphAttention):
             new.load_state_dict(mha.state_dict(), strict=True)
         return new
 
-    def attend(self, x: Tensor, graph: Graph | Tensor | None = None, **kwargs: Any) -> Any:
+    def attend(self, x: Tensor, graph: Graph | Tensor | None = None, **kwargs: Any) -> Tensor:
         """The graph-native call of :class:`~graphattn.GraphAttention`
-        (``attend(x, graph, x_src=..., key_padding_mask=..., need_weights=...)``)."""
+        (``attend(x, graph, x_src=..., key_padding_mask=...)``); with the weights:
+        :meth:`~graphattn.GraphAttention.forward_with_weights`, inherited as it is."""
         return super().forward(x, graph, **kwargs)
 
     def forward(  # type: ignore[override]
@@ -167,14 +168,13 @@ class MultiheadAttention(GraphAttention):
         graph = None
         if is_causal and attn_mask is None:
             graph = Graph.causal(lq, device=q.device) if lq == s else None
-        res = graph_attention(
+        res = (graph_attention_with_weights if need_weights else graph_attention)(
             q,
             k,
             v,
             graph,
             attn_bias=bias,
             dropout_p=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
             score=self.score,
             backend=self.backend,
         )

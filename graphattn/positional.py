@@ -28,6 +28,8 @@ adjacency and are meant for graphs of up to a few thousand nodes.
 from __future__ import annotations
 
 import math
+import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +48,8 @@ __all__ = [
     "RelativePositionBias1D",
     "RelativePositionBias2D",
     "laplacian_eigenvector_pe",
+    "laplacian_eigenpairs",
+    "LaplacianEigenpairs",
     "LaplacianPE",
     "random_walk_pe",
     "shortest_path_distance",
@@ -673,7 +677,7 @@ def laplacian_eigenvector_pe(
     k: int = 8,
     *,
     return_eigenvalues: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+) -> Tensor:
     """Laplacian eigenvector positional encoding (Dwivedi et al., 2020, "Benchmarking Graph
     Neural Networks"; PyG's ``AddLaplacianEigenvectorPE``).
 
@@ -688,10 +692,49 @@ def laplacian_eigenvector_pe(
         graph: a square :class:`~graphattn.Graph` or an ``edge_index`` ``(2, E)``.
         num_nodes: ``N`` (default: the graph's, or ``max index + 1``).
         k: number of eigenvectors ``K``; when ``K >= N`` the missing columns are zeros.
-        return_eigenvalues: also return the eigenvalues ``(K,)`` (zeros for padding).
+        return_eigenvalues: deprecated: ``True`` returns ``(eigenvectors, eigenvalues)``,
+            with a ``FutureWarning``; call :func:`laplacian_eigenpairs` instead.
 
     Shapes:
-        - returns ``(N, K)`` float32 (and ``(K,)``).
+        - returns ``(N, K)`` float32.
+    """
+    pairs = laplacian_eigenpairs(graph, num_nodes, k)
+    if return_eigenvalues:
+        warnings.warn(
+            "laplacian_eigenvector_pe(..., return_eigenvalues=True) is deprecated (one return "
+            "type per function): call laplacian_eigenpairs(...), which returns both",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return pairs
+    return pairs.vectors
+
+
+class LaplacianEigenpairs(NamedTuple):
+    """What :func:`laplacian_eigenpairs` returns (unpacks as ``vectors, values``).
+
+    Attributes:
+        vectors: the eigenvectors ``(N, K)`` float32, zero columns where ``K >= N``.
+        values: their eigenvalues ``(K,)`` float32, ascending, zeros for padding.
+    """
+
+    vectors: Tensor
+    values: Tensor
+
+
+def laplacian_eigenpairs(
+    graph: Graph | Tensor, num_nodes: int | None = None, k: int = 8
+) -> LaplacianEigenpairs:
+    """The eigenvectors of :func:`laplacian_eigenvector_pe` with their eigenvalues (e.g. for
+    SignNet-style encoders or a spectral filter).
+
+    Args:
+        graph: a square :class:`~graphattn.Graph` or an ``edge_index`` ``(2, E)``.
+        num_nodes: ``N`` (default: the graph's, or ``max index + 1``).
+        k: number of eigenpairs ``K`` after the first (the constant eigenvector).
+
+    Shapes:
+        - returns ``vectors`` ``(N, K)`` and ``values`` ``(K,)``, float32.
     """
     check_int("k", k)
     adj, n = _dense_adjacency(graph, num_nodes)
@@ -706,9 +749,7 @@ def laplacian_eigenvector_pe(
     pe[:, :take] = evecs[:, 1 : 1 + take]
     vals = evals.new_zeros(k)
     vals[:take] = evals[1 : 1 + take]
-    if return_eigenvalues:
-        return pe.float(), vals.float()
-    return pe.float()
+    return LaplacianEigenpairs(pe.float(), vals.float())
 
 
 class LaplacianPE(nn.Module):

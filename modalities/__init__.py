@@ -2,7 +2,8 @@
 
 Every adapter returns a :class:`NodeSet` (features ``(B, N, D)``, a mask of real nodes,
 positions, a modality label); :func:`fuse` / :class:`ModalityFusion` join node sets of several
-modalities into one graph for :class:`graphattn.GraphAttention` and the transformer layers.
+modalities into one graph for :class:`graphattn.GraphAttention` and the transformer layers;
+:class:`ModalityTransformer` runs on it with one attention projection per modality.
 
 ==========================  ===================================================  ============
 adapter                     input                                                module
@@ -11,6 +12,8 @@ adapter                     input                                               
 ``PatchAdapter``            images ``(B, C, H, W)``: ViT patches                 ``image``
 ``CNNFeatureAdapter``       images: cells of a torchvision CNN feature map       ``image``
 ``AudioFrameAdapter``       waveforms: log-mel frames or AST patches             ``audio``
+``UtteranceNorm``           log-mel hook: per-utterance mean/variance norm       ``audio``
+``SpecAugment``             log-mel hook: frequency and time masks (training)    ``audio``
 ``RLStateEncoder``          vectors, entities, any gymnasium space -> heads      ``rl``
 ==========================  ===================================================  ============
 
@@ -31,8 +34,17 @@ installs a top-level package named ``modalities``; the two cannot share one envi
 """
 
 from ._common import masked_mean
-from .audio import AudioFrameAdapter, load_wav
-from .fusion import LATENT, FusedGraph, FusionMode, ModalityFusion, fuse
+from .audio import AudioFrameAdapter, SpecAugment, SpecTransform, UtteranceNorm, load_wav
+from .fusion import (
+    LATENT,
+    FusedGraph,
+    FusionMode,
+    ModalityAttention,
+    ModalityFusion,
+    ModalityTransformer,
+    ModalityTransformerLayer,
+    fuse,
+)
 from .image import CNNFeatureAdapter, PatchAdapter, conv_stem
 from .nodes import GraphKind, NodeSet, PositionKind
 from .rl import EntitySpec, RLOutput, RLStateEncoder
@@ -61,6 +73,9 @@ __all__ = [
     "conv_stem",
     "load_wav",
     "AudioFrameAdapter",
+    "SpecTransform",
+    "UtteranceNorm",
+    "SpecAugment",
     "EntitySpec",
     "RLOutput",
     "RLStateEncoder",
@@ -69,4 +84,7 @@ __all__ = [
     "fuse",
     "ModalityFusion",
     "LATENT",
+    "ModalityAttention",
+    "ModalityTransformerLayer",
+    "ModalityTransformer",
 ]

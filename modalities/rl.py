@@ -437,8 +437,11 @@ class RLStateEncoder(nn.Module):
             mask = None if mask is None else mask[None]
         x, mask = self.embed(obs, mask)  # (B, N, D), (B, N)
         kpm = None if bool(mask.all()) else ~mask
-        res = self.encoder(x, key_padding_mask=kpm, need_weights=need_weights)
-        nodes, attentions = (res.out, res.attentions) if need_weights else (res, None)
+        if need_weights:
+            res = self.encoder.forward_with_weights(x, key_padding_mask=kpm)
+            nodes, attentions = res.out, res.attentions
+        else:
+            nodes, attentions = self.encoder(x, key_padding_mask=kpm), None
         emb = masked_mean(nodes, mask)  # (B, D): mean over real nodes
         return emb, nodes, attentions, unbatched
 

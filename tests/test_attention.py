@@ -246,7 +246,7 @@ def test_attention_weights_match_transformer_conv(edge_dim, gen):
     x, ei, ea = _pyg_inputs(gen, edge_dim=edge_dim)
     _, (ei_ref, alpha) = conv(x, ei, ea, return_attention_weights=True)
     assert torch.equal(ei_ref, ei)
-    res = ga(x, ei, edge_attr=ea, need_weights=True)
+    res = ga.forward_with_weights(x, ei, edge_attr=ea)
     assert res.attention.layout == "edges"
     assert res.attention.values.shape == (ei.shape[1], H)
     torch.testing.assert_close(res.attention.values, alpha, rtol=0, atol=1e-6)
@@ -264,7 +264,7 @@ def test_return_attention_matches_multihead_attention(backend, padded, gen):
     x = torch.randn(2, 7, C, generator=gen)
     kpm = _kpm() if padded else None
     ref_out, ref_w = mha(x, x, x, key_padding_mask=kpm, average_attn_weights=False)
-    res = ga(x, key_padding_mask=kpm, need_weights=True)
+    res = ga.forward_with_weights(x, key_padding_mask=kpm)
     assert res.backend in ("dense", "edges") and (backend == "auto" or res.backend == backend)
     assert res.attention.layout == "dense"
     assert res.attention.values.shape == (2, H, 7, 7)
@@ -279,7 +279,7 @@ def test_return_attention_unbatched_matches_multihead_attention(backend, gen):
     ga = GraphAttention.from_multihead_attention(mha, backend=backend)
     x = torch.randn(5, C, generator=gen)
     _, ref_w = mha(x, x, x, average_attn_weights=False)  # (H, N, N)
-    res = ga(x, need_weights=True)
+    res = ga.forward_with_weights(x)
     assert not res.attention.batched and res.attention.values.shape == (H, 5, 5)
     torch.testing.assert_close(res.attention.values, ref_w, rtol=0, atol=1e-6)
     assert res.attention.to_edges().shape == (25, H)
@@ -290,7 +290,7 @@ def test_return_attention_unbatched_edge_list(backend, gen):
     ga = GraphAttention(C, H, backend=backend)
     x = torch.randn(6, C, generator=gen)
     ei = torch.randint(0, 6, (2, 14), generator=gen)
-    res = ga(x, ei, need_weights=True)
+    res = ga.forward_with_weights(x, ei)
     assert res.attention.layout == "edges" and res.attention.values.shape == (14, H)
     dense = res.attention.to_dense()  # (H, Nd, Ns)
     has_in_edge = torch.zeros(6, dtype=torch.bool)
@@ -434,7 +434,7 @@ def test_sequence_first_like_multihead_attention(backend, gen):
     out = ga(x, x_src=y, key_padding_mask=pad)
     assert out.shape == (7, 2, C)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    res = ga(x, x_src=y, key_padding_mask=pad, need_weights=True)
+    res = ga.forward_with_weights(x, x_src=y, key_padding_mask=pad)
     torch.testing.assert_close(res.out, ref, rtol=1e-5, atol=1e-6)
     assert ga(x[:, 0]).shape == (7, C)  # unbatched inputs are the same either way
 
@@ -446,11 +446,11 @@ def test_old_keyword_names_still_work_with_a_future_warning(gen):
     ga = GraphAttention(C, H)
     x = torch.randn(2, 5, C, generator=gen)
     bias = torch.randn(1, H, 5, 5, generator=gen)
-    new = ga(x, attn_bias=bias, need_weights=True)
+    new = ga.forward_with_weights(x, attn_bias=bias)
     with pytest.warns(FutureWarning, match=r"bias= is now called attn_bias="):
-        old = ga(x, bias=bias, need_weights=True)
+        old = ga.forward_with_weights(x, bias=bias)
     torch.testing.assert_close(old.out, new.out)
-    with pytest.warns(FutureWarning, match=r"return_attention= is now called need_weights="):
+    with pytest.warns(FutureWarning, match=r"call GraphAttention.forward_with_weights"):
         assert ga(x, return_attention=True).backend == new.backend
     with pytest.raises(
         TypeError, match=r"bias= is the old name of attn_bias=; pass attn_bias= only"

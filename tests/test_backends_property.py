@@ -9,7 +9,7 @@ from conftest import dense_reference, edge_bias_as_dense, edge_counts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphattn import Graph, graph_attention
+from graphattn import Graph, graph_attention, graph_attention_with_weights
 
 SETTINGS = settings(
     max_examples=40,
@@ -108,8 +108,8 @@ def test_backends_agree_with_each_other_and_the_reference(p):
 def test_weights_agree_and_normalise(p):
     graph, q, k, v, bias = _inputs(p)
     with torch.no_grad():
-        wd = graph_attention(q, k, v, graph, attn_bias=bias, need_weights=True, backend="dense")
-        we = graph_attention(q, k, v, graph, attn_bias=bias, need_weights=True, backend="edges")
+        wd = graph_attention_with_weights(q, k, v, graph, attn_bias=bias, backend="dense")
+        we = graph_attention_with_weights(q, k, v, graph, attn_bias=bias, backend="edges")
     assert wd.attention.layout == we.attention.layout == "edges"
     torch.testing.assert_close(wd.attention.values, we.attention.values, rtol=0, atol=1e-9)
     dense = we.attention.to_dense()  # (B, H, Nd, Ns)

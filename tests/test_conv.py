@@ -49,7 +49,7 @@ def _compare(pyg_conv, gen, in_channels, *, ns=9, nd=None, edge_dim=None, backen
         if pyg:
             out, (edges, alpha) = conv(x, ei, ea, return_attention_weights=True)
         else:
-            res = conv(x, ei, ea, need_weights=True)
+            res = conv.forward_with_weights(x, ei, ea)
             assert isinstance(res, ConvOutput)
             out, edges, alpha = res.out, res.edge_index, res.attention.values
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -175,7 +175,7 @@ def test_dense_backend_on_complete_graph_matches_pyg(conv_cls, gen):
     conv = getattr(pyg_nn, conv_cls)(5, 4, heads=2, **kw).double().eval()
     ours = graphattn.from_pyg(conv)
     x = torch.randn(n, 5, generator=gen, dtype=F64)
-    res = ours(x, ei, need_weights=True)
+    res = ours.forward_with_weights(x, ei)
     assert res.backend == "dense"
     torch.testing.assert_close(res.out, conv(x, ei), rtol=0, atol=1e-12)
     forced = graphattn.from_pyg(conv, backend="edges")(x, ei)
@@ -240,11 +240,11 @@ def test_self_loop_cache_follows_the_tensor(gen):
     conv = graphattn.GATConv(5, 4, heads=2).double()
     x = torch.randn(6, 5, generator=gen, dtype=F64)
     ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
-    first = conv(x, ei, need_weights=True)
-    again = conv(x, ei, need_weights=True)
+    first = conv.forward_with_weights(x, ei)
+    again = conv.forward_with_weights(x, ei)
     assert again.attention.graph is first.attention.graph  # same tensor: reused
     ei[0, 0] = 4  # in place: the version counter changes, the graph is rebuilt
-    changed = conv(x, ei, need_weights=True)
+    changed = conv.forward_with_weights(x, ei)
     assert changed.attention.graph is not first.attention.graph
     assert changed.edge_index[0, 0] == 4
     pyg = pyg_nn.GATConv(5, 4, heads=2).double()

@@ -15,6 +15,7 @@ from graphattn import (
     GraphTransformer,
     MultiheadAttention,
     graph_attention,
+    graph_attention_with_weights,
     kernels,
     scores,
 )
@@ -120,7 +121,7 @@ def test_cuda_weights_and_no_edge_rows():
     graph = Graph.from_edge_index(torch.tensor([[0, 1, 2], [1, 1, 3]]), 5).to(CUDA)
     q = torch.randn(1, 2, 5, 4, device=CUDA)
     for backend in ("edges", "dense"):
-        res = graph_attention(q, q, q, graph, need_weights=True, backend=backend)
+        res = graph_attention_with_weights(q, q, q, graph, backend=backend)
         assert torch.isfinite(res.out).all()
         assert (res.out[:, :, [0, 2, 4]] == 0).all()  # no in-edges: a zero message
     out = graph_attention(q, q, q, graph, backend="fused")

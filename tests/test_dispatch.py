@@ -18,6 +18,7 @@ from graphattn import (
     backends,
     choose_backend,
     graph_attention,
+    graph_attention_with_weights,
     scores,
 )
 from graphattn.backends import AttentionCall, Backend, BackendResult, EdgesBackend
@@ -94,7 +95,7 @@ def test_new_graph_kind_gets_the_same_weights_from_every_backend(score, gen):
     v = torch.randn(2, 2, 5, 3, generator=gen)
     outs = {}
     for backend in ("dense", "edges"):
-        res = graph_attention(q, k, v, g, score=score, need_weights=True, backend=backend)
+        res = graph_attention_with_weights(q, k, v, g, score=score, backend=backend)
         assert res.attention.layout == "edges" == g.weights_layout
         assert res.attention.values.shape == (2, g.num_edges, 2)
         outs[backend] = res
@@ -158,7 +159,7 @@ def test_auto_order_follows_the_policy():
 
 def test_auto_sends_scores_without_dense_form_to_edges(gen):
     q, k, v = _qkv(1, 2, 6, 6, 3, gen)
-    res = graph_attention(
-        q, k, v, Graph.complete(6), score=scores.GATv2(torch.randn(2, 3)), need_weights=True
+    res = graph_attention_with_weights(
+        q, k, v, Graph.complete(6), score=scores.GATv2(torch.randn(2, 3))
     )
     assert res.backend == "edges" and res.attention.layout == "dense"

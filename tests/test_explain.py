@@ -17,6 +17,7 @@ from graphattn.explain import (
     attention_rollout,
     force_dense_backend,
     grad_attention,
+    grad_attention_by_role,
     head_statistics,
     perturbation_check,
     summarize_by_modality,
@@ -36,7 +37,7 @@ class Stack(nn.Module):
     def forward(self, x, graph=None, key_padding_mask=None):
         attentions = []
         for layer in self.layers:
-            res = layer(x, graph, key_padding_mask=key_padding_mask, need_weights=True)
+            res = layer.forward_with_weights(x, graph, key_padding_mask=key_padding_mask)
             x = x + res.out
             attentions.append(res.attention)
         return x, attentions
@@ -198,11 +199,11 @@ def test_grad_attention_cross_attention_finds_the_deciding_source(gen):
     src, flag = _flagged_inputs(4, N, gen)
     query = torch.zeros(4, 1, 4)
     query[..., 0] = 1.0
-    res_enc = enc(src, need_weights=True)
+    res_enc = enc.forward_with_weights(src)
     s = src + res_enc.out
-    res_x = cross(query, x_src=s, need_weights=True)
+    res_x = cross.forward_with_weights(query, x_src=s)
     y = (query + res_x.out)[:, 0, 2]
-    rel = grad_attention(y, [res_enc.attention, res_x.attention], roles=[("s", "s"), ("q", "s")])
+    rel = grad_attention_by_role(y, [res_enc.attention, res_x.attention], [("s", "s"), ("q", "s")])
     assert set(rel) == {("s", "s"), ("q", "q"), ("q", "s"), ("s", "q")}
     assert rel["q", "s"].shape == (4, 1, N)
     assert torch.equal(rel["q", "s"][:, 0].argmax(-1), flag)
@@ -227,15 +228,15 @@ def test_grad_attention_roles_follow_detr_generator(gen):
     qry = torch.randn(2, nq, C, generator=gen)
     atts = []
     for layer in enc:
-        res = layer(img, need_weights=True)
+        res = layer.forward_with_weights(img)
         img, _ = img + res.out, atts.append(res.attention)
-    res = dec_self(qry, need_weights=True)
+    res = dec_self.forward_with_weights(qry)
     qry, _ = qry + res.out, atts.append(res.attention)
-    res = dec_cross(qry, x_src=img, need_weights=True)
+    res = dec_cross.forward_with_weights(qry, x_src=img)
     qry, _ = qry + res.out, atts.append(res.attention)
     score = qry[:, 1].square().sum(-1)
     roles = [("i", "i"), ("i", "i"), ("q", "q"), ("q", "i")]
-    rel = grad_attention(score, atts, roles=roles, retain_graph=True)
+    rel = grad_attention_by_role(score, atts, roles, retain_graph=True)
 
     grads = torch.autograd.grad(score.sum(), [a.values for a in atts])
     cams = [(g * a.values).clamp(min=0).mean(1) for g, a in zip(grads, atts, strict=True)]
@@ -306,7 +307,7 @@ def test_head_statistics_uniform_causal_per_edge(gen):
     with torch.no_grad():
         attn.in_proj_weight[:C] = 0  # uniform attention over the in-edges
         attn.in_proj_bias.zero_()
-    res = attn(torch.randn(1, N, C, generator=gen), Graph.causal(N), need_weights=True)
+    res = attn.forward_with_weights(torch.randn(1, N, C, generator=gen), Graph.causal(N))
     stats = head_statistics(res.attention)
     expect = torch.log(torch.arange(1, N + 1).float()).mean()
     torch.testing.assert_close(stats.entropy, expect.expand(H))
@@ -318,7 +319,7 @@ def test_head_statistics_per_edge_equals_dense(padded, gen):
     attn = _random_layer(7, backend="edges")
     x = torch.randn(2, N, C, generator=gen)
     kpm = torch.tensor([[False] * N, [False] * 4 + [True] * 2]) if padded else None
-    res = attn(x, Graph.window(N, 2), key_padding_mask=kpm, need_weights=True)
+    res = attn.forward_with_weights(x, Graph.window(N, 2), key_padding_mask=kpm)
     assert res.attention.layout == "edges"
     dense = AttentionWeights(res.attention.to_dense(), res.attention.graph, "dense")
     a, b = head_statistics(res.attention), head_statistics(dense)
@@ -401,7 +402,7 @@ def test_modality_summary_rows_sum_to_one_and_match_loops(gen):
 def test_modality_summary_per_edge_equals_dense(gen):
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
     attn = _random_layer(8, backend="edges")
-    res = attn(torch.randn(2, N, C, generator=gen), Graph.window(N, 1), need_weights=True)
+    res = attn.forward_with_weights(torch.randn(2, N, C, generator=gen), Graph.window(N, 1))
     dense = AttentionWeights(res.attention.to_dense(), res.attention.graph, "dense")
     s = summarize_by_modality(res.attention, labels)
     torch.testing.assert_close(s, summarize_by_modality(dense, labels))
@@ -429,10 +430,10 @@ def _transformer(backend="edges"):
 def test_transformer_grad_attention_on_both_backends(gen):
     model = _transformer("edges")
     x = torch.randn(2, N, C, generator=gen)
-    res = model(x, need_weights=True)
+    res = model.forward_with_weights(x)
     rel_edges = grad_attention(res.out[:, 0].sum(), res.attentions)
     with force_dense_backend(model):
-        res = model(x, need_weights=True)
+        res = model.forward_with_weights(x)
     assert all(layer.self_attn.backend == "edges" for layer in model.layers)
     rel = grad_attention(res.out[:, 0].sum(), res.attentions)
     assert rel.shape == (2, N, N) and torch.isfinite(rel).all()
@@ -446,7 +447,7 @@ def test_transformer_attention_records_explain_on_both_layouts(gen):
     model = _transformer("edges")
     x = torch.randn(2, N, C, generator=gen)
     kpm = torch.tensor([[False] * N, [False] * 5 + [True]])
-    res = model(x, Graph.window(N, 2), key_padding_mask=kpm, need_weights=True)
+    res = model.forward_with_weights(x, Graph.window(N, 2), key_padding_mask=kpm)
     dense = [AttentionWeights(a.to_dense(), a.graph, "dense") for a in res.attentions]
     torch.testing.assert_close(attention_rollout(res.attentions), attention_rollout(dense))
     torch.testing.assert_close(
@@ -463,7 +464,7 @@ def test_transformer_attention_records_explain_on_both_layouts(gen):
 def test_transformer_perturbation_with_key_padding(gen):
     model = _transformer("auto")
     x = torch.randn(3, N, C, generator=gen)
-    res = model(x, need_weights=True)
+    res = model.forward_with_weights(x)
 
     def model_fn(x, key_padding_mask):
         return model(x, key_padding_mask=key_padding_mask)[:, 0]

@@ -21,7 +21,14 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from graphattn import Graph, GraphAttention, GraphTransformerLayer, auto_policy, graph_attention
+from graphattn import (
+    Graph,
+    GraphAttention,
+    GraphTransformerLayer,
+    auto_policy,
+    graph_attention,
+    graph_attention_with_weights,
+)
 from graphattn._finite import all_finite, zero_padded_nodes
 from graphattn.backends import BackendNotSupportedError, backend_names
 from graphattn.scores import GAT, Custom, GATv2
@@ -324,7 +331,7 @@ def test_a_call_too_big_for_the_machine_is_refused_with_reasons():
     """Weights of a complete graph of 2^20 nodes: terabytes on every backend."""
     q = torch.randn(1, 2, 1 << 20, 4)
     with pytest.raises(BackendNotSupportedError) as err:
-        graph_attention(q, q, q, None, need_weights=True)
+        graph_attention_with_weights(q, q, q, None)
     for name in ("dense", "edges"):
         assert f"{name}: would allocate about" in str(err.value)
 

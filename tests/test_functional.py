@@ -18,6 +18,7 @@ from graphattn import (
     Graph,
     choose_backend,
     graph_attention,
+    graph_attention_with_weights,
     segment_softmax,
 )
 
@@ -297,7 +298,7 @@ def test_weights(name, padded, with_bias, backend, gen):
     b, h, nd, ns = 2, 2, g.num_dst, g.num_src
     q, k, v = _qkv(b, h, nd, ns, 3, gen)
     bias = _randn(g.num_edges, h, gen=gen) if with_bias else None
-    res = graph_attention(q, k, v, g, attn_bias=bias, need_weights=True, backend=backend)
+    res = graph_attention_with_weights(q, k, v, g, attn_bias=bias, backend=backend)
     assert res.backend == backend
     torch.testing.assert_close(
         res.out, graph_attention(q, k, v, g, attn_bias=bias, backend=backend), rtol=0, atol=1e-12
@@ -328,7 +329,7 @@ def test_weights(name, padded, with_bias, backend, gen):
 def test_weights_round_trip(name, gen):
     g = GRAPHS[name]()
     q, k, v = _qkv(2, 2, g.num_dst, g.num_src, 3, gen)
-    w = graph_attention(q, k, v, g, need_weights=True, backend="edges").attention
+    w = graph_attention_with_weights(q, k, v, g, backend="edges").attention
     per_edge = w.to_edges()  # (B, E, H)
     dense = w.to_dense()
     back = AttentionWeights(dense, g, "dense").to_edges()
@@ -345,8 +346,8 @@ def test_per_edge_weights_agree_across_backends(name, with_bias, gen):
     g = GRAPHS[name]()
     q, k, v = _qkv(2, 2, g.num_dst, g.num_src, 3, gen)
     bias = _randn(2, g.num_edges, 2, gen=gen) if with_bias else None
-    wd = graph_attention(q, k, v, g, attn_bias=bias, need_weights=True, backend="dense").attention
-    we = graph_attention(q, k, v, g, attn_bias=bias, need_weights=True, backend="edges").attention
+    wd = graph_attention_with_weights(q, k, v, g, attn_bias=bias, backend="dense").attention
+    we = graph_attention_with_weights(q, k, v, g, attn_bias=bias, backend="edges").attention
     torch.testing.assert_close(wd.to_edges(), we.to_edges(), rtol=0, atol=1e-10)
 
 
@@ -355,11 +356,11 @@ def test_per_edge_weights_agree_across_backends(name, with_bias, gen):
 def test_unbatched_weights(name, backend, gen):
     g = GRAPHS[name]()
     q, k, v = _qkv(None, 2, g.num_dst, g.num_src, 3, gen)
-    w = graph_attention(q, k, v, g, need_weights=True, backend=backend).attention
+    w = graph_attention_with_weights(q, k, v, g, backend=backend).attention
     assert not w.batched
     assert w.to_dense().shape == (2, g.num_dst, g.num_src)
     assert w.to_edges().shape == (g.num_edges, 2)
-    batched = graph_attention(q[None], k[None], v[None], g, need_weights=True, backend=backend)
+    batched = graph_attention_with_weights(q[None], k[None], v[None], g, backend=backend)
     torch.testing.assert_close(w.to_dense(), batched.attention.to_dense()[0], rtol=0, atol=0)
 
 
@@ -579,7 +580,7 @@ def test_auto_backend(make, expected, gen):
     assert choose_backend(g) == expected
     b = 1 if g.key_padding_mask is None else len(g.key_padding_mask)
     q, k, v = _qkv(b, 1, g.num_dst, g.num_src, 2, gen, dtype=torch.float32)
-    res = graph_attention(q, k, v, g, need_weights=True)
+    res = graph_attention_with_weights(q, k, v, g)
     assert res.backend == expected
     other = "edges" if expected == "dense" else "dense"
     if g.num_dst <= 10:
@@ -591,7 +592,7 @@ def test_auto_backend_with_edge_values_is_edges(gen):
     assert choose_backend(g, has_edge_values=True) == "edges"
     q, k, v = _qkv(1, 1, 3, 3, 2, gen)
     ev = _randn(9, 1, 2, gen=gen)
-    res = graph_attention(q, k, v, g, edge_values=ev, need_weights=True)
+    res = graph_attention_with_weights(q, k, v, g, edge_values=ev)
     assert res.backend == "edges"
 
 

@@ -23,7 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
-from graphattn import BackendNotSupportedError, Graph, auto_policy, graph_attention, scores
+from graphattn import (
+    BackendNotSupportedError,
+    Graph,
+    auto_policy,
+    graph_attention,
+    graph_attention_with_weights,
+    scores,
+)
 from graphattn.backends import fused as fused_mod
 
 # Triton's interpreter computes with numpy, which warns on the NaN the tests feed in
@@ -324,7 +331,7 @@ def test_refusals(device, gen):
     q = torch.randn(1, 2, 9, 3, generator=gen).to(device)
     k = torch.randn(1, 2, 7, 3, generator=gen).to(device)
     with pytest.raises(BackendNotSupportedError, match=r"fused: .*returns no weights"):
-        graph_attention(q, k, k, graph, need_weights=True, backend="fused")
+        graph_attention_with_weights(q, k, k, graph, backend="fused")
     with pytest.raises(BackendNotSupportedError, match=r"fused: score Custom.*not served"):
         graph_attention(q, k, k, graph, score=lambda a, b, e: (a * b).sum(-1), backend="fused")
 
@@ -334,7 +341,7 @@ def test_auto_prefers_the_kernel_for_big_calls(kernel, gen, monkeypatch):
     q = torch.randn(1, 2, 200, 3, generator=gen)
     monkeypatch.setattr(auto_policy, "fused_min_work", 1)
     assert auto_policy.order(graph, 3, 2)[:2] == ["fused", "edges"]
-    res = graph_attention(q, q, q, graph, need_weights=True)  # weights: the edge path
+    res = graph_attention_with_weights(q, q, q, graph)  # weights: the edge path
     assert res.backend == "edges"
     torch.testing.assert_close(
         graph_attention(q, q, q, graph), graph_attention(q, q, q, graph, backend="edges")

@@ -129,7 +129,7 @@ def test_layer_return_attention(gen):
     layer = GraphTransformerLayer(C, H, dim_feedforward=FF).eval()
     x = torch.randn(2, 6, C, generator=gen)
     g = Graph.causal(6)
-    res = layer(x, g, need_weights=True)
+    res = layer.forward_with_weights(x, g)
     assert isinstance(res, LayerOutput)
     torch.testing.assert_close(res.out, layer(x, g), rtol=0, atol=1e-6)
     dense = res.attention.to_dense()  # (B, H, N, N)
@@ -178,7 +178,7 @@ def test_stack_return_attention_has_one_record_per_layer(gen):
     model = GraphTransformer(3, C, H, dim_feedforward=FF).eval()
     x = torch.randn(2, 8, C, generator=gen)
     graphs = _graphs(8, gen)
-    res = model(x, graphs, need_weights=True)
+    res = model.forward_with_weights(x, graphs)
     assert isinstance(res, TransformerOutput)
     assert len(res.attentions) == 3
     assert all(isinstance(a, AttentionWeights) for a in res.attentions)
@@ -226,7 +226,7 @@ def test_checkpoint_gives_the_same_gradients(norm_first, gen):
 def test_checkpoint_with_return_attention(gen):
     model = GraphTransformer(2, C, H, dim_feedforward=FF, dropout=0.0, checkpoint=True).train()
     x = torch.randn(2, 6, C, generator=gen, requires_grad=True)
-    res = model(x, need_weights=True)
+    res = model.forward_with_weights(x)
     assert len(res.attentions) == 2
     res.out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 import graphattn
-from graphattn import Graph, GraphAttention, SGFormerAttention, graph_attention
+from graphattn import (
+    Graph,
+    GraphAttention,
+    SGFormerAttention,
+    graph_attention,
+    graph_attention_with_weights,
+)
 from graphattn.backends import BackendNotSupportedError
 from graphattn.kernels import FAVOR, SGFormer
 
@@ -175,18 +181,19 @@ def test_linear_backend_refuses_what_it_cannot_serve(gen):
     q, k, v = _qkv(gen)
     score = FAVOR(16, 4)
     cases = [
-        ({"need_weights": True}, "never forms the Nd x Ns weights"),
         ({"attn_bias": torch.zeros(1, 1, 7, 7, dtype=q.dtype)}, "biases and per-edge inputs"),
         ({"dropout_p": 0.1}, "dropout on the weights needs them"),
     ]
     for kwargs, reason in cases:
         with pytest.raises(BackendNotSupportedError, match=reason):
             graph_attention(q, k, v, None, score=score, backend="linear", **kwargs)
+    with pytest.raises(BackendNotSupportedError, match="never forms the Nd x Ns weights"):
+        graph_attention_with_weights(q, k, v, None, score=score, backend="linear")
     with pytest.raises(BackendNotSupportedError, match="not a kernel score"):
         graph_attention(q, k, v, None, backend="linear")
     # auto: the linear backend on complete graphs, the edge backend elsewhere
-    assert graph_attention(q, k, v, None, score=score, need_weights=True).backend == "edges"
-    assert graph_attention(q, k, v, Graph.window(7, 2), score=score, need_weights=True).backend == (
+    assert graph_attention_with_weights(q, k, v, None, score=score).backend == "edges"
+    assert graph_attention_with_weights(q, k, v, Graph.window(7, 2), score=score).backend == (
         "edges"
     )
 
@@ -196,7 +203,7 @@ def test_graph_attention_module_with_a_kernel_score_runs_linear(gen):
     ga = GraphAttention(16, 4, score=FAVOR(32, 4))
     x = torch.randn(2, 9, 16)
     assert ga(x).shape == (2, 9, 16)
-    res = ga(x, need_weights=True)  # weights: the edge backend, on the same kernel
+    res = ga.forward_with_weights(x)  # weights: the edge backend, on the same kernel
     assert res.backend == "edges"
     torch.testing.assert_close(res.out, ga(x), rtol=1e-5, atol=1e-6)
 

@@ -110,5 +110,8 @@ def test_inside_transformer_layers(kind):
 def test_attend_is_the_graph_native_call():
     _, ours = _pair(batch_first=True)
     x = torch.randn(2, 6, E)
-    res = ours.attend(x, Graph.window(6, 1), need_weights=True)
-    assert res.out.shape == (2, 6, E) and res.attention.values.shape[0] == 2
+    out = ours.attend(x, Graph.window(6, 1))
+    res = ours.forward_with_weights(x, Graph.window(6, 1))  # GraphAttention's, inherited
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 6, E)
+    torch.testing.assert_close(res.out, out)
+    assert res.attention.values.shape[0] == 2

@@ -164,11 +164,11 @@ def test_module_edge_attr_and_weights_follow_the_samples_edge_order(backend, gen
     counts = [ei.shape[1] for ei in edges]
     x = torch.randn(B, N, 8, generator=gen)
     edge_attr = torch.randn(sum(counts), 3, generator=gen)
-    res = attn(x, edges, edge_attr=edge_attr, key_padding_mask=PAD, need_weights=True)
+    res = attn.forward_with_weights(x, edges, edge_attr=edge_attr, key_padding_mask=PAD)
     assert res.attention.values.shape == (sum(counts), H)
     assert res.attention.graph.num_dst == B * N  # the flat graph
     refs = [
-        attn(x[b : b + 1], ei, edge_attr=ea, key_padding_mask=PAD[b : b + 1], need_weights=True)
+        attn.forward_with_weights(x[b : b + 1], ei, edge_attr=ea, key_padding_mask=PAD[b : b + 1])
         for b, (ei, ea) in enumerate(zip(edges, edge_attr.split(counts), strict=True))
     ]
     assert_close(res.out, torch.cat([r.out for r in refs]))

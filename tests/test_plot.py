@@ -33,7 +33,7 @@ def assert_not_blank(path):
 def attention(gen):
     attn = GraphAttention(16, 4)
     x = torch.randn(2, 12, 16, generator=gen)
-    return attn(x, Graph.window(12, 2), need_weights=True).attention  # per edge
+    return attn.forward_with_weights(x, Graph.window(12, 2)).attention  # per edge
 
 
 def test_heatmap(tmp_path, attention, gen):

@@ -27,6 +27,7 @@ from graphattn import (
     ShortestPathBias,
     SinusoidalPositionalEncoding,
     graph_attention,
+    laplacian_eigenpairs,
     laplacian_eigenvector_pe,
     random_walk_pe,
     shortest_path_distance,
@@ -208,7 +209,7 @@ def test_graph_attention_rotary_backends_agree(rope_kind, gen):
     outs, grads = [], []
     for backend in ("dense", "edges"):
         attn.backend = backend
-        res = attn(x, g, rotary=rope, need_weights=True)
+        res = attn.forward_with_weights(x, g, rotary=rope)
         outs.append((res.out, res.attention.to_dense()))
         grads.append(torch.autograd.grad(res.out.sum(), x)[0])
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-5)
@@ -412,7 +413,7 @@ def _sym_laplacian(ei: torch.Tensor, n: int) -> torch.Tensor:
 def test_laplacian_pe_eigen_equation_and_pyg(gen):
     n, k = 12, 4
     ei = _random_connected_graph(n, gen)
-    pe, vals = laplacian_eigenvector_pe(ei, n, k, return_eigenvalues=True)
+    pe, vals = laplacian_eigenpairs(ei, n, k)
     assert pe.shape == (n, k) and vals.shape == (k,)
     lap = _sym_laplacian(ei, n)
     torch.testing.assert_close(lap @ pe.double(), pe.double() * vals.double(), rtol=0, atol=1e-5)
@@ -429,7 +430,7 @@ def test_laplacian_pe_eigen_equation_and_pyg(gen):
 
 def test_laplacian_pe_pads_small_graphs():
     ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])  # path of 3 nodes
-    pe, vals = laplacian_eigenvector_pe(ei, 3, 5, return_eigenvalues=True)
+    pe, vals = laplacian_eigenpairs(ei, 3, 5)
     assert pe.shape == (3, 5)
     assert bool((pe[:, 2:] == 0).all()) and bool((vals[2:] == 0).all())
     torch.testing.assert_close(vals[:2], torch.tensor([1.0, 2.0]))  # path P3: 0, 1, 2

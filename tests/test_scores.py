@@ -16,7 +16,13 @@ from torch import Tensor, nn
 from torch.autograd import gradcheck
 from torch_geometric.data import Batch, Data
 
-from graphattn import BackendNotSupportedError, Graph, graph_attention, scores
+from graphattn import (
+    BackendNotSupportedError,
+    Graph,
+    graph_attention,
+    graph_attention_with_weights,
+    scores,
+)
 from graphattn.backends import _chunks
 
 F64 = torch.float64
@@ -126,7 +132,7 @@ def _leaves(t: dict, extra: dict) -> list[Tensor]:
 
 def _run_both(graph, kind, score, extra, t, backend):
     scale = 1 / math.sqrt(t["q"].shape[-1]) if kind == "dot" else 1.0
-    res = graph_attention(
+    res = graph_attention_with_weights(
         t["q"],
         t["k"],
         t["v"],
@@ -135,7 +141,6 @@ def _run_both(graph, kind, score, extra, t, backend):
         attn_bias=t["bias"],
         edge_features=t["ef"],
         edge_values=t["ev"],
-        need_weights=True,
         backend=backend,
     )
     out, alpha = reference(
@@ -322,8 +327,8 @@ def test_dense_gat_blockwise_equals_explicit(gen):
     graph = Graph.complete(7)
     score, _, t = _inputs(graph, "gat", gen, d=1)
     a = graph_attention(t["q"], t["k"], t["v"], graph, score=score, backend="dense")
-    b = graph_attention(
-        t["q"], t["k"], t["v"], graph, score=score, backend="dense", need_weights=True
+    b = graph_attention_with_weights(
+        t["q"], t["k"], t["v"], graph, score=score, backend="dense"
     ).out
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 

@@ -58,7 +58,7 @@ def test_top_k_on_sparse_graph_with_duplicates_and_zero_weight_edges(gen):
     ei = random_edge_index(7, 7, 40, gen)  # duplicates likely
     attn = GraphAttention(C, H, backend="edges")
     x = torch.randn(2, 7, C, generator=gen)
-    res = attn(x, Graph.from_edge_index(ei, 7, 7), need_weights=True)
+    res = attn.forward_with_weights(x, Graph.from_edge_index(ei, 7, 7))
     counts = edge_counts(ei, 7, 7)
     for k in (1, 2, 100):
         wg = attention_to_graph(res.attention, top_k=k)
@@ -75,7 +75,7 @@ def test_padded_sources_are_never_kept(gen):
     attn = GraphAttention(C, H, backend="dense")
     x = torch.randn(2, 6, C, generator=gen)
     kpm = torch.tensor([[False] * 4 + [True] * 2] * 2)  # node 4, 5 padded in every sample
-    res = attn(x, key_padding_mask=kpm, need_weights=True)
+    res = attn.forward_with_weights(x, key_padding_mask=kpm)
     wg = attention_to_graph(res.attention, top_k=6)
     assert torch.equal(wg.graph.in_degree(), torch.full((6,), 4))
     assert int(wg.edge_index[0].max()) == 3
@@ -134,7 +134,7 @@ def test_rejects_bad_arguments():
 def test_unpruned_graph_on_edge_backend_matches_dense_layer(gen):
     x = torch.randn(3, N, C, generator=gen)
     dense = GraphAttention(C, H, backend="dense")
-    res = dense(x, need_weights=True)
+    res = dense.forward_with_weights(x)
     wg = attention_to_graph(res.attention, top_k=N)
     assert wg.graph.num_edges == N * N
     sparse = GraphAttention(C, H, backend="edges")
@@ -147,7 +147,7 @@ def test_pruned_graph_drives_a_sparse_layer(gen):
     plain torch with that graph as mask."""
     x = torch.randn(2, N, C, generator=gen)
     dense = GraphAttention(C, H, backend="dense")
-    wg = attention_to_graph(dense(x, need_weights=True).attention, top_k=3)
+    wg = attention_to_graph(dense.forward_with_weights(x).attention, top_k=3)
     sparse = GraphAttention(C, H, backend="edges")
     out = sparse(x, wg.graph)
     q, k, v = sparse._project(x, None)
@@ -166,7 +166,7 @@ def test_log_bias_reproduces_kept_weights_without_content_scores(backend, gen):
     with torch.no_grad():
         attn.in_proj_weight[:C] = 0  # queries 0: scores are the bias alone
     x = torch.randn(1, N, C, generator=gen)
-    res = attn(x, wg.graph, attn_bias=wg.log_bias(), need_weights=True)
+    res = attn.forward_with_weights(x, wg.graph, attn_bias=wg.log_bias())
     got = res.attention.to_dense()[0]  # (H, N, N)
     expect = torch.zeros(H, N, N)
     src, dst = wg.edge_index
@@ -257,12 +257,12 @@ def test_transformer_dense_layer_graph_drives_the_next_layer(gen):
     torch.manual_seed(0)
     model = GraphTransformer(2, C, H, dim_feedforward=32, dropout=0.0)
     x = torch.randn(2, N, C, generator=gen)
-    ref = model(x, need_weights=True)
+    ref = model.forward_with_weights(x)
     model.layers[1].self_attn.backend = "edges"
     full = attention_to_graph(ref.attentions[0], top_k=N)
     torch.testing.assert_close(model(x, [None, full.graph]), ref.out, rtol=0, atol=1e-5)
     pruned = attention_to_graph(ref.attentions[0], top_k=2)
-    res = model(x, [None, pruned.graph], need_weights=True)
+    res = model.forward_with_weights(x, [None, pruned.graph])
     assert res.attentions[1].layout == "edges" and res.attentions[1].values.shape[1] == 2 * N
     assert torch.isfinite(res.out).all()
 

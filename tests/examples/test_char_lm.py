@@ -95,3 +95,78 @@ def test_compare_speed_times_both_graphs(tmp_path: Path) -> None:
     assert speed["window"]["edges"] < speed["causal"]["edges"]
     merged = json.loads((tmp_path / "char_lm.json").read_text())
     assert merged["speed"]["window_over_causal"] == speed["window_over_causal"]
+
+
+@pytest.mark.parametrize("graph", ["causal", "window"])
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_cached_generation_draws_what_recomputation_draws(graph: str, positions: str) -> None:
+    cfg = char_lm.CharLMConfig(
+        graph=graph,
+        window_radius=2,
+        context=12,
+        num_layers=2,
+        num_heads=2,
+        embed_dim=16,
+        positions=positions,
+    )
+    torch.manual_seed(0)
+    model = char_lm.CharLM(10, cfg).eval()
+    prompt = torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(1))
+    # the window's receptive field (2 layers x radius 2) fits in the context: with rotary
+    # positions the unbounded window cache equals the sliding recomputation past it too
+    new = 40 if (graph, positions) == ("window", "rotary") else 9
+    drawn = [
+        model.generate(prompt, new, 1.0, 5, torch.Generator().manual_seed(2), use_cache=cached)
+        for cached in (True, False)
+    ]
+    assert drawn[0].shape == (2, 3 + new)
+    assert torch.equal(drawn[0], drawn[1])
+    # past the context, a causal cache restarts from the last context // 2 characters
+    longer = model.generate(prompt, 30, 1.0, 5, torch.Generator().manual_seed(2))
+    assert longer.shape == (2, 33) and torch.equal(longer[:, :12], drawn[0][:, :12])
+
+
+def test_model_options_of_the_tries() -> None:
+    cfg = char_lm.CharLMConfig(
+        context=8, num_layers=2, num_heads=2, embed_dim=16, activation="relu2", tie_head=False
+    )
+    model = char_lm.CharLM(10, char_lm.CharLMConfig(**{**char_lm.asdict(cfg), "zero_init": True}))
+    assert model.head.weight is not model.token.weight
+    assert model.body.layers[0].activation is char_lm.relu_squared
+    assert not model.body.layers[1].linear2.weight.any()
+    assert not model.body.layers[1].self_attn.out_proj.weight.any()
+    opt = char_lm.make_optimizer(model, char_lm.CharLMConfig(muon_weight_decay=0.5))
+    assert opt.param_groups[0]["use_muon"] and opt.param_groups[0]["weight_decay"] == 0.5
+
+
+def test_sampler_refuses_bad_arguments() -> None:
+    logits = torch.randn(2, 10)
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        char_lm.sample_next(logits, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k must be None or an int >= 1, got 0"):
+        char_lm.sample_next(logits, top_k=0)
+    assert char_lm.sample_next(logits, top_k=1).flatten().tolist() == logits.argmax(-1).tolist()
+
+
+def test_generate_and_compare_decoding_from_the_checkpoint(tmp_path: Path, capsys) -> None:
+    flags = ["--graph", "window", "--window-radius", "4", "--num-layers", "2", "--num-heads"]
+    flags += ["2", "--embed-dim", "32", "--context", "16", "--data-dir", str(DATA)]
+    flags += ["--train-chars", "20000", "--out-dir", str(tmp_path), "--no-progress"]
+    flags += ["--results", str(tmp_path / "char_lm.json")]
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*train first"):
+        char_lm.main([*flags, "--generate", "30"])
+    char_lm.main([*flags, "--steps", "20", "--eval-every", "20", "--eval-iters", "2"])
+    out = char_lm.main([*flags, "--generate", "30", "--prompt", "ROMEO:", "--top-k", "5"])
+    assert len(out["text"]) == 30 and out["step"] == 20
+    assert "ROMEO:" + out["text"] in capsys.readouterr().out
+    cfg = char_lm.config_from_args(
+        char_lm.CharLMConfig,
+        char_lm.config_parser(char_lm.CharLMConfig, "", char_lm.PRESETS).parse_args(flags),
+        char_lm.PRESETS,
+    )
+    res = char_lm.compare_decoding(cfg, contexts=(16, 24), rounds=1)
+    for n in ("16", "24"):
+        assert res[n]["same_text"] and res[n]["cached_chars_per_s"] > 0
+        assert "step 20" in res[n]["weights"]
+    merged = json.loads((tmp_path / "char_lm.json").read_text())
+    assert merged["decoding_window"]["24"]["chars"] == 23

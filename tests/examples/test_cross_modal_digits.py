@@ -75,3 +75,49 @@ def test_fallback_without_fsdd(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert result["modalities"] == ["image", "text"] and "FSDD not found" in result["note"]
     _check_outputs(result, tmp_path, ["paired"])  # zero_shot needs audio: skipped
     assert set(result["runs"][0]["recall@1"]) == {"image->text", "text->image"}
+
+
+def test_fusion_projections_option_builds_the_fusion_block() -> None:
+    """``shared`` (the default) keeps the GraphTransformer fusion block; ``per_modality``
+    gives every modality its own attention projections and still matches and explains."""
+    import torch
+
+    from examples.cross_modal_digits import CrossModalNet
+    from graphattn import GraphTransformer
+    from modalities import ModalityTransformer, NodeSet
+
+    small = {"dim": 16, "heads": 2}
+    shared = CrossModalNet(("image", "text"), CrossModalConfig(**small))
+    assert CrossModalConfig().fusion_projections == "shared"
+    assert type(shared.fusion) is GraphTransformer
+    torch.manual_seed(0)
+    per = CrossModalNet(
+        ("image", "text"), CrossModalConfig(fusion_projections="per_modality", **small)
+    )
+    assert isinstance(per.fusion, ModalityTransformer)
+    assert per.fusion.modality_names == ("image", "text")
+    assert per.fusion.layers[0].self_attn.in_proj.weight.shape == (2, 48, 16)  # one per modality
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    sets = [NodeSet(torch.randn(3, 4, 16), mask, modality=m) for m in ("image", "text")]
+    per.eval()
+    logits, fused, attns = per.match_with_weights(sets)
+    assert logits.shape == (3,)
+    torch.testing.assert_close(per.match(sets), logits)  # with or without the weights
+    rows = fused.modality_summary(attns[-1]).sum(1)
+    torch.testing.assert_close(rows, torch.ones(2))
+    with pytest.raises(ValueError, match="fusion_projections must be one of"):
+        CrossModalConfig(fusion_projections="per_head")  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_per_modality_projections_train_and_write(tmp_path: Path) -> None:
+    cfg = _tiny(
+        tmp_path,
+        data_dir=str(tmp_path / "no-data-here"),  # images + text: the fast path
+        variants=("paired",),
+        fusion_projections="per_modality",
+    )
+    result = run(cfg)
+    _check_outputs(result, tmp_path, ["paired"])
+    saved = json.loads((tmp_path / "cross_modal_digits.json").read_text())
+    assert saved["config"]["fusion_projections"] == "per_modality"

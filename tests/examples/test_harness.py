@@ -33,6 +33,7 @@ EXAMPLES = {
     "spoken_digits": "SpokenDigitsConfig",
     "cross_modal_digits": "CrossModalConfig",
     "rl_cartpole": "CartPoleConfig",
+    "rl_acrobot": "AcrobotConfig",
     "why_attention": "WhyAttentionConfig",
     "big_graph": "Config",
 }
@@ -50,7 +51,7 @@ COMMON = {
 
 def _example(name: str):
     pytest.importorskip("matplotlib")
-    if name == "rl_cartpole":
+    if name in ("rl_cartpole", "rl_acrobot"):
         pytest.importorskip("gymnasium")
     module = importlib.import_module(f"examples.{name}")
     return module, getattr(module, EXAMPLES[name])
@@ -79,7 +80,7 @@ def test_every_example_gets_the_same_flags(name: str) -> None:
     assert parser.format_help()  # every help text formats (a stray % would raise)
 
 
-@pytest.mark.parametrize("name", ["vision_hybrid", "spoken_digits", "rl_cartpole"])
+@pytest.mark.parametrize("name", ["vision_hybrid", "spoken_digits", "rl_cartpole", "rl_acrobot"])
 def test_quick_preset_and_explicit_flags(name: str, tmp_path: Path) -> None:
     module, cls = _example(name)
     quick = parse_config(cls, ["--quick"], None, module.PRESETS)
@@ -125,6 +126,14 @@ def test_field_comments_become_help() -> None:
     assert "section header" not in text and "default: none" in text
     cfg = parse_config(Config, ["--mode", "b", "--sizes", "3", "--limit", "7"], None)
     assert cfg == Config("b", (3,), 7)
+
+    @dataclass
+    class Child(Config):  # a subclass changes defaults; the other fields keep their help
+        limit: int | None = 3  # at most this many
+
+    text = config_parser(Child, None).format_help()
+    assert "which mode (100 % of the time) (default: a)" in text
+    assert "at most this many (default: 3)" in text
 
 
 def test_experiment_writes_after_every_run(tmp_path: Path, one_thread) -> None:

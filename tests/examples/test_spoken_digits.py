@@ -11,11 +11,16 @@ import torch
 pytest.importorskip("matplotlib")
 
 from examples.spoken_digits import (  # noqa: E402
+    CepstralSmoothing,
+    SpokenDigitNet,
     SpokenDigitsConfig,
     augment,
+    change_speed,
     random_span_mask,
     run,
+    stretch_frames,
 )
+from modalities import SpecAugment, UtteranceNorm  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = pytest.mark.skipif(
@@ -80,3 +85,96 @@ def test_random_span_mask_keeps_a_real_node() -> None:
     assert bool((hidden <= mask).all())  # never unmasks padding
     assert bool((hidden.sum(1) >= 1).all())
     assert torch.equal(random_span_mask(mask, 0.0), mask)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_spoken_digits_log_mel_hook_options(tmp_path: Path) -> None:
+    """Normalisation, SpecAugment, speed perturbation and a dropped speaker, end to end."""
+    cfg = SpokenDigitsConfig(
+        seeds=0,
+        holdout=("theo",),
+        drop=("george", "lucas"),
+        epochs=8,
+        dim=16,
+        layers=1,
+        batch_size=32,
+        norm="meanvar",
+        freq_masks=2,
+        time_masks=1,
+        speed=0.1,
+        tempo=0.3,
+        cepstra=10,
+        limit_per_class=1,
+        data_dir=str(DATA),
+        out_dir=str(tmp_path / "runs"),
+        results=str(tmp_path / "spoken_digits.json"),
+        progress=False,
+        threads=1,
+    )
+    result = run(cfg)
+    (held,) = result["runs"]
+    assert held["speaker"] == "theo" and held["test_size"] == 20 and held["train_size"] == 60
+    assert held["last_loss"] < held["first_loss"] and 0.0 <= held["test_acc"] <= 1.0
+    hooks = list(SpokenDigitNet(cfg).adapter.transforms)
+    assert [type(t) for t in hooks] == [CepstralSmoothing, UtteranceNorm, SpecAugment]
+    assert list(SpokenDigitNet(SpokenDigitsConfig()).adapter.transforms) == []  # default: none
+
+
+def test_hook_options_are_checked() -> None:
+    for norm, variance, per_bin in [
+        ("mean", False, True),
+        ("meanvar", True, True),
+        ("global", True, False),
+    ]:
+        (hook,) = SpokenDigitNet(SpokenDigitsConfig(norm=norm)).adapter.transforms
+        assert (hook.variance, hook.per_bin) == (variance, per_bin)
+    with pytest.raises(ValueError, match=r"speakers \['theo'\] are both held out and dropped"):
+        SpokenDigitsConfig(holdout=("theo",), drop=("theo",))
+    with pytest.raises(ValueError, match="speed must lie in \\[0, 0.5\\), got 0.5"):
+        SpokenDigitsConfig(speed=0.5)
+    with pytest.raises(ValueError, match="freq_masks must be an int >= 0, got -1"):
+        SpokenDigitsConfig(freq_masks=-1)
+    with pytest.raises(
+        ValueError, match="norm must be 'none', 'mean', 'meanvar' or 'global', got 'x'"
+    ):
+        SpokenDigitsConfig(norm="x")  # type: ignore[arg-type]
+
+
+def test_change_speed_resamples_each_recording() -> None:
+    t = torch.arange(1000, dtype=torch.float32)
+    waves = torch.stack([t, t])  # (2, T): a ramp, so linear interpolation is exact
+    waves[1, 600:] = 0
+    lengths = torch.tensor([1000, 600])
+    out, new = change_speed(waves, lengths, torch.tensor([2.0, 0.8]))
+    assert new.tolist() == [500, 750] and out.shape == (2, 750)
+    torch.testing.assert_close(out[0, :500], 2 * t[:500])  # twice as fast
+    torch.testing.assert_close(out[1, :750], (0.8 * t[:750]).clamp(max=599))  # slower
+    assert not out[0, 500:].any()  # zero after the new length
+    same, same_len = change_speed(waves, lengths, torch.ones(2))
+    assert torch.equal(same_len, lengths) and torch.equal(same[:, :1000], waves)
+
+
+def test_stretch_frames_changes_the_tempo_inside_the_real_frames() -> None:
+    spec = torch.arange(10.0)[None, None, :].repeat(2, 3, 1)  # (B, M, F): frame i holds i
+    mask = torch.arange(10)[None, :] < torch.tensor([[10], [6]])  # (B, F)
+    out, new = stretch_frames(spec, mask, torch.tensor([2.0, 0.5]), min_frames=4)
+    assert new.sum(1).tolist() == [5, 12] and out.shape == (2, 3, 12)
+    torch.testing.assert_close(out[0, 0, :5], torch.tensor([0.0, 2, 4, 6, 8]))  # twice as fast
+    half = torch.arange(12) * 0.5
+    torch.testing.assert_close(out[1, 0], half.clamp(max=5.0))  # half as fast, never past 5
+    assert not out[0, :, 5:].any()
+    same, same_mask = stretch_frames(spec, mask, torch.ones(2))
+    assert torch.equal(same_mask, mask) and torch.equal(same, spec * mask[:, None, :])
+    _, short = stretch_frames(spec, mask, torch.tensor([4.0, 4.0]), min_frames=4)
+    assert short.sum(1).tolist() == [4, 4]  # one node of 4 frames is kept
+
+
+def test_cepstral_smoothing_keeps_the_envelope() -> None:
+    torch.manual_seed(0)
+    spec = torch.randn(2, 20, 7)
+    torch.testing.assert_close(CepstralSmoothing(20, 20)(spec, None), spec)  # all kept
+    smooth = CepstralSmoothing(20, 5)
+    once = smooth(spec, None)
+    torch.testing.assert_close(smooth(once, None), once, atol=1e-5, rtol=0)  # a projection
+    flat = torch.full((1, 20, 3), 2.0)
+    torch.testing.assert_close(smooth(flat, None), flat)  # a constant is the 0th coefficient

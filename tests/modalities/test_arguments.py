@@ -17,12 +17,15 @@ from typing import Any
 import pytest
 import torch
 
+from graphattn import Graph
 from modalities import (
     AudioFrameAdapter,
     ByteTokenizer,
     CNNFeatureAdapter,
     EntitySpec,
+    ModalityAttention,
     ModalityFusion,
+    ModalityTransformer,
     NodeSet,
     PatchAdapter,
     RLStateEncoder,
@@ -387,6 +390,49 @@ CASES: list[Case] = [
         "FusedGraph.modality_summary",
         "attention",
         lambda v: fuse([nodes()]).modality_summary(v),
+        [(None, T)],
+    ),
+    ("ModalityAttention", "num_types", lambda v: ModalityAttention(8, 2, v), [(None, T), (0, V)]),
+    (
+        "ModalityAttention",
+        "dropout",
+        lambda v: ModalityAttention(8, 2, 2, dropout=v),
+        [(None, T), (1.5, V)],
+    ),
+    (
+        "ModalityAttention.forward",
+        "node_type",
+        lambda v: ModalityAttention(8, 2, 1)(nodes().features, Graph.complete(2), v),
+        [(None, T)],
+    ),
+    (
+        "ModalityTransformer",
+        "num_layers",
+        lambda v: ModalityTransformer(v, 8, 2, ("a",)),
+        [(None, T), (0, V)],
+    ),
+    (
+        "ModalityTransformer",
+        "modality_names",
+        lambda v: ModalityTransformer(1, 8, 2, v),
+        [(None, T), (("a", "a"), V)],
+    ),
+    (
+        "ModalityTransformer",
+        "activation",
+        lambda v: ModalityTransformer(1, 8, 2, ("a",), activation=v),
+        [(3, T), ("tanh", V)],
+    ),
+    (
+        "ModalityTransformer.forward",
+        "x",
+        lambda v: ModalityTransformer(1, 8, 2, ("a",))(v, fuse([nodes()])),
+        [(None, T)],
+    ),
+    (
+        "ModalityTransformer.forward",
+        "fused",
+        lambda v: ModalityTransformer(1, 8, 2, ("a",))(nodes().features, v),
         [(None, T)],
     ),
     # ------------------------------------------------------------------ rl

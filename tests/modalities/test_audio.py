@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
+from torch import Tensor
 
 from graphattn import GraphAttention
 from graphattn.positional import sinusoidal_2d
-from modalities import AudioFrameAdapter, load_wav
+from modalities import AudioFrameAdapter, SpecAugment, UtteranceNorm, load_wav
 
 DATA = Path(
     os.environ.get("GRAPHATTN_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
@@ -323,3 +324,121 @@ def test_every_parameter_gets_a_gradient(patch) -> None:
     adapter = AudioFrameAdapter(8000, 8, n_mels=16, patch=patch)
     adapter(torch.randn(2, 1200)).features.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.parameters())
+
+
+# ----------------------------------------------------------------------------- log-mel hook
+def test_transform_hook_sits_between_log_mel_and_projection() -> None:
+    torch.manual_seed(0)
+    x, lengths = torch.randn(2, 2000) * 0.1, torch.tensor([2000, 1200])
+    seen: list[tuple[Tensor, Tensor]] = []
+
+    def record(spec: Tensor, mask: Tensor) -> Tensor:
+        seen.append((spec, mask))
+        return spec * 0  # (B, M, F): the projection then gives its bias
+
+    def add_one(spec: Tensor, mask: Tensor) -> Tensor:
+        return spec + 1
+
+    adapter = AudioFrameAdapter(8000, 8, n_mels=16, transform=[record, add_one])
+    plain = AudioFrameAdapter(8000, 8, n_mels=16)
+    plain.load_state_dict(adapter.state_dict())  # the hook holds no parameters
+    nodes = adapter(x, lengths)
+    ((spec, mask),) = seen
+    want_spec, want_mask = plain.log_mel(x, lengths)
+    torch.testing.assert_close(spec, want_spec)  # called on the log-mel frames and their mask
+    assert torch.equal(mask, want_mask) and torch.equal(nodes.mask, want_mask)
+    # applied in order, then projected: zeros + 1 -> W @ 1 + b, plus the positions
+    ones = adapter.proj(torch.ones(16))  # (D,)
+    pos = nodes.features - ones  # (B, F, D)
+    torch.testing.assert_close(pos[0], pos[1])
+    torch.testing.assert_close(adapter.log_mel(x, lengths, transformed=True)[0], spec * 0 + 1)
+    # no hook (default) and an empty one are the same adapter
+    halves = adapter.to_nodes(*adapter.log_mel(x, lengths, transformed=True))
+    torch.testing.assert_close(halves.features, nodes.features)  # forward's two halves
+    assert torch.equal(halves.mask, nodes.mask) and torch.equal(halves.positions, nodes.positions)
+    with pytest.raises(ValueError, match="spec must have n_mels=16 bins, got 8"):
+        adapter.to_nodes(spec[:, :8], mask)
+    empty = AudioFrameAdapter(8000, 8, n_mels=16, transform=[])
+    empty.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(empty(x, lengths).features, plain(x, lengths).features)
+
+
+def test_transform_modules_follow_train_and_eval() -> None:
+    aug = SpecAugment(4, 4)
+    adapter = AudioFrameAdapter(8000, 8, n_mels=16, patch=(4, 2), transform=aug)
+    assert list(adapter.transforms) == [aug] and "SpecAugment" in repr(adapter)
+    adapter.eval()
+    assert not aug.training
+    x = torch.randn(3, 2000)
+    torch.testing.assert_close(adapter(x).features, adapter(x).features)  # eval: no masks
+    adapter.train()
+    assert aug.training
+
+
+def test_utterance_norm_zero_mean_unit_variance_over_real_frames() -> None:
+    torch.manual_seed(0)
+    spec = torch.randn(3, 16, 20) * 4 + 7  # (B, M, F)
+    lengths = [20, 13, 1]
+    mask = torch.arange(20)[None, :] < torch.tensor(lengths)[:, None]  # (B, F)
+    garbage = torch.where(mask[:, None, :], spec, torch.full_like(spec, float("nan")))
+    out = UtteranceNorm()(garbage, mask)
+    assert torch.isfinite(out).all() and not out[~mask[:, None, :].expand_as(out)].any()
+    for i, n in enumerate(lengths[:2]):
+        real = out[i, :, :n]  # (M, n)
+        torch.testing.assert_close(real.mean(-1), torch.zeros(16), atol=1e-5, rtol=0)
+        torch.testing.assert_close(real.var(-1, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+        ref = spec[i, :, :n]  # the utterance alone, without its padding
+        ref = (ref - ref.mean(-1, keepdim=True)) / ref.std(-1, unbiased=False, keepdim=True)
+        torch.testing.assert_close(real, ref, atol=1e-4, rtol=1e-4)
+    assert not out[2].any()  # one frame: zero deviation, all zeros
+    mean_only = UtteranceNorm(variance=False)(spec, mask)
+    torch.testing.assert_close(mean_only[0], spec[0] - spec[0].mean(-1, keepdim=True))
+    whole = UtteranceNorm(per_bin=False)(spec, mask)[1, :, :13]  # one mean for bins and time
+    torch.testing.assert_close(whole.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(whole.var(unbiased=False), torch.tensor(1.0), atol=1e-3, rtol=0)
+    empty = torch.zeros(1, 20, dtype=torch.bool)
+    assert not UtteranceNorm()(spec[:1], empty).any()  # no real frame: zeros, not NaN
+
+
+def test_spec_augment_masks_in_training_only_inside_real_frames() -> None:
+    torch.manual_seed(0)
+    spec = torch.rand(64, 16, 20) + 1  # (B, M, F), never 0
+    lengths = torch.randint(3, 21, (64,))
+    mask = torch.arange(20)[None, :] < lengths[:, None]  # (B, F)
+    aug = SpecAugment(6, 5, freq_masks=2, time_masks=1)
+    out = aug(spec, mask)
+    zero = out == 0  # (B, M, F)
+    assert zero.any() and torch.equal(out[~zero], spec[~zero])  # masks are set to 0
+    full_bins = zero.all(-1)  # (B, M): frequency masks span all frames
+    assert full_bins.any(1).float().mean() > 0.5  # most recordings lose a band
+    assert (full_bins.sum(1) <= 12).all()  # 2 bands of at most 6 bins
+    cols = zero.all(1) & ~full_bins.all(1, keepdim=True)  # (B, F) time-masked frames
+    assert cols.any() and not (cols & ~mask).any()  # never in the padding
+    assert (cols.sum(1) <= 5).all()
+    aug.eval()
+    assert aug(spec, mask) is spec  # identity in eval mode
+    assert SpecAugment()(spec, mask) is spec  # no masks asked for
+
+
+def test_spec_transform_errors_name_the_argument() -> None:
+    with pytest.raises(TypeError, match="transform must be a callable .* got 3 \\(int\\)"):
+        AudioFrameAdapter(8000, 8, transform=3)
+    with pytest.raises(TypeError, match=r"transform\[1\] must be a callable .* got 'x' \(str\)"):
+        AudioFrameAdapter(8000, 8, transform=[UtteranceNorm(), "x"])
+    bad = AudioFrameAdapter(8000, 8, n_mels=16, transform=lambda spec, mask: spec[:, :8])
+    with pytest.raises(ValueError, match=r"output of transform\[0\] \(_SpecFunction\) must be"):
+        bad(torch.randn(1, 1000))
+    with pytest.raises(ValueError, match="freq_width must be >= 0, got -1"):
+        SpecAugment(-1)
+    with pytest.raises(TypeError, match="time_width must be an int, got 2.5"):
+        SpecAugment(4, 2.5)
+    with pytest.raises(ValueError, match=r"time_fraction must be in \(0, 1\], got 0.0"):
+        SpecAugment(4, 4, time_fraction=0.0)
+    with pytest.raises(ValueError, match="eps must be > 0, got 0"):
+        UtteranceNorm(eps=0)
+    with pytest.raises(TypeError, match="variance must be a bool, got 1"):
+        UtteranceNorm(variance=1)
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor of shape \(B, F\) = \(2, 5\)"):
+        UtteranceNorm()(torch.zeros(2, 3, 5), torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"spec must be a float tensor of shape \(B, M, F\)"):
+        SpecAugment(2)(torch.zeros(3, 5), torch.ones(3, 5, dtype=torch.bool))

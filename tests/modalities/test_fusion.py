@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from graphattn import Graph, GraphAttention
+from graphattn import Graph, GraphAttention, GraphTransformer
 from modalities import (
     LATENT,
     AudioFrameAdapter,
+    FusedGraph,
+    ModalityAttention,
     ModalityFusion,
+    ModalityTransformer,
     NodeSet,
     PatchAdapter,
     TextAdapter,
@@ -123,7 +126,7 @@ def test_modality_summary() -> None:
     torch.testing.assert_close(summary, torch.tensor([[1.0, 0.0], [0.875, 0.125]]))
     # from real attention weights: rows sum to 1
     attn = GraphAttention(D, 2)
-    res = attn(fused.nodes.features, fused.graph, need_weights=True)
+    res = attn.forward_with_weights(fused.nodes.features, fused.graph)
     torch.testing.assert_close(fused.modality_summary(res.attention).sum(1), torch.ones(2))
     with pytest.raises(ValueError, match="N=4"):
         fused.modality_summary(torch.zeros(3, 3))
@@ -200,9 +203,131 @@ def test_three_real_adapters_fused_end_to_end() -> None:
     )
     fusion = ModalityFusion(16, ("text", "image", "audio"), num_latents=2)
     fused = fusion([text, image, audio], intra="own")
-    res = GraphAttention(16, 4)(fused.nodes.features, fused.graph, need_weights=True)
+    res = GraphAttention(16, 4).forward_with_weights(fused.nodes.features, fused.graph)
     assert torch.isfinite(res.out).all()
     summary = fused.modality_summary(res.attention)
     assert summary.shape == (4, 4)
     # bottleneck: text reaches image only through the latents, never directly
     assert summary[0, 1] == 0 and summary[1, 2] == 0
+
+
+# ----------------------------------------------------------------------------- per-modality
+NAMES = ("audio", "image", "text")
+
+
+def _padded_fused(**kw) -> FusedGraph:
+    """text (3, one sample 2 real), image (4, one sample 1 real), audio (2): 9 nodes."""
+    parts = [nodes("text", 3, [3, 2]), nodes("image", 4, [4, 1]), nodes("audio", 2)]
+    return fuse(parts, **kw)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_modality_transformer_with_equal_types_is_the_graph_transformer(norm_first: bool) -> None:
+    torch.manual_seed(0)
+    ref = GraphTransformer(2, D, 2, dim_feedforward=16, activation="gelu", norm_first=norm_first)
+    ref.eval()
+    model = ModalityTransformer.from_graph_transformer(ref, NAMES).eval()
+    fused = _padded_fused()
+    x = fused.nodes.features
+    torch.testing.assert_close(model(x, fused), ref(x, fused.graph), atol=1e-6, rtol=1e-5)
+    got, want = model.forward_with_weights(x, fused), ref.forward_with_weights(x, fused.graph)
+    torch.testing.assert_close(got.out, want.out, atol=1e-6, rtol=1e-5)
+    assert len(got.attentions) == 2
+    for a, b in zip(got.attentions, want.attentions, strict=True):
+        torch.testing.assert_close(a.to_dense(), b.to_dense(), atol=1e-6, rtol=1e-5)
+
+
+def test_modality_attention_matches_a_per_node_reference() -> None:
+    """Each node's q, k, v and output through its own modality's weights, then a dense
+    masked softmax over the graph's in-edges and real sources."""
+    torch.manual_seed(0)
+    fused = _padded_fused(mode="intra+cross", cross_links=[("text", "image")], symmetric=False)
+    attn = ModalityAttention(D, 2, num_types=3).eval()
+    with torch.no_grad():  # non-zero biases, so that they are checked too
+        attn.in_proj.bias.normal_()
+        attn.out_proj.bias.normal_()
+    types, x = fused.modality_ids, fused.nodes.features  # (N,), (B, N, C)
+    out = attn(x, fused.graph, types)
+    b, n, c = x.shape
+    qkv = torch.einsum("bnc,nkc->bnk", x, attn.in_proj.weight[types]) + attn.in_proj.bias[types]
+    q, k, v = (t.view(b, n, 2, c // 2).transpose(1, 2) for t in qkv.chunk(3, -1))  # (B, H, N, Dh)
+    allowed = fused.graph.materialize() & fused.nodes.mask[:, None, :]  # (B, N, N)
+    scores = (q @ k.transpose(-1, -2) / (c // 2) ** 0.5).masked_fill(~allowed[:, None], -torch.inf)
+    mixed = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
+    ref = torch.einsum("bnc,nkc->bnk", mixed, attn.out_proj.weight[types])
+    ref = ref + attn.out_proj.bias[types]
+    real = fused.nodes.mask
+    torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
+def test_each_modality_has_its_own_projections() -> None:
+    """Text and image attend only within themselves: changing image's projections changes
+    the image nodes and leaves the text nodes alone (shared weights would change both;
+    ignoring the types would change neither)."""
+    torch.manual_seed(0)
+    fused = fuse([nodes("text", 3), nodes("image", 4)], mode="intra+cross")
+    model = ModalityTransformer(1, D, 2, ("text", "image"), dim_feedforward=16).eval()
+    attn = model.layers[0].self_attn
+    assert not torch.equal(attn.in_proj.weight[0], attn.in_proj.weight[1])  # start apart
+    x = fused.nodes.features
+    before = model(x, fused)
+    with torch.no_grad():
+        attn.in_proj.weight[1].mul_(2.0)
+        attn.out_proj.weight[1].mul_(2.0)
+    after = model(x, fused)
+    torch.testing.assert_close(after[:, :3], before[:, :3], atol=0, rtol=0)  # text
+    assert (after[:, 3:] - before[:, 3:]).abs().max() > 1e-3  # image
+
+
+def test_modality_transformer_gradients_and_nan_padding() -> None:
+    torch.manual_seed(0)
+    fused = _padded_fused()
+    real = fused.nodes.mask  # (B, N)
+    x = fused.nodes.features.masked_fill(~real[..., None], float("nan")).requires_grad_()
+    model = ModalityTransformer(2, D, 2, NAMES, dim_feedforward=16)
+    out = model(x, fused)
+    assert out.shape == x.shape and torch.isfinite(out[real]).all()
+    out[real].square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if name.endswith(("in_proj.weight", "out_proj.weight")):  # every modality learns
+            assert (p.grad.flatten(1).abs().sum(1) > 0).all(), name
+        else:
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_modality_transformer_reads_modalities_by_name() -> None:
+    """Node sets fused in any order, latents with a projection of their own."""
+    fusion = ModalityFusion(D, ("text", "image"), num_latents=2)
+    fused = fusion([nodes("image", 4), nodes("text", 3)])  # bottleneck: latents last
+    model = ModalityTransformer(1, D, 2, ("text", "image", LATENT), dim_feedforward=16)
+    assert model.node_types(fused).tolist() == [1] * 4 + [0] * 3 + [2] * 2
+    res = model.forward_with_weights(fused.nodes.features, fused)
+    assert res.out.shape == (2, 9, D) and len(res.attentions) == 1
+    summary = fused.modality_summary(res.attentions[0])  # rows: image, text, latent
+    torch.testing.assert_close(summary.sum(1), torch.ones(3))
+    assert summary[0, 1] == 0 and summary[1, 0] == 0  # only through the latents
+
+
+def test_modality_transformer_errors_name_the_bad_input() -> None:
+    model = ModalityTransformer(1, D, 2, ("text", "image"), dim_feedforward=16)
+    other = fuse([nodes("text", 3), nodes("audio", 2)])
+    with pytest.raises(ValueError, match=r"fused has modalities \['audio'\] that this"):
+        model(other.nodes.features, other)
+    fused = fuse([nodes("text", 3), nodes("image", 4)])
+    with pytest.raises(ValueError, match=r"x must be \(B, N=7, C\) like the fused nodes, got"):
+        model(torch.randn(2, 6, D), fused)
+    with pytest.raises(TypeError, match="fused must be a FusedGraph"):
+        model(fused.nodes.features, fused.graph)
+    with pytest.raises(ValueError, match="modality_names must be distinct strings"):
+        ModalityTransformer(1, D, 2, ("text", "text"))
+    attn = ModalityAttention(D, 2, num_types=2)
+    with pytest.raises(ValueError, match=r"node_type must lie in \[0, num_types=2\), got ids"):
+        attn(fused.nodes.features, fused.graph, torch.full((7,), 2))
+    with pytest.raises(ValueError, match=r"node_type must be integer ids of shape \(N=7,\)"):
+        attn(fused.nodes.features, fused.graph, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"embed_dim \(8\) must be divisible by num_heads \(3\)"):
+        ModalityAttention(D, 3, num_types=2)
+    with pytest.raises(ValueError, match="attn must have no edge features"):
+        ModalityAttention.from_graph_attention(GraphAttention(D, 2, edge_dim=3), 2)

@@ -75,7 +75,7 @@ def summary(value: float | None) -> list[Tensor]:
     text = NodeSet(torch.randn(2, 3, 8), text_mask, modality="text")
     image = NodeSet(torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool), modality="image")
     fused = fuse([text, image])
-    attention = GraphAttention(8, 2)(fused.nodes.features, fused.graph, need_weights=True)
+    attention = GraphAttention(8, 2).forward_with_weights(fused.nodes.features, fused.graph)
     w = attention.attention.to_dense()  # (B, H, N, N)
     if value is not None:
         real = fused.nodes.mask  # (B, N)
