@@ -19,8 +19,15 @@ Writes ``examples/results/char_lm.json`` (one entry per graph kind, merged; the 
 comparison under ``"speed"``) and, in ``--out-dir``/GRAPH, the metrics, the curves and a
 summary of the run.
 
+Generation decodes with a key-value cache (:mod:`graphattn.decoding`): each new character
+costs one position, not a pass over the whole context. ``--generate N`` samples ``N``
+characters from the trained run's checkpoint (``--temperature``, ``--top-k``, ``--prompt``);
+``--compare-decoding`` measures characters per second with the cache and with recomputation
+(nanoGPT's sampler) at contexts 64 and 256.
+
 Run: ``python -m examples.char_lm [--graph causal|window] [--steps 2000] [--quick]
-[--compare-speed]`` (every field of :class:`CharLMConfig` is a flag: ``--help``)
+[--compare-speed] [--generate N] [--compare-decoding]`` (every field of
+:class:`CharLMConfig` is a flag: ``--help``)
 
 Axis legend: ``B`` batch, ``N`` nodes (characters in the context), ``C`` embed dim,
 ``V`` vocabulary.
@@ -31,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -51,6 +59,7 @@ from examples.harness import (
     write_json,
 )
 from examples.training import (
+    CheckpointManager,
     Muon,
     TrainConfig,
     Trainer,
@@ -58,7 +67,7 @@ from examples.training import (
     plot_curves,
     seed_everything,
 )
-from graphattn import Graph, GraphTransformer, RotaryEmbedding, choose_backend
+from graphattn import Graph, GraphTransformer, KVCache, RotaryEmbedding, choose_backend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "char_lm.json"
 
@@ -77,12 +86,16 @@ class CharLMConfig:
     steps: int = 2000  # max_iters=2000
     dropout: float = 0.0  # dropout=0.0
     positions: Literal["rotary", "learned"] = "rotary"  # RoPE in every layer, or nanoGPT's wpe
+    activation: Literal["gelu", "relu2"] = "gelu"  # feed-forward: nanoGPT's GELU, or relu(x)^2
+    tie_head: bool = True  # the output head shares the token embedding (nanoGPT)
+    zero_init: bool = False  # attention and feed-forward output projections start at zero
     lr: float = 3e-3  # nanoGPT: learning_rate=1e-3
     min_lr: float = 3e-4  # min_lr = learning_rate / 10
     warmup_steps: int = 100  # warmup_iters=100
     weight_decay: float = 0.1  # nanoGPT's default for 2-D weights
     optimizer: Literal["muon", "adamw"] = "muon"  # Muon on hidden matrices + AdamW, or AdamW
     muon_lr: float = 0.02  # Muon's peak learning rate (hidden matrices), same schedule
+    muon_weight_decay: float = 0.0  # decoupled: each step scales the hidden matrices by 1 - lr*wd
     beta2: float = 0.99  # "make a bit bigger because number of tokens per iter is small"
     grad_clip: float = 1.0  # grad_clip=1.0
     eval_every: int = 250  # eval_interval=250
@@ -91,6 +104,10 @@ class CharLMConfig:
     val_fraction: float = 0.1  # the last 10% of the text, as nanoGPT's prepare.py
     train_chars: int | None = None  # use only the first this many characters (smoke tests)
     sample_chars: int = 300  # characters to generate after training
+    generate: int = 0  # >0: no training; sample this many characters from the run's checkpoint
+    prompt: str = ""  # the text a sample continues ("": one newline, as nanoGPT's sampler)
+    temperature: float = 0.8  # divides the logits before sampling (nanoGPT's sample.py)
+    top_k: int | None = 200  # sample among the k likeliest characters (None: all)
     seed: int = 1337  # nanoGPT's seed
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     data_dir: str | None = None  # see examples.training.resolve_data_dir
@@ -175,6 +192,12 @@ def get_batch(
 
 
 # ----------------------------------------------------------------------------- model
+def relu_squared(x: Tensor) -> Tensor:
+    """``relu(x) ** 2``, the feed-forward activation of modded-nanogpt (So et al., 2021,
+    "Primer")."""
+    return F.relu(x).square()
+
+
 class CharLM(nn.Module):
     """Token + learned position embeddings -> :class:`~graphattn.GraphTransformer` on a
     causal graph -> LayerNorm -> linear head tied to the token embedding (as nanoGPT)."""
@@ -198,12 +221,14 @@ class CharLM(nn.Module):
             cfg.num_heads,
             dim_feedforward=4 * cfg.embed_dim,
             dropout=cfg.dropout,
-            activation="gelu",
+            activation=relu_squared if cfg.activation == "relu2" else cfg.activation,
             norm_first=True,
             final_norm=True,
         )
         self.head = nn.Linear(cfg.embed_dim, vocab, bias=False)
-        self.head.weight = self.token.weight  # weight tying
+        if cfg.tie_head:
+            self.head.weight = self.token.weight  # weight tying
+        self.zero_init = cfg.zero_init
         if cfg.graph == "causal":
             self.graph: Graph = Graph.causal(cfg.context)
         elif cfg.graph == "window":
@@ -221,6 +246,10 @@ class CharLM(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
+        if self.zero_init:  # every block starts as the identity (modded-nanogpt)
+            for layer in self.body.layers:
+                nn.init.zeros_(layer.self_attn.out_proj.weight)
+                nn.init.zeros_(layer.linear2.weight)
 
     def graph_for(self, n: int) -> Graph:
         if n == self.context:
@@ -229,18 +258,35 @@ class CharLM(nn.Module):
             return Graph.causal(n)
         return Graph.window(n, self.graph.radius, causal=True)
 
-    def forward(self, ids: Tensor, *, need_weights: bool = False) -> Any:
+    def forward(self, ids: Tensor) -> Tensor:
         """Logits ``(B, N, V)`` of the next character for ids ``(B, N)``, ``N <= context``."""
         n = ids.shape[1]
         x = self.token(ids)  # (B, N, C)
         if self.position is not None:
             x = x + self.position.weight[:n]
-        res = self.body(
-            self.drop(x), self.graph_for(n), rotary=self.rotary, need_weights=need_weights
-        )
-        h = res.out if need_weights else res  # (B, N, C)
-        logits = self.head(h)  # (B, N, V)
-        return (logits, res.attentions) if need_weights else logits
+        h = self.body(self.drop(x), self.graph_for(n), rotary=self.rotary)  # (B, N, C)
+        return self.head(h)  # (B, N, V)
+
+    def init_cache(self) -> list[KVCache]:
+        """Empty key-value caches for :meth:`decode`, one per layer, on the model's graph: a
+        causal cache holds ``context`` positions, a window cache its last ``window_radius``."""
+        return self.body.init_cache(self.graph)
+
+    def decode(self, ids: Tensor, cache: list[KVCache]) -> Tensor:
+        """Logits ``(B, T, V)`` of the next character after each of ``T`` new ids ``(B, T)``
+        that follow the positions ``cache`` holds: the last ``T`` rows of :meth:`forward` on
+        the whole text so far, at the cost of ``T`` positions."""
+        start, n = cache[0].length, ids.shape[1]
+        x = self.token(ids)  # (B, T, C)
+        if self.position is not None:
+            if start + n > self.context:
+                raise ValueError(
+                    f"ids would reach position {start + n - 1} but the learned position table "
+                    f"has context={self.context} rows: reset the cache"
+                )
+            x = x + self.position.weight[start : start + n]
+        h = self.body.decode_step(self.drop(x), cache, rotary=self.rotary)  # (B, T, C)
+        return self.head(h)  # (B, T, V)
 
     @torch.no_grad()
     def generate(
@@ -250,16 +296,58 @@ class CharLM(nn.Module):
         temperature: float = 0.8,
         top_k: int | None = 200,
         generator: torch.Generator | None = None,
+        *,
+        use_cache: bool = True,
     ) -> Tensor:
-        """Append ``new`` sampled characters to ``ids`` ``(B, N0)`` (nanoGPT's sampler)."""
-        for _ in range(new):
-            logits = self(ids[:, -self.context :])[:, -1] / temperature  # (B, V)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, -math.inf)
-            nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)  # (B, 1)
+        """Append ``new`` sampled characters to ``ids`` ``(B, N0)`` (nanoGPT's sampler).
+
+        ``use_cache=True`` decodes with a key-value cache (:meth:`decode`): the prompt (its
+        last ``context`` characters) in one step, then one position per character.
+        ``use_cache=False`` recomputes the last ``context`` characters for every new one, as
+        nanoGPT does. Up to ``context`` characters in all, both draw the same characters.
+        Past it, the recomputation slides its window by one character at a time; a window
+        cache (rotary positions) runs on, since it keeps only the last ``window_radius``
+        positions anyway; a causal cache (or a learned position table) is full, and restarts
+        from the last ``context // 2`` characters.
+        """
+        if not use_cache:
+            for _ in range(new):
+                logits = self(ids[:, -self.context :])[:, -1]  # (B, V)
+                ids = torch.cat([ids, sample_next(logits, temperature, top_k, generator)], 1)
+            return ids
+        cache = self.init_cache()
+        bounded = self.graph.kind == "causal" or self.position is not None
+        logits = self.decode(ids[:, -self.context :], cache)[:, -1] if new else None  # (B, V)
+        for i in range(new):
+            nxt = sample_next(logits, temperature, top_k, generator)  # (B, 1)
             ids = torch.cat([ids, nxt], 1)
+            if i == new - 1:
+                break
+            if bounded and cache[0].length == self.context:
+                for c in cache:
+                    c.reset()
+                nxt = ids[:, -(self.context // 2) :]  # (B, context // 2): the restart
+            logits = self.decode(nxt, cache)[:, -1]  # (B, V)
         return ids
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One character id per row ``(B, 1)`` drawn from ``softmax(logits / temperature)``
+    over the ``top_k`` likeliest (nanoGPT's ``sample.py``); ``logits``: ``(B, V)``."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    logits = logits / temperature  # (B, V)
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return torch.multinomial(F.softmax(logits, -1), 1, generator=generator)  # (B, 1)
 
 
 def make_optimizer(model: nn.Module, cfg: CharLMConfig) -> torch.optim.Optimizer:
@@ -273,7 +361,12 @@ def make_optimizer(model: nn.Module, cfg: CharLMConfig) -> torch.optim.Optimizer
         hidden = [p for p in model.body.parameters() if p.dim() == 2]
         ids = {id(p) for p in hidden}
         groups = [
-            {"params": hidden, "use_muon": True, "lr": cfg.muon_lr, "weight_decay": 0.0},
+            {
+                "params": hidden,
+                "use_muon": True,
+                "lr": cfg.muon_lr,
+                "weight_decay": cfg.muon_weight_decay,
+            },
             {
                 "params": [p for p in decay if id(p) not in ids],
                 "use_muon": False,
@@ -364,10 +457,8 @@ def run(cfg: CharLMConfig) -> dict[str, Any]:
     final_train = estimate_loss(model, data.train, cfg, cfg.final_eval_iters, seed=1)
     final_eval_s = time.perf_counter() - t0
 
-    g = torch.Generator().manual_seed(cfg.seed)
-    start = torch.tensor([[data.chars.index("\n")]])  # (1, 1)
     model.eval()
-    sample = data.decode(model.generate(start, cfg.sample_chars, generator=g)[0, 1:].tolist())
+    sample = sample_text(model, data, cfg, cfg.sample_chars)
     curves = plot_curves(
         result.history,
         out_dir / "curves.png",
@@ -474,6 +565,143 @@ def compare_speed(cfg: CharLMConfig, steps: int = 40, rounds: int = 5) -> dict[s
     return out
 
 
+# ----------------------------------------------------------------------------- generation
+def prompt_ids(data: CharData, prompt: str) -> Tensor:
+    """``prompt`` as ids ``(1, P)``; ``""`` is one newline."""
+    text = prompt or "\n"
+    unknown = sorted(set(text) - set(data.chars))
+    if unknown:
+        raise ValueError(f"prompt has characters outside the vocabulary: {unknown}")
+    index = {c: i for i, c in enumerate(data.chars)}
+    return torch.tensor([[index[c] for c in text]])  # (1, P)
+
+
+def sample_text(
+    model: CharLM, data: CharData, cfg: CharLMConfig, n: int, *, use_cache: bool = True
+) -> str:
+    """``n`` characters after ``cfg.prompt``, drawn with ``cfg.temperature`` and ``cfg.top_k``
+    by a generator seeded with ``cfg.seed``."""
+    start = prompt_ids(data, cfg.prompt)  # (1, P)
+    g = torch.Generator().manual_seed(cfg.seed)
+    ids = model.generate(start, n, cfg.temperature, cfg.top_k, g, use_cache=use_cache)
+    return data.decode(ids[0, start.shape[1] :].tolist())
+
+
+def load_trained(cfg: CharLMConfig, vocab: int) -> tuple[CharLM, tuple[int, Path] | None]:
+    """The model ``cfg`` describes, with the weights of the newest checkpoint of its run
+    (``<out_dir>/<graph>/checkpoints``, written at the end of training) and that
+    checkpoint's ``(step, path)``; ``None`` and fresh weights when there is none."""
+    model = CharLM(vocab, cfg)
+    found = CheckpointManager(Path(cfg.out_dir) / cfg.graph / "checkpoints").latest()
+    if found is None:
+        return model, None
+    step, path, state = found
+    model.load_state_dict(state["model"])
+    return model, (step, path)
+
+
+def generate_from_checkpoint(cfg: CharLMConfig) -> dict[str, Any]:
+    """Print ``cfg.generate`` characters sampled from the trained run's checkpoint, with the
+    key-value cache; raises ``FileNotFoundError`` when the run has not been trained."""
+    Experiment("char_lm", cfg)  # sets the threads
+    data = load_shakespeare(cfg.data_dir, cfg.val_fraction, cfg.train_chars)
+    model, found = load_trained(cfg, len(data.chars))
+    if found is None:
+        where = Path(cfg.out_dir) / cfg.graph / "checkpoints"
+        raise FileNotFoundError(
+            f"no checkpoint in {where}: train first, python -m examples.char_lm --graph "
+            f"{cfg.graph} --out-dir {cfg.out_dir} (same model flags), then add --generate N"
+        )
+    step, path = found
+    model.eval()
+    t0 = time.perf_counter()
+    text = sample_text(model, data, cfg, cfg.generate)
+    seconds = time.perf_counter() - t0
+    print(
+        f"{cfg.generate} characters from {path} (step {step}, {cfg.graph} graph, temperature "
+        f"{cfg.temperature}, top_k {cfg.top_k}; {cfg.generate / seconds:.0f} characters/s "
+        f"with the cache, {torch.get_num_threads()} thread(s)):\n{cfg.prompt}{text}"
+    )
+    return {"text": text, "checkpoint": str(path), "step": step, "seconds": seconds}
+
+
+def compare_decoding(
+    cfg: CharLMConfig, contexts: Sequence[int] = (64, 256), rounds: int = 3
+) -> dict[str, Any]:
+    """Characters per second of generation with the key-value cache and with recomputation
+    (nanoGPT's sampler), at each context ``N`` of ``contexts``.
+
+    A model of context ``N`` (the trained run's weights when it has a checkpoint and rotary
+    positions, which fit any context; else fresh ones: the speed does not depend on them)
+    draws ``N - 1`` characters after a newline, batch 1, so that the last sees ``N``; the
+    cached and the recomputing sampler take ``rounds`` turns, alternated after one warm-up
+    each (:func:`benchmarks.timing.time_alternating`), and both must draw the same text. The
+    median wall-clock and CPU-time rates (the process's CPU seconds: the rate of a quiet
+    machine when other processes share the cores) and their ratios are merged into the
+    results JSON under ``"decoding_<graph>"``.
+    """
+    exp = Experiment("char_lm", cfg)
+    data = load_shakespeare(cfg.data_dir, cfg.val_fraction, cfg.train_chars)
+    start = prompt_ids(data, "")  # (1, 1)
+    out: dict[str, Any] = {"graph": cfg.graph, "batch_size": 1, "rounds": rounds}
+    drawn: dict[str, Tensor] = {}  # each sampler's last ids (1, N), per context
+    cpu_s: dict[str, list[float]] = {}  # each sampler's CPU seconds per call, per context
+    for n in contexts:
+        model_cfg = CharLMConfig(**{**asdict(cfg), "context": n})
+        found = None
+        if cfg.positions == "rotary":
+            model, found = load_trained(model_cfg, len(data.chars))
+        else:
+            model = CharLM(len(data.chars), model_cfg)
+        model.eval()
+        drawn.clear()
+        cpu_s.update(cached=[], recomputed=[])
+
+        def sampler(name: str, model: CharLM = model, n: int = n) -> Callable[[], None]:
+            def draw() -> None:
+                g = torch.Generator().manual_seed(cfg.seed)
+                t0 = time.process_time()
+                drawn[name] = model.generate(
+                    start, n - 1, cfg.temperature, cfg.top_k, g, use_cache=name == "cached"
+                )
+                cpu_s[name].append(time.process_time() - t0)
+
+            return draw
+
+        timing = time_alternating(
+            {name: sampler(name) for name in cpu_s},
+            repeats=rounds,
+            min_repeats=rounds,
+            warmup=1,
+        )
+        cps = {name: (n - 1) / (ms / 1e3) for name, ms in timing.median_ms.items()}
+        # CPU time of the process (the timed rounds, not the warm-up): what a quiet machine
+        # would take, where other processes share the cores
+        cpu = {name: (n - 1) / statistics.median(ts[1:]) for name, ts in cpu_s.items()}
+        out[str(n)] = {
+            "chars": n - 1,
+            "cached_chars_per_s": cps["cached"],
+            "recomputed_chars_per_s": cps["recomputed"],
+            "cached_over_recomputed": cps["cached"] / cps["recomputed"],
+            "cached_chars_per_cpu_s": cpu["cached"],
+            "recomputed_chars_per_cpu_s": cpu["recomputed"],
+            "cpu_cached_over_recomputed": cpu["cached"] / cpu["recomputed"],
+            "same_text": bool(torch.equal(drawn["cached"], drawn["recomputed"])),
+            "weights": "untrained" if found is None else f"{found[1]} (step {found[0]})",
+        }
+        r = out[str(n)]
+        print(
+            f"context {n}: cached {r['cached_chars_per_s']:.0f} chars/s, recomputed "
+            f"{r['recomputed_chars_per_s']:.0f} chars/s, ratio {r['cached_over_recomputed']:.2f}"
+            f" (per CPU second: {cpu['cached']:.0f} / {cpu['recomputed']:.0f}, ratio "
+            f"{r['cpu_cached_over_recomputed']:.2f}), same text: {r['same_text']} "
+            f"({cfg.graph} graph, {r['weights']})"
+        )
+    out["threads"] = torch.get_num_threads()
+    merge_results(exp.path, out, key=f"decoding_{cfg.graph}")
+    return out
+
+
 def merge_results(path: Path, summary: dict[str, Any], key: str | None = None) -> dict[str, Any]:
     """Keep one entry per graph kind in the results JSON (or store ``summary`` under a
     top-level ``key``)."""
@@ -499,9 +727,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="only time training steps of the causal and window models, alternating, in one "
         "process; stored under 'speed' in the results JSON",
     )
+    parser.add_argument(
+        "--compare-decoding",
+        action="store_true",
+        help="only measure characters per second of generation with the key-value cache and "
+        "with recomputation at contexts 64 and 256 (the run's checkpoint when there is one); "
+        "stored under 'decoding_<graph>' in the results JSON",
+    )
     args = parser.parse_args(argv)
     cfg = config_from_args(CharLMConfig, args, PRESETS, parser)
-    return compare_speed(cfg) if args.compare_speed else run(cfg)
+    if args.compare_speed:
+        return compare_speed(cfg)
+    if args.compare_decoding:
+        return compare_decoding(cfg)
+    return generate_from_checkpoint(cfg) if cfg.generate > 0 else run(cfg)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ conv-stem cells, ``TextAdapter`` bytes) -> learned modality embedding
   node of every modality), a fusion ``GraphTransformer`` runs on it and a head says whether
   the triple is matched (all the same digit) or one member was swapped for another digit.
   Its attention gives the cross-modal attention graph picture and the per-modality-pair
-  attention table (``FusedGraph.modality_summary``).
+  attention table (``FusedGraph.modality_summary``). ``--fusion-projections per_modality``
+  gives its attention one query/key/value/output projection per modality (HGT's node-type
+  projections, ``modalities.ModalityTransformer``) instead of one set for all nodes.
 
 Two variants, each over several seeds:
 
@@ -65,7 +67,7 @@ from torch import Tensor, nn
 from examples.harness import Experiment, count_params, parse_config, stats
 from examples.training import TrainConfig, Trainer, plot_curves, seed_everything
 from examples.vision_hybrid import load_digits_split, random_shift, stem
-from graphattn import GraphTransformer
+from graphattn import AttentionWeights, GraphTransformer
 from graphattn.plot import plot_attention_graph, plot_attention_heatmap
 from modalities import (
     AudioFrameAdapter,
@@ -73,6 +75,7 @@ from modalities import (
     CNNFeatureAdapter,
     FusedGraph,
     ModalityFusion,
+    ModalityTransformer,
     NodeSet,
     TextAdapter,
     batch_encode,
@@ -81,6 +84,7 @@ from modalities import (
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cross_modal_digits.json"
 Variant = Literal["paired", "zero_shot"]
+Projections = Literal["shared", "per_modality"]
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
 ALL_MODALITIES = ("audio", "image", "text")
 GOALS = {"audio->image": 0.95, "text->audio": 0.95}  # class-level recall@1 on held-out items
@@ -122,6 +126,8 @@ class CrossModalConfig:
     heads: int = 4  # attention heads
     trunk_layers: int = 2  # shared GraphTransformer layers per modality
     fusion_layers: int = 1  # GraphTransformer layers on the fused (cross-modal) graph
+    fusion_projections: Projections = "shared"  # fusion attention: one q/k/v/out for all
+    # modalities, or one per modality (HGT-style, modalities.ModalityTransformer)
     temperature: float = 0.1  # InfoNCE softmax temperature
     match_weight: float = 0.5  # weight of the matched/mismatched loss of the fusion block
     match_batch: int = 32  # the fusion block sees the first n tuples of a batch (+ n swapped)
@@ -145,6 +151,11 @@ class CrossModalConfig:
         if bad or not self.variants:
             raise ValueError(
                 f"variants must be a non-empty subset of {VARIANTS}, got {self.variants}"
+            )
+        if self.fusion_projections not in get_args(Projections):
+            raise ValueError(
+                f"CrossModalConfig.fusion_projections must be one of {get_args(Projections)}, "
+                f"got {self.fusion_projections!r}"
             )
         for name in ("seeds", "steps", "dim", "heads"):
             value = getattr(self, name)
@@ -340,7 +351,8 @@ class CrossModalNet(nn.Module):
 
     Args:
         modalities: the modality names used (a subset of ``("audio", "image", "text")``).
-        cfg: sizes (``dim``, ``heads``, ``trunk_layers``, ``fusion_layers``, ``n_mels``).
+        cfg: sizes (``dim``, ``heads``, ``trunk_layers``, ``fusion_layers``, ``n_mels``) and
+            the fusion block's attention projections (``fusion_projections``).
 
     Shapes:
         - :meth:`encode`: modality inputs -> :class:`NodeSet` ``(B, N_m, D)``
@@ -373,9 +385,15 @@ class CrossModalNet(nn.Module):
         )
         self.project = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})
         self.fusion_embed = ModalityFusion(d, self.modalities)  # fusion block's own embedding
-        self.fusion = GraphTransformer(
-            cfg.fusion_layers, d, cfg.heads, dim_feedforward=2 * d, dropout=0.1, activation="gelu"
-        )
+        fusion_kw: dict[str, Any] = {"dim_feedforward": 2 * d, "dropout": 0.1, "activation": "gelu"}
+        self.per_modality = cfg.fusion_projections == "per_modality"
+        self.fusion: GraphTransformer | ModalityTransformer
+        if self.per_modality:  # every fusion layer: one q/k/v/out projection per modality
+            self.fusion = ModalityTransformer(
+                cfg.fusion_layers, d, cfg.heads, self.modalities, **fusion_kw
+            )
+        else:
+            self.fusion = GraphTransformer(cfg.fusion_layers, d, cfg.heads, **fusion_kw)
         self.match_head = nn.Linear(d, 1)
 
     def encode(self, modality: str, inputs: Sequence[Tensor]) -> NodeSet:
@@ -408,19 +426,32 @@ class CrossModalNet(nn.Module):
         """Join trunk outputs of several modalities into one complete graph."""
         return self.fusion_embed(nodesets, mode="complete")
 
-    def match(self, nodesets: Sequence[NodeSet], need_weights: bool = False) -> Any:
+    def _fused(self, nodesets: Sequence[NodeSet]) -> tuple[FusedGraph, Any]:
+        """The fused graph and what the fusion block reads as its structure: the
+        :class:`FusedGraph` itself for per-modality projections (every node's modality),
+        else its graph."""
+        fused = self.fuse(nodesets)
+        return fused, (fused if self.per_modality else fused.graph)
+
+    def match(self, nodesets: Sequence[NodeSet]) -> Tensor:
         """Matched-or-not logit of each sample's fused graph.
 
         Shapes:
-            - nodesets: ``(B, N_m, D)`` each; returns logits ``(B,)`` (and, with
-              ``need_weights``, the :class:`FusedGraph` and every fusion layer's
-              attention weights).
+            - nodesets: ``(B, N_m, D)`` each; returns logits ``(B,)``.
         """
-        fused = self.fuse(nodesets)
-        res = self.fusion(fused.nodes.features, fused.graph, need_weights=need_weights)
-        out = res.out if need_weights else res  # (B, N, D)
-        logits = self.match_head(masked_mean(out, fused.nodes.mask)).squeeze(-1)  # (B,)
-        return (logits, fused, res.attentions) if need_weights else logits
+        fused, where = self._fused(nodesets)
+        out = self.fusion(fused.nodes.features, where)  # (B, N, D)
+        return self.match_head(masked_mean(out, fused.nodes.mask)).squeeze(-1)  # (B,)
+
+    def match_with_weights(
+        self, nodesets: Sequence[NodeSet]
+    ) -> tuple[Tensor, FusedGraph, list[AttentionWeights]]:
+        """:meth:`match`, also returning the :class:`FusedGraph` and every fusion layer's
+        attention weights."""
+        fused, where = self._fused(nodesets)
+        res = self.fusion.forward_with_weights(fused.nodes.features, where)
+        logits = self.match_head(masked_mean(res.out, fused.nodes.mask)).squeeze(-1)  # (B,)
+        return logits, fused, res.attentions
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -576,7 +607,7 @@ def evaluate(
         torch.manual_seed(4321)  # the same negatives every evaluation
         neg, labels = mismatched(nodes, y)
         torch.set_rng_state(gen_state)
-        logits, fused, attns = model.match(nodes, need_weights=True)  # (n,)
+        logits, fused, attns = model.match_with_weights(nodes)  # (n,)
         neg_logits = model.match(neg)  # (n,)
         correct = (logits > 0).float().sum() + ((neg_logits > 0).float() == labels).float().sum()
         match_acc[key] = float(correct / (2 * n_tuples))
@@ -725,7 +756,7 @@ def save_pictures(
     model.eval()
     y, idx = held_out_tuples(splits, group, 1, seed=7)
     nodes = [_trim(model.encode(m, [t[idx[m]] for t in splits[m].test])) for m in group]
-    logit, fused, attns = model.match(nodes, need_weights=True)
+    logit, fused, attns = model.match_with_weights(nodes)
     labels: list[str] = []
     for m, ns in zip(group, nodes, strict=True):
         if m == "text":

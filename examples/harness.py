@@ -80,12 +80,16 @@ _PRESET = "preset_"  # argparse dest prefix of the preset switches
 # ----------------------------------------------------------------------------- command line
 def _field_comments(cls: type) -> dict[str, str]:
     """The trailing ``# comment`` of every field line of a dataclass, with the comment-only
-    lines that continue it (not section headers such as ``# --- cost``)."""
+    lines that continue it (not section headers such as ``# --- cost``); a subclass's
+    comments override those of the dataclasses it extends."""
+    out: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not cls and dataclasses.is_dataclass(base):
+            out.update(_field_comments(base))
     try:
         lines = inspect.getsource(cls).splitlines()
     except (OSError, TypeError):  # pragma: no cover - defined where no source is kept
-        return {}
-    out: dict[str, str] = {}
+        return out
     last = None
     for line in lines:
         field = re.match(r"\s+(\w+)\s*:[^#]*#\s?(.*)$", line)

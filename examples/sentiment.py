@@ -46,7 +46,7 @@ from examples.training import (
     plot_curves,
     seed_everything,
 )
-from graphattn import Graph, GraphTransformer
+from graphattn import AttentionWeights, Graph, GraphTransformer
 from graphattn.plot import plot_attention_heatmap
 from modalities import ByteTokenizer
 
@@ -231,18 +231,30 @@ class ByteClassifier(nn.Module):
         x = self.ngrams(grams.view(b * t, self.ngram_max))  # (B*T, C)
         return x.view(b, t, -1)  # (B, T, C)
 
-    def forward(self, ids: Tensor, mask: Tensor, *, need_weights: bool = False) -> Any:
-        """Logits ``(B, 2)`` for byte ids ``(B, T)`` with mask ``(B, T)`` (True = real)."""
+    def _inputs(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, list[Graph]]:
+        """Node features ``(B, T, C)`` and the per-layer graphs."""
         t = ids.shape[1]
         if t > self.position.shape[0]:
             raise ValueError(f"sequence of {t} bytes exceeds max_bytes={self.position.shape[0]}")
         x = self.drop(self.nodes(ids, mask)) + self.position[:t]  # (B, T, C)
-        res = self.body(x, self.graphs(t), key_padding_mask=~mask, need_weights=need_weights)
-        h = res.out if need_weights else res  # (B, T, C)
+        return x, self.graphs(t)
+
+    def _logits(self, h: Tensor, mask: Tensor) -> Tensor:
         w = mask[..., None].to(h.dtype)  # (B, T, 1)
         pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, C): masked mean
-        logits = self.head(self.drop(pooled))  # (B, 2)
-        return (logits, res.attentions) if need_weights else logits
+        return self.head(self.drop(pooled))  # (B, 2)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Logits ``(B, 2)`` for byte ids ``(B, T)`` with mask ``(B, T)`` (True = real)."""
+        h = self.body(*self._inputs(ids, mask), key_padding_mask=~mask)  # (B, T, C)
+        return self._logits(h, mask)
+
+    def forward_with_weights(
+        self, ids: Tensor, mask: Tensor
+    ) -> tuple[Tensor, list[AttentionWeights]]:
+        """Logits ``(B, 2)`` and every layer's attention weights."""
+        res = self.body.forward_with_weights(*self._inputs(ids, mask), key_padding_mask=~mask)
+        return self._logits(res.out, mask), res.attentions
 
 
 def make_optimizer(model: nn.Module, cfg: SentimentConfig) -> LazyAdamW:
@@ -350,7 +362,7 @@ def attention_pictures(
         n = int(lengths[i])
         ids, mask = test.ids[i : i + 1, :n], test.mask[i : i + 1, :n]
         with torch.no_grad():
-            logits, attentions = model(ids, mask, need_weights=True)
+            logits, attentions = model.forward_with_weights(ids, mask)
         prob = float(logits.softmax(-1)[0, 1])
         label = "positive" if int(test.labels[i]) == 1 else "negative"
         path = plot_attention_heatmap(

@@ -11,7 +11,7 @@
    sequences) of both models at each ``L``.
 3. **Quadratic cost** (``cost``): forward + backward time and peak memory of one
    ``GraphAttention`` on a complete graph (fused SDPA kernel, weights never stored), on a
-   complete graph with its ``N x N`` weights materialised (``need_weights=True``), and
+   complete graph with its ``N x N`` weights materialised (``forward_with_weights``), and
    on a sliding window of radius 16 (an edge list, ``backend="auto"``), as ``N`` doubles
    until the next size would pass a time or memory cap; log-log fits give the slopes.
    Peak memory is the RSS growth of one step in a fresh process
@@ -51,12 +51,13 @@ from benchmarks.timing import Step, measure_peak_rss, run_measure_subprocess, ti
 from examples.harness import Experiment, config_from_args, config_parser, count_params
 from examples.training import TrainConfig, Trainer, atomic_write, seed_everything
 from graphattn import (
+    AttentionWeights,
     Graph,
     GraphAttention,
     GraphTransformer,
     SinusoidalPositionalEncoding,
     choose_backend,
-    graph_attention,
+    graph_attention_with_weights,
 )
 
 MODULE = "examples.why_attention"
@@ -68,7 +69,7 @@ MODELS: tuple[RecallModel, ...] = get_args(RecallModel)
 CostVariant = Literal["complete", "complete_weights", "window"]
 VARIANTS: dict[CostVariant, str] = {
     "complete": "complete graph, fused SDPA (weights never stored)",
-    "complete_weights": "complete graph, N x N weights materialised (need_weights=True)",
+    "complete_weights": "complete graph, N x N weights materialised (forward_with_weights)",
     "window": "sliding window |i - j| <= radius, edge list (backend='auto')",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -218,13 +219,17 @@ class AttentionRecall(nn.Module):
         )
         self.head = nn.Linear(dim, classes)
 
-    def forward(self, tokens: Tensor, need_weights: bool = False) -> Any:
-        """Shapes: tokens ``(B, L)``; returns logits ``(B, K)`` (and the attentions)."""
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Shapes: tokens ``(B, L)``; returns logits ``(B, K)``."""
         h = self.pos(self.embed(tokens))  # (B, L, C)
-        res = self.encoder(h, Graph.causal(tokens.shape[1]), need_weights=need_weights)
-        out = res.out if need_weights else res  # (B, L, C)
-        logits = self.head(out[:, -1])  # (B, K)
-        return (logits, res.attentions) if need_weights else logits
+        out = self.encoder(h, Graph.causal(tokens.shape[1]))  # (B, L, C)
+        return self.head(out[:, -1])  # (B, K)
+
+    def forward_with_weights(self, tokens: Tensor) -> tuple[Tensor, list[AttentionWeights]]:
+        """Logits ``(B, K)`` and every layer's attention weights."""
+        h = self.pos(self.embed(tokens))  # (B, L, C)
+        res = self.encoder.forward_with_weights(h, Graph.causal(tokens.shape[1]))
+        return self.head(res.out[:, -1]), res.attentions
 
 
 class GRURecall(nn.Module):
@@ -274,7 +279,7 @@ def attention_softness(model: AttentionRecall, x: Tensor) -> dict[str, Any]:
     """
     was = model.training
     model.eval()
-    _, attentions = model(x, need_weights=True)
+    _, attentions = model.forward_with_weights(x)
     model.train(was)
     n = x.shape[1]
     edge = torch.ones(n, n, dtype=torch.bool).tril()  # (L, L): the causal in-edges
@@ -405,7 +410,7 @@ def cost_step(variant: str, n: int, s: CostSettings) -> tuple[Step, Graph]:
     if variant == "complete_weights":
 
         def forward() -> Tensor:
-            return attn(x, graph, need_weights=True).out  # (B, N, C)
+            return attn.forward_with_weights(x, graph).out  # (B, N, C)
 
     else:
 
@@ -536,7 +541,7 @@ def gap_sweep(dtype: torch.dtype, backend: str, gaps: Tensor) -> dict[str, Any]:
     q = gaps.to(dtype)[None, :, None]  # (H=1, G, D=1): the realised gaps in this dtype
     k = torch.tensor([[0.0], [-1.0]], dtype=dtype)[None]  # (1, 2, 1)
     v = torch.eye(2, dtype=dtype)[None]  # (1, 2, 2)
-    res = graph_attention(q, k, v, None, scale=1.0, need_weights=True, backend=backend)
+    res = graph_attention_with_weights(q, k, v, None, scale=1.0, backend=backend)
     small = res.attention.to_dense()[0, :, 1].float()  # (G,) weight of the far source
     realised = q[0, :, 0].float()  # (G,)
     zero = (small == 0).nonzero()
@@ -558,8 +563,8 @@ def random_complete(cfg: WhyAttentionConfig, dtype: torch.dtype, scale: float) -
     g = torch.Generator().manual_seed(cfg.seed)
     shape = (1, cfg.softmax_heads, cfg.softmax_nodes, cfg.softmax_head_dim)  # (B, H, N, D)
     q, k, v = (torch.randn(shape, generator=g) * scale for _ in range(3))
-    res = graph_attention(
-        q.to(dtype), k.to(dtype), v.to(dtype), Graph.complete(cfg.softmax_nodes), need_weights=True
+    res = graph_attention_with_weights(
+        q.to(dtype), k.to(dtype), v.to(dtype), Graph.complete(cfg.softmax_nodes)
     )
     w = res.attention.to_dense().float()  # (B, H, N, N)
     qf, kf = q.to(dtype).float(), k.to(dtype).float()  # the inputs as rounded to `dtype`
