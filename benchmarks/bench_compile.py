@@ -10,8 +10,8 @@ training step (forward + backward) and a no-grad forward:
 2. ``edges``: ``GraphAttention(64, 8, backend="edges")`` on a random graph, in-degree 16,
    ``N=2000`` (32,000 edges), unbatched ``(N, C)`` as PyG's layers take it.
 3. ``gat``: ``graphattn.GATConv(64, 8, heads=8, backend="edges", add_self_loops=False)`` on
-   the same graph with its self-loops added once beforehand (adding them inside the layer
-   picks edges by value, which breaks the graph).
+   the same graph with its self-loops added once beforehand (as measured; the layer's own
+   self-loops now trace too, by masking the input's loops instead of removing them).
 
 Then a changing graph: the ``edges`` module's training step on a new random edge list every
 step (``E`` drawn around ``16 N``), 10 steps, once with ``torch._dynamo.mark_dynamic(ei, 1)``

@@ -142,11 +142,25 @@ def _loop_attr(attr: Tensor, dst: Tensor, num_nodes: int, fill_value: FillValue)
 @dataclass(frozen=True)
 class _Prepared:
     """A layer's graph: ``graph`` (with the added self-loops), the positions ``kept`` of the
-    input edges it keeps, in order (``None``: all of them), and the input's edge count."""
+    input edges it keeps, in order (``None``: all of them), and the input's edge count.
+
+    Under ``torch.compile`` / ``torch.export`` the input's own loops are not removed (that
+    would make the edge count depend on the data): ``graph`` is every input edge, then the
+    added loops, and ``drop`` ``(E + N,)`` marks the input loops, which a ``-inf`` score bias
+    removes (:meth:`bias`): the same outputs, with zero weights on those edges."""
 
     graph: Graph
     kept: Tensor | None
     num_input_edges: int
+    drop: Tensor | None = None
+
+    def bias(self, heads: int, dtype: torch.dtype) -> Tensor | None:
+        """The per-edge score bias ``(E', H)`` that removes the dropped edges, or ``None``."""
+        if self.drop is None:
+            return None
+        zero = torch.zeros((), dtype=dtype, device=self.drop.device)
+        bias = torch.where(self.drop, torch.full_like(zero, -math.inf), zero)  # (E',)
+        return bias[:, None].expand(-1, heads)  # (E', H)
 
 
 class _GraphCache:
@@ -205,6 +219,13 @@ def _graph_of(
     if hit is not None:
         return hit
     graph = as_graph(edge_index, num_dst, num_src, name="edge_index")  # checks the indices
+    if self_loops and torch.compiler.is_compiling():  # no data-dependent edge count
+        ei = graph.edge_index()
+        n = min(num_src, num_dst)
+        loops = torch.arange(n, device=ei.device).expand(2, n)  # (2, N)
+        drop = torch.cat([ei[0] == ei[1], ei.new_zeros(n, dtype=torch.bool)])  # (E + N,)
+        full = Graph.from_edge_index(torch.cat([ei, loops], dim=1), num_dst, num_src)
+        return _Prepared(full, None, ei.shape[1], drop)
     if self_loops:
         ei = graph.edge_index()
         kept = (ei[0] != ei[1]).nonzero().flatten()  # (E',)
@@ -576,7 +597,14 @@ class GATConv(_AttentionConv):
             edge_attr = _edge_attr(edge_attr, prep, self.fill_value)
             ef = (self.lin_edge(edge_attr).view(-1, h, c) * self.att_edge).sum(-1, keepdim=True)
         res, out = self._attend(
-            a_dst, a_src, hs, prep.graph, need_weights, score=self.score, edge_features=ef
+            a_dst,
+            a_src,
+            hs,
+            prep.graph,
+            need_weights,
+            score=self.score,
+            edge_features=ef,
+            attn_bias=prep.bias(h, hs.dtype),
         )
         out = self._finish_output(_heads_out(out, self.concat), x_dst)
         return _finish(res, out, need_weights, pyg)
@@ -593,7 +621,7 @@ def _edge_attr(edge_attr: Tensor, prep: _Prepared, fill_value: FillValue) -> Ten
         raise TypeError(f"edge_attr must be a tensor, got {type(edge_attr).__name__}")
     if edge_attr.dim() == 1:
         edge_attr = edge_attr.view(-1, 1)
-    if kept is None:
+    if kept is None and prep.drop is None:
         if edge_attr.shape[0] != graph.num_edges:
             raise ValueError(
                 f"edge_attr has {edge_attr.shape[0]} rows but the graph has {graph.num_edges} edges"
@@ -603,10 +631,45 @@ def _edge_attr(edge_attr: Tensor, prep: _Prepared, fill_value: FillValue) -> Ten
         raise ValueError(
             f"edge_attr has {edge_attr.shape[0]} rows but edge_index has {num_input_edges} edges"
         )
+    if prep.drop is not None:  # traced: every input edge, then the loops (see _Prepared)
+        keep = ~prep.drop[:num_input_edges]  # (E,)
+        dst = graph.edge_index()[1, :num_input_edges]
+        n_loops = graph.num_edges - num_input_edges
+        return torch.cat([edge_attr, _masked_loop_attr(edge_attr, dst, keep, n_loops, fill_value)])
     n_loops = graph.num_edges - kept.numel()
     attr = edge_attr[kept]
     dst = graph.edge_index()[1, : kept.numel()]
     return torch.cat([attr, _loop_attr(attr, dst, n_loops, fill_value)])
+
+
+def _masked_loop_attr(
+    attr: Tensor, dst: Tensor, keep: Tensor, num_nodes: int, fill_value: FillValue
+) -> Tensor:
+    """:func:`_loop_attr` over the edges where ``keep`` is True, with no data-dependent
+    selection (for traced code): a reduction sees the others as its identity, and a node
+    whose in-edges are all left out gets 0, as in eager.
+
+    Shapes:
+        - attr: ``(E, *)``; dst, keep: ``(E,)``; returns ``(num_nodes, *)``
+    """
+    if not (isinstance(fill_value, str) and fill_value in _REDUCE):
+        return _loop_attr(attr, dst, num_nodes, fill_value)
+    keep = keep & (dst < num_nodes)  # (E,)
+    idx = dst.clamp(max=num_nodes - 1)  # (E,): left-out edges are masked below
+    shape = (-1, *([1] * (attr.dim() - 1)))
+    count = attr.new_zeros(num_nodes).index_add(0, idx, keep.to(attr.dtype))  # (N,)
+    reduce = _REDUCE[fill_value]
+    if reduce in ("sum", "mean"):
+        total = attr.new_zeros(num_nodes, *attr.shape[1:])
+        total = total.index_add(0, idx, attr * keep.view(shape).to(attr.dtype))
+        return total / count.clamp(min=1).view(shape) if reduce == "mean" else total
+    identity = {"amin": math.inf, "amax": -math.inf, "prod": 1.0}[reduce]
+    vals = torch.where(keep.view(shape), attr, torch.full_like(attr, identity))  # (E, *)
+    idx = idx.view(shape).expand_as(attr)
+    out = attr.new_zeros(num_nodes, *attr.shape[1:]).scatter_reduce(
+        0, idx, vals, reduce, include_self=False
+    )
+    return torch.where(count.view(shape) > 0, out, torch.zeros_like(out))
 
 
 # ---------------------------------------------------------------------------- GATv2
@@ -724,7 +787,14 @@ class GATv2Conv(_AttentionConv):
             ef = self.lin_edge(edge_attr).view(-1, h, c)  # (E, H, C)
         score = GATv2(self.att, self.negative_slope)
         res, out = self._attend(
-            x_r, x_l, x_l, prep.graph, need_weights, score=score, edge_features=ef
+            x_r,
+            x_l,
+            x_l,
+            prep.graph,
+            need_weights,
+            score=score,
+            edge_features=ef,
+            attn_bias=prep.bias(h, x_l.dtype),
         )
         out = self._finish_output(_heads_out(out, self.concat), x_dst)
         return _finish(res, out, need_weights, pyg)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
+import graphattn
 from graphattn import Graph, GraphAttention, graph_attention
 from graphattn.graph import _compact
 from graphattn.scores import GAT
@@ -50,6 +51,45 @@ def test_edge_backend_has_no_graph_break(gen):
     explained = torch._dynamo.explain(ga)(x, graph)
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+@pytest.mark.parametrize("fill_value", ["mean", "max", "mul", 0.5])
+@pytest.mark.parametrize("layer", ["GATConv", "GATv2Conv"])
+def test_conv_layers_with_their_own_self_loops_compile_in_one_graph(layer, fill_value, gen):
+    """PyG's self-loop handling (drop the input's loops, add one per node, fill their edge
+    features) under fullgraph=True: the input's loops are masked by a -inf bias instead of
+    removed, which keeps the edge count independent of the data; same outputs and gradients
+    as eager, loops in the input included (node 5 has only a loop as in-edge)."""
+    cls = getattr(graphattn, layer)
+    torch.manual_seed(0)
+    conv = cls(C, 4, heads=2, edge_dim=3, fill_value=fill_value)
+    ei = torch.randint(0, N, (2, 80), generator=gen)
+    ei[:, :4] = torch.tensor([[1, 2, 2, 5], [1, 2, 2, 5]])  # loops, one of them duplicated
+    ei[1, ei[1] == 5] = torch.where(ei[0, ei[1] == 5] == 5, 5, 6)  # node 5: only its loop
+    x = torch.randn(N, C, generator=gen, requires_grad=True)
+    ea = torch.randn(80, 3, generator=gen)
+    explained = torch._dynamo.explain(conv)(x, ei, ea)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    ref = conv(x, ei, ea)
+    (gx_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    out = torch.compile(conv, backend="aot_eager", fullgraph=True)(x, ei, ea)
+    (gx,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(gx, gx_ref, rtol=RTOL, atol=ATOL)
+
+
+def test_gat_conv_with_self_loops_exports_with_a_symbolic_edge_count(gen):
+    torch.manual_seed(0)
+    conv = graphattn.GATConv(C, 4, heads=2, backend="edges").eval()
+    x = torch.randn(N, C, generator=gen)
+    ei = torch.randint(0, N, (2, 70), generator=gen)
+    ei[:, :3] = 2  # three copies of one loop
+    dynamic = ({}, {1: torch.export.Dim("E", min=2, max=1 << 20)})
+    program = torch.export.export(conv, (x, ei), dynamic_shapes=dynamic)
+    other = torch.randint(0, N, (2, 95), generator=gen)  # another size, other loops
+    other[:, :2] = torch.tensor([[4, 9], [4, 9]])
+    for edges in (ei, other):
+        torch.testing.assert_close(program.module()(x, edges), conv(x, edges))
 
 
 @pytest.mark.parametrize("score", ["dot", "gat"])
