@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,52 @@ def test_ngram_buckets_depend_only_on_the_bytes() -> None:
     assert (grams[0, :4, 4] == 0).all() and (grams[0, 4, 4] > 0)  # 5-grams need 5 bytes
     assert (grams[~enc.mask] == 0).all()  # padding: the embedding's zero row
     assert (grams[enc.mask][:, 0] > 0).all()  # every real byte has its 1-gram
+
+
+def test_word_ngrams_are_binarized_uni_and_bigrams() -> None:
+    grams = sentiment.word_ngrams("A good , good film", 2)
+    assert grams == {"a", "good", ",", "film", "a good", "good ,", ", good", "good film"}
+
+
+def test_naive_bayes_ratios_on_a_toy_corpus() -> None:
+    texts = ["good film", "good fun", "bad film", "bad bad plot"]
+    labels = [1, 1, 0, 0]
+    nb = sentiment.NaiveBayesPrior.fit(texts, labels, n_max=1, alpha=1.0)
+    # binarized counts: p = good 2, film 1, fun 1; q = bad 2 (once per sentence), film 1, plot 1
+    vocab = 5  # good film fun bad plot
+    p_norm, q_norm = vocab + 4, vocab + 4
+    expect = math.log(3 / p_norm) - math.log(1 / q_norm)
+    assert nb.ratio("good") == pytest.approx(expect)
+    assert nb.ratio("bad") == pytest.approx(-expect)
+    assert nb.ratio("film") == pytest.approx(0.0)
+    assert nb.ratio("unseen") == 0.0
+    assert nb.score(["good film", "bad"]).tolist() == pytest.approx([expect, -expect])
+
+
+def test_validation_split_is_carved_from_train_stratified() -> None:
+    train, test = sentiment.load_rt_polarity(DATA, 64, limit=100)
+    part, val = sentiment.carve_validation(train, 0.1, seed=1)
+    assert len(part.labels) == 162 and len(val.labels) == 18 and int(val.labels.sum()) == 9
+    assert not set(val.texts) & set(part.texts) and not set(val.texts) & set(test.texts)
+    assert set(val.texts) | set(part.texts) == set(train.texts)
+
+
+def test_prior_adds_a_scaled_log_odds_to_the_attention_logits() -> None:
+    cfg = sentiment.SentimentConfig(
+        hash_buckets=512, embed_dim=16, num_heads=2, nb_ngrams=2, nb_weight=0.5
+    )
+    model = sentiment.ByteClassifier(cfg).eval()
+    tok = sentiment.ByteTokenizer()
+    enc = tok.batch_encode(["a fine film .", "a dull mess ."])
+    prior = torch.tensor([2.0, -1.0])  # (B,)
+    with torch.no_grad():
+        alone = model(enc.ids, enc.mask)  # (B, 2): the attention path
+        both = model(enc.ids, enc.mask, prior)  # (B, 2)
+        weighted, attentions = model.forward_with_weights(enc.ids, enc.mask, prior)
+    diff = both - alone  # (B, 2)
+    torch.testing.assert_close(diff[:, 1] - diff[:, 0], 0.5 * prior)
+    torch.testing.assert_close(weighted, both)
+    assert len(attentions) == cfg.num_layers
+    off = sentiment.ByteClassifier(sentiment.SentimentConfig(hash_buckets=512, nb_ngrams=0))
+    assert off.prior_scale is None and "prior_scale" not in off.state_dict()
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in off.named_parameters()]
