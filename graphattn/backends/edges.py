@@ -149,7 +149,6 @@ def _run(call: AttentionCall) -> BackendResult:
     b, h, nd, _ = q.shape
     dv = v.shape[-1]
     st = graph.edge_structure()
-    e = st.src.numel()
     bias, ef, ev = sorted_edge_inputs(call, st)
     # Dense-layout weights (complete, causal graphs) are returned as (B, H, Nd, Ns); the
     # output is then computed from them, so that they lie on its autograd path.
@@ -176,13 +175,29 @@ def _run(call: AttentionCall) -> BackendResult:
         unsorted = torch.empty_like(alpha)
         unsorted[st.perm] = alpha
         alpha = unsorted
-    weights = alpha.view(e, b, h).permute(1, 0, 2).to(q.dtype)  # (B, E, H)
-    if dense_out:
-        weights = AttentionWeights(weights, graph, "edges").to_dense()  # (B, H, Nd, Ns)
-        dropped = F.dropout(weights, call.dropout_p) if call.dropout_p > 0 else weights
-        out = torch.matmul(dropped, v)  # (B, H, Nd, Dv)
-    elif graph.weights_layout == "dense":  # with edge values: a dense copy, off the path
-        weights = AttentionWeights(weights, graph, "edges").to_dense()
+    return _with_weights(call, out, alpha, has_edge_values=ev is not None)
+
+
+def _with_weights(
+    call: AttentionCall, out: Tensor | None, alpha: Tensor, has_edge_values: bool
+) -> BackendResult:
+    """The result with the weights of ``alpha`` (in the graph's edge order). Dense-layout
+    graphs (complete, causal) return them as ``(B, H, Nd, Ns)`` and, without edge values,
+    the output is computed from them, so that they lie on its autograd path; with edge
+    values they are a dense copy, off the path.
+
+    Shapes:
+        - out: ``(B, H, Nd, Dv)`` (``None`` when it is to come from the dense weights);
+          alpha: ``(E, G)``; returns weights ``(B, E, H)`` or ``(B, H, Nd, Ns)``
+    """
+    b, h = call.q.shape[:2]
+    weights = alpha.view(-1, b, h).permute(1, 0, 2).to(call.q.dtype)  # (B, E, H)
+    if call.graph.weights_layout == "dense":
+        weights = AttentionWeights(weights, call.graph, "edges").to_dense()  # (B, H, Nd, Ns)
+        if not has_edge_values:
+            p = call.dropout_p
+            dropped = F.dropout(weights, p) if p > 0 else weights
+            out = torch.matmul(dropped, call.v)  # (B, H, Nd, Dv)
     return BackendResult(out, weights)
 
 
@@ -196,7 +211,6 @@ def _run_traced(call: AttentionCall) -> BackendResult:
     b, h, nd, _ = q.shape
     dv = v.shape[-1]
     src, dst = graph.edge_index()  # (E,) each, the graph's order
-    e = src.shape[0]
     bias = _edge_bias(call)  # (E, G)
     ef = None if call.edge_features is None else _edge_major(call.edge_features, b)
     ev = None if call.edge_values is None else _edge_major(call.edge_values, b)
@@ -218,13 +232,7 @@ def _run_traced(call: AttentionCall) -> BackendResult:
     out = out.view(nd, b, h, dv).permute(1, 2, 0, 3)  # (B, H, Nd, Dv)
     if not call.need_weights:
         return BackendResult(out)
-    weights = alpha.view(e, b, h).permute(1, 0, 2).to(q.dtype)  # (B, E, H)
-    if graph.weights_layout == "dense":  # as eager: the output from the dense weights
-        weights = AttentionWeights(weights, graph, "edges").to_dense()  # (B, H, Nd, Ns)
-        if ev is None:
-            dropped = F.dropout(weights, call.dropout_p) if call.dropout_p > 0 else weights
-            out = torch.matmul(dropped, v)  # (B, H, Nd, Dv)
-    return BackendResult(out, weights)
+    return _with_weights(call, out, alpha, has_edge_values=ev is not None)
 
 
 def _traced_edge_attention(
