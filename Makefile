@@ -10,7 +10,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 
 LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples docs)
 
-.PHONY: venv lint test docs demo core-demo bench bench-finite bench-compile examples format clean
+.PHONY: venv lint test docs demo core-demo bench bench-finite bench-compile bench-fused examples format clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,11 @@ bench: $(STAMP)
 # What the non-finite and memory checks cost on clean inputs, on bench's cases (~10 min).
 bench-finite: $(STAMP)
 	$(PY) -m benchmarks.bench_finite
+
+# The fused C++ edge kernel alone against the pure-torch edge path, as multiples of the
+# bandwidth bound, at N=100k and 1M, and on small graphs (~8 min; benchmarks/results/fused_cpu.json).
+bench-fused: $(STAMP)
+	$(PY) -m benchmarks.bench_fused_cpu
 
 # torch.compile against eager on the dense, edge and GAT paths, and the recompiles of a
 # changing graph (~6 min; results in benchmarks/results/compile_cpu.json).

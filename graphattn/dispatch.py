@@ -54,14 +54,15 @@ class AutoPolicy:
     query/key and value head dims (GAT's queries and keys have dim 1; its cost follows the
     values).
 
-    Where the edge list wins, the fused kernel (``fused``: C++ on CPU, Triton on CUDA; measured
-    faster on both, see the README's benchmarks) goes before the pure-torch
-    ``edges`` when the call has at least ``fused_min_work`` (edge, group) pairs ``E * B * H``:
-    measured on this 2-core CPU in two runs of ``python -m benchmarks.bench_core`` (random
-    graphs, in-degree 16, 8 heads, ``N`` in {20000, 100000}: 2.7M and 13.6M pairs), the
-    kernel took 0.57-1.07x the pure-torch path's time (dot product, GAT, GATv2), with one
-    outlier of 1.3x in a run where the same call through ``auto`` read 0.85x; small graphs
-    (Cora: 0.13M pairs) stay on the pure-torch path, whose per-call overhead is lower.
+    Where the edge list wins, the fused kernel (``fused``: C++ on CPU, Triton on CUDA) goes
+    before the pure-torch ``edges`` when the call has at least ``fused_min_work`` (edge,
+    group) pairs ``E * B * H`` (default 0: always). Measured on this 2-core CPU with
+    ``graph_attention`` forward + backward (random graphs, in-degree 4-16, 8 heads of 8,
+    N from 64 to 20000, with and without dropout; two runs of
+    ``python -m benchmarks.bench_fused_cpu``), the kernel took 0.28-0.67x the pure-torch
+    path's time, small graphs included (Cora's size: 0.34-0.49x dot product, 0.44-0.65x
+    GAT); on an H200 the Triton kernel took 0.06-0.16x at N = 10^5 to 10^6 (small graphs on
+    CUDA not measured; see the README's benchmarks).
 
     Attributes:
         crossover_density: the threshold for a large head dim.
@@ -77,7 +78,7 @@ class AutoPolicy:
     crossover_density: float = 0.04
     crossover_head_dim: float = 11.0
     max_mask_elements: int = 1 << 26
-    fused_min_work: int = 1 << 21
+    fused_min_work: int = 0
     max_memory_bytes: int | None = None
 
     def density_threshold(self, head_dim: int) -> float:
@@ -162,8 +163,10 @@ def choose_backend(
 
     Example:
         >>> from graphattn import Graph, choose_backend
-        >>> choose_backend(Graph.causal(100)), choose_backend(Graph.window(4096, 8))
-        ('dense', 'edges')
+        >>> choose_backend(Graph.causal(100))
+        'dense'
+        >>> choose_backend(Graph.window(4096, 8)) in ("fused", "edges")  # fused: C++ built
+        True
     """
 
     def meta(*shape: int) -> torch.Tensor:  # shapes only: nothing is allocated

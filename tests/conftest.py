@@ -130,3 +130,11 @@ def torchrun() -> Callable[..., subprocess.CompletedProcess]:
         return proc
 
     return run
+
+
+def edge_backend() -> str:
+    """The backend ``auto`` gives a sparse call without weights: the fused kernel where it
+    builds on this machine, else the pure-torch edge path."""
+    from graphattn.backends.fused import fused_extension
+
+    return "fused" if fused_extension()[0] is not None else "edges"

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from conftest import edge_backend
 from torch import Tensor
 
 from graphattn import (
@@ -53,7 +54,7 @@ def test_forced_dense_checks_the_mask_size(gen):
     q = torch.randn(1, 1, 1, 2).expand(1, 1, n, 2)  # no memory behind the expansion
     with pytest.raises(BackendNotSupportedError, match=r"mask \(1e\+14|mask \(100000000000000"):
         graph_attention(q, q, q, g, backend="dense")
-    assert choose_backend(g) == "edges"
+    assert choose_backend(g) in ("fused", "edges")  # an edge list, never the dense mask
 
 
 @pytest.mark.parametrize(
@@ -146,15 +147,18 @@ def test_unknown_backend_name(gen):
 def test_auto_order_follows_the_policy():
     policy = AutoPolicy()
     sparse = Graph.from_edge_index(torch.tensor([[0, 1], [1, 2]]), 64)
-    assert policy.order(sparse, 64)[:2] == ["edges", "dense"]
+    assert policy.order(sparse, 64)[:3] == ["fused", "edges", "dense"]  # the kernel first
+    pure = AutoPolicy(fused_min_work=10**12)
+    assert pure.order(sparse, 64)[:2] == ["edges", "dense"]
     dense = Graph.window(64, 20)
-    assert policy.order(dense, 64)[:2] == ["dense", "edges"]
+    assert policy.order(dense, 64)[:3] == ["dense", "fused", "edges"]
+    assert pure.order(dense, 64)[:2] == ["dense", "edges"]
     assert policy.order(Graph.causal(8), 64)[0] == "dense"
     blocks = EdgeListGraph(torch.tensor([[0, 1, 0, 1, 2], [0, 0, 1, 1, 2]]), 3)
     assert policy.order(blocks, 8)[0] == "blocks"
     assert choose_backend(blocks) == "blocks"
     tight = AutoPolicy(max_mask_elements=10)
-    assert choose_backend(dense, policy=tight) == "edges"
+    assert choose_backend(dense, policy=tight) == edge_backend()
 
 
 def test_auto_sends_scores_without_dense_form_to_edges(gen):

@@ -5,8 +5,9 @@ CUDA the same pass in Triton (``_fused_triton.py``), compiled by Triton on first
 Forward: per target, the scores of its in-edges (dot product, GAT or GATv2), their softmax
 and the weighted sum of values, written once; only the output and the per-target
 log-sum-exp are kept. Backward: the scores are recomputed from the log-sum-exp, once per
-target (query gradients) and once per source over the edges in source order (key, value and
-per-edge gradients), so threads never write the same row and nothing per edge is stored.
+target (query and per-edge gradients) and once per source over the edges in source order
+(key and value gradients), so threads never write the same row and nothing per edge is
+stored.
 Work is split into chunks of about equal numbers of edges, so that hubs of power-law graphs
 do not serialise a thread.
 
@@ -67,9 +68,15 @@ def fused_extension() -> tuple[Any | None, str | None]:
                     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
             source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fused_cpu.cpp")
             _STATE["module"] = load(
-                name="graphattn_fused_cpu_v1",
+                name="graphattn_fused_cpu_v2",
                 sources=[source],
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+                extra_cflags=[
+                    "-O3",
+                    "-march=native",
+                    "-fopenmp",
+                    "-fno-math-errno",
+                    "-fno-trapping-math",
+                ],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
