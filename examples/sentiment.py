@@ -7,17 +7,19 @@ input is the UTF-8 bytes of the sentence (:class:`modalities.ByteTokenizer`).
 The model: every byte is a node. A node's features are the sum of learned vectors of the
 byte n-grams (n = 1..5) that end at it, hashed into 2**18 buckets (as fastText does for
 character n-grams; the table is a sparse ``nn.EmbeddingBag`` trained with
-:class:`examples.training.LazyAdamW`) -> learned positions -> a
+:class:`examples.training.LazyAdamW`; in training each n-gram of a node is dropped with
+probability ``ngram_dropout``) -> learned positions -> a
 :class:`~graphattn.GraphTransformer` (one layer on the complete byte graph by default; with
 more layers the lower ones run on a sliding window) with key padding -> masked mean pool ->
 linear. The n-gram vectors carry the words and their parts; attention mixes them in context.
 
 At prediction, the attention path's logits get a second opinion: the multinomial naive-Bayes
 log-odds of the sentence's words (:class:`NaiveBayesPrior`, the log-count ratios of NBSVM,
-Wang & Manning 2012), counted on the training part by the example and added with a fixed
-weight (``nb_weight``). One model, trained in one run; the attention path is trained alone
-(feeding the prior during training as well was worse on validation). Every run also reports
-the attention path alone and the naive-Bayes score alone. ``--nb-ngrams 0``: attention only.
+Wang & Manning 2012; words in a negation's scope marked ``NOT_``, :func:`mark_negation`),
+counted on the training part by the example and added with a fixed weight (``nb_weight``).
+One model, trained in one run; the attention path is trained alone (feeding the prior during
+training as well was worse on validation). Every run also reports the attention path alone
+and the naive-Bayes score alone. ``--nb-ngrams 0``: attention only.
 
 ``--validate`` carves a stratified 10 % of the training part as a validation split and
 reports accuracy on it (the test split stays unseen): every setting was chosen that way.
@@ -77,6 +79,7 @@ class SentimentConfig:
     num_heads: int = 4  # heads (16 dims each)
     window_radius: int = 8  # lower layers (if any): bytes within 8 positions each side
     dropout: float = 0.3  # dropout of the node features and of the pooled vector
+    ngram_dropout: float = 0.2  # in training, drop each n-gram of a node with this probability
     attn_dropout: float = 0.1  # attention, feed-forward and residual dropout in the layers
     epochs: int = 3  # passes over the training split
     batch_size: int = 32  # sentences per step
@@ -85,8 +88,9 @@ class SentimentConfig:
     warmup_steps: int = 100  # linear warm-up, then cosine decay to 0
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     nb_ngrams: int = 1  # naive-Bayes log-odds of word n-grams n = 1..nb_ngrams (0: none)
-    nb_alpha: float = 0.5  # NB count smoothing (chosen on validation; Wang & Manning use 1)
-    nb_weight: float = 4.0  # weight of the NB log-odds added to the attention logits (validated)
+    nb_alpha: float = 1.0  # NB count smoothing (as Wang & Manning; chosen on validation)
+    nb_weight: float = 2.5  # weight of the NB log-odds added to the attention logits (validated)
+    nb_negation: bool = True  # NB words in a negation's scope marked NOT_ (mark_negation)
     test_fraction: float = 0.1  # stratified held-out split, fixed by split_seed
     split_seed: int = 0  # the split is the same for every training seed
     validate: bool = False  # hold out 10% of the training part; report accuracy on it
@@ -162,10 +166,38 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
 
 
 # ----------------------------------------------------------------------------- NB prior
-def word_ngrams(text: str, n_max: int) -> set[str]:
+NEGATIONS = frozenset(
+    "not no never nothing nobody none neither nor without hardly cannot n't".split()
+)  # and every word ending in "n't" (rt-polarity splits "isn't" as "isn't")
+SCOPE_ENDS = frozenset(". , ; : ! ? -- but".split())  # where a negation's scope ends
+
+
+def mark_negation(words: Sequence[str]) -> list[str]:
+    """``NOT_`` before every word after a negation up to the next punctuation or "but"
+    (Das & Chen 2001; Pang, Lee & Vaithyanathan 2002): "not good" and "good" become
+    different features. The negation word and the punctuation stay as they are.
+
+    Example:
+        >>> mark_negation("it isn't good or funny , but fine".split())
+        ['it', "isn't", 'NOT_good', 'NOT_or', 'NOT_funny', ',', 'but', 'fine']
+    """
+    out, negated = [], False
+    for w in words:
+        if w in SCOPE_ENDS:
+            negated = False
+        out.append("NOT_" + w if negated else w)
+        if w in NEGATIONS or w.endswith("n't"):
+            negated = True
+    return out
+
+
+def word_ngrams(text: str, n_max: int, negation: bool = False) -> set[str]:
     """The distinct word n-grams (n = 1..``n_max``) of a sentence, lower-cased and split on
-    white space (rt-polarity is already tokenized). Binarized, as NBSVM uses them."""
+    white space (rt-polarity is already tokenized), with ``negation`` after
+    :func:`mark_negation`. Binarized, as NBSVM uses them."""
     words = text.lower().split()
+    if negation:
+        words = mark_negation(words)
     return {
         " ".join(words[i : i + n]) for n in range(1, n_max + 1) for i in range(len(words) - n + 1)
     }
@@ -185,27 +217,43 @@ class NaiveBayesPrior:
         [0.6931471824645996, -0.6931471824645996, 0.0]
     """
 
-    def __init__(self, pos: dict[str, int], neg: dict[str, int], n_max: int, alpha: float):
+    def __init__(
+        self,
+        pos: dict[str, int],
+        neg: dict[str, int],
+        n_max: int,
+        alpha: float,
+        negation: bool = False,
+    ) -> None:
         self.pos, self.neg, self.n_max, self.alpha = pos, neg, n_max, alpha
+        self.negation = negation  # words in a negation's scope marked (mark_negation)
         vocab = len(set(pos) | set(neg))
         self.pos_norm = alpha * vocab + sum(pos.values())  # |p|_1
         self.neg_norm = alpha * vocab + sum(neg.values())  # |q|_1
 
     @classmethod
     def fit(
-        cls, texts: Sequence[str], labels: Sequence[int], n_max: int, alpha: float
+        cls,
+        texts: Sequence[str],
+        labels: Sequence[int],
+        n_max: int,
+        alpha: float,
+        negation: bool = False,
     ) -> NaiveBayesPrior:
         pos: dict[str, int] = {}
         neg: dict[str, int] = {}
         for text, y in zip(texts, labels, strict=True):
             counts = pos if int(y) == 1 else neg
-            for f in word_ngrams(text, n_max):
+            for f in word_ngrams(text, n_max, negation):
                 counts[f] = counts.get(f, 0) + 1
-        return cls(pos, neg, n_max, alpha)
+        return cls(pos, neg, n_max, alpha, negation)
 
     def __repr__(self) -> str:
         vocab = len(set(self.pos) | set(self.neg))
-        return f"NaiveBayesPrior(n_max={self.n_max}, alpha={self.alpha}, vocab={vocab})"
+        return (
+            f"NaiveBayesPrior(n_max={self.n_max}, alpha={self.alpha}, "
+            f"negation={self.negation}, vocab={vocab})"
+        )
 
     def ratio(self, feature: str) -> float:
         """``r[feature]`` (0 for an n-gram never seen in training)."""
@@ -218,7 +266,8 @@ class NaiveBayesPrior:
 
     def score(self, texts: Sequence[str]) -> Tensor:
         """The sentences' log-odds of "positive" ``(S,)``."""
-        out = [sum(self.ratio(f) for f in word_ngrams(t, self.n_max)) for t in texts]
+        grams = (word_ngrams(t, self.n_max, self.negation) for t in texts)
+        out = [sum(self.ratio(f) for f in g) for g in grams]
         return torch.tensor(out, dtype=torch.float32)
 
 
@@ -291,6 +340,9 @@ class ByteClassifier(nn.Module):
         if cfg.hash_buckets < 2:
             raise ValueError(f"hash_buckets must be >= 2, got {cfg.hash_buckets}")
         self.ngram_max, self.buckets = cfg.ngram_max, cfg.hash_buckets
+        if not 0.0 <= cfg.ngram_dropout < 1.0:
+            raise ValueError(f"ngram_dropout must be in [0, 1), got {cfg.ngram_dropout}")
+        self.ngram_dropout = cfg.ngram_dropout
         self.window_radius = cfg.window_radius
         self.num_layers = cfg.num_layers
         self.ngrams = nn.EmbeddingBag(
@@ -328,9 +380,13 @@ class ByteClassifier(nn.Module):
         return [local] * (self.num_layers - 1) + [None]
 
     def nodes(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Node features ``(B, T, C)``: the sum of the n-gram vectors ending at each byte."""
+        """Node features ``(B, T, C)``: the sum of the n-gram vectors ending at each byte
+        (in training each n-gram dropped with probability ``ngram_dropout``)."""
         b, t = ids.shape
         grams = byte_ngram_buckets(ids, mask, self.ngram_max, self.buckets)  # (B, T, n)
+        if self.training and self.ngram_dropout > 0:  # whole n-grams go to the zero row
+            keep = torch.rand(grams.shape, device=grams.device) >= self.ngram_dropout
+            grams = grams * keep  # (B, T, n)
         x = self.ngrams(grams.view(b * t, self.ngram_max))  # (B*T, C)
         return x.view(b, t, -1)  # (B, T, C)
 
@@ -512,7 +568,9 @@ def run(cfg: SentimentConfig) -> dict[str, Any]:
         split, metric = "validation", "val_acc"
     nb_only = None
     if cfg.nb_ngrams > 0:  # counted on the training part only; used only at prediction
-        nb = NaiveBayesPrior.fit(train.texts, train.labels.tolist(), cfg.nb_ngrams, cfg.nb_alpha)
+        nb = NaiveBayesPrior.fit(
+            train.texts, train.labels.tolist(), cfg.nb_ngrams, cfg.nb_alpha, cfg.nb_negation
+        )
         test.prior = nb.score(test.texts)
         nb_only = float(((test.prior > 0).long() == test.labels).float().mean())
         print(f"naive-Bayes prior alone: {split} acc {nb_only:.4f}", flush=True)

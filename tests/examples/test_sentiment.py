@@ -143,3 +143,30 @@ def test_prior_adds_a_scaled_log_odds_to_the_attention_logits() -> None:
     off = sentiment.ByteClassifier(sentiment.SentimentConfig(hash_buckets=512, nb_ngrams=0))
     assert off.prior_scale is None and "prior_scale" not in off.state_dict()
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in off.named_parameters()]
+
+
+def test_negation_marks_the_naive_bayes_words_in_its_scope() -> None:
+    grams = sentiment.word_ngrams("It isn't good , but fun", 1, negation=True)
+    assert grams == {"it", "isn't", "NOT_good", ",", "but", "fun"}
+    texts = ["good fun", "good", "not good", "not fun"]
+    labels = [1, 1, 0, 0]
+    plain = sentiment.NaiveBayesPrior.fit(texts, labels, n_max=1, alpha=1.0)
+    marked = sentiment.NaiveBayesPrior.fit(texts, labels, n_max=1, alpha=1.0, negation=True)
+    assert marked.ratio("good") > plain.ratio("good") > 0  # "not good" no longer counts
+    assert marked.score(["not good"]).item() < 0 < marked.score(["good"]).item()
+    assert marked.ratio("NOT_good") < 0 and "good" not in marked.neg
+
+
+def test_ngram_dropout_acts_only_in_training() -> None:
+    cfg = sentiment.SentimentConfig(hash_buckets=512, embed_dim=16, num_heads=2, ngram_dropout=0.5)
+    model = sentiment.ByteClassifier(cfg)
+    enc = sentiment.ByteTokenizer().batch_encode(["a fine film .", "a dull mess ."])
+    model.eval()
+    torch.testing.assert_close(model.nodes(enc.ids, enc.mask), model.nodes(enc.ids, enc.mask))
+    full = model.nodes(enc.ids, enc.mask)  # (B, T, C)
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.nodes(enc.ids, enc.mask)  # (B, T, C)
+    assert not torch.allclose(dropped, full)
+    with pytest.raises(ValueError, match="ngram_dropout"):
+        sentiment.ByteClassifier(sentiment.SentimentConfig(hash_buckets=512, ngram_dropout=1.0))
