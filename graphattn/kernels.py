@@ -151,20 +151,21 @@ class FAVOR(KernelScore):
         """``W x'`` ``(…, F)`` and ``|x'|^2 / 2`` ``(…, 1)`` for ``x' = x sqrt(scale)``
         (the scale folded into ``W`` and the norm: no scaled copy of ``x``)."""
         w = self.projection.to(device=x.device, dtype=x.dtype) * math.sqrt(self.scale)
-        half = (0.5 * self.scale) * torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()
+        half = (0.5 * self.scale) * x.square().sum(-1, keepdim=True)  # no sqrt to undo
         return torch.matmul(x, w.t()), half  # (…, F), (…, 1)
 
     def feature_map(self, x: Tensor, *, query: bool, pad: Tensor | None = None) -> Tensor:
         wx, half = self._projected(x)  # (B, H, N, F), (B, H, N, 1)
-        z = wx - half
+        z = wx.sub_(half)  # in place: the product's backward needs only its inputs
         if pad is not None:  # padded rows: exp(-inf) = 0, and out of the max below
-            z = z.masked_fill(pad[:, None, :, None], -math.inf)
-        if query:  # a per-row constant cancels in out_i
-            top = z.amax(-1, keepdim=True)
-        else:  # a per-(batch, head) constant cancels too
-            top = z.amax(dim=(-2, -1), keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
-        return torch.exp(z - top)  # (B, H, N, F); 1 / sqrt(F) cancels as well
+            z = z.masked_fill_(pad[:, None, :, None], -math.inf)
+        with torch.no_grad():  # the shift is a constant for autograd
+            if query:  # a per-row constant cancels in out_i
+                top = z.amax(-1, keepdim=True)
+            else:  # a per-(batch, head) constant cancels too
+                top = z.amax(dim=(-2, -1), keepdim=True)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        return z.sub_(top).exp_()  # (B, H, N, F); 1 / sqrt(F) cancels as well
 
     def forward(self, q_i: Tensor, k_j: Tensor, e_ij: Tensor | None) -> Tensor:
         """``log(phi(q_i) . phi(k_j))`` up to a constant, computed stably with

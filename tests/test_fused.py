@@ -178,6 +178,30 @@ def test_equals_the_edge_path(device, kind, graph_name, gen):
     _compare(GRAPHS[graph_name](), kind, gen, device, bias=True, ef=True, ev=True)
 
 
+@pytest.mark.parametrize("width", [8, 5])  # 8: the fixed-width vector paths on CPU
+@pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
+def test_rows_of_one_projection(device, kind, width, gen):
+    """q, k and v as views of one projection's output (a node's query, key and value side by
+    side, as GraphAttention makes them): the C++ kernel reads the rows in place, and gives
+    the edge path's outputs and gradients."""
+    n, h = 40, 8
+    dk = 1 if kind == "gat" else width
+    score, _ = _score(kind, h, width, gen, torch.float32, device)
+    graph = Graph.from_edge_index(random_edge_index(n, n, 300, gen), n).to(device)
+    proj = torch.randn(1, n, h * (2 * dk + width), generator=gen).to(device).requires_grad_()
+    q, k, v = proj.split([h * dk, h * dk, h * width], -1)  # (1, N, H * .) views
+    q, k, v = (x.unflatten(-1, (h, -1)).transpose(1, 2) for x in (q, k, v))  # (1, H, N, .)
+    grad = torch.randn(1, h, n, width, generator=gen).to(device)
+    res = {}
+    for backend in ("edges", "fused"):
+        out = graph_attention(q, k, v, graph, score=score, backend=backend)
+        res[backend] = (out, torch.autograd.grad(out, proj, grad)[0])
+    torch.testing.assert_close(res["fused"][0], res["edges"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res["fused"][1], res["edges"][1], rtol=1e-5, atol=1e-5)
+    rows = fused_mod._rows(q.permute(2, 0, 1, 3).reshape(n, h, dk), strided=True)
+    assert rows.stride(0) == proj.shape[-1]  # the C++ kernel reads the projection's rows
+
+
 @pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
 def test_padding_and_fully_padded_sample(device, kind, gen):
     graph = GRAPHS["random"]().pad(lengths=[4, 0])

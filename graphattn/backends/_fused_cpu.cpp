@@ -48,6 +48,7 @@ struct Args {
   const T* q; const T* k; const T* v; const T* ef; const T* ev; const T* bias; const T* att;
   const int64_t* ptr; const int64_t* src;
   int64_t G, Dq, Dk, Dv, De;
+  int64_t sq, sk, sv;  // row strides of q, k, v: rows may be views of one projection's output
   int64_t ptr_end;  // E
   int kind; double scale, slope, p; int64_t seed;
   T scale_t, slope_t;  // the same in T, for the inner loops
@@ -112,8 +113,13 @@ Args<T> make_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& ef, const at::Tensor& ev, const at::Tensor& bias,
                   const at::Tensor& att, const at::Tensor& ptr, const at::Tensor& src,
                   int64_t kind, double scale, double slope, double p, int64_t seed) {
+  for (const at::Tensor* t : {&q, &k, &v})  // rows of (G, D) contiguous values, any row stride
+    TORCH_CHECK(t->dim() == 3 && (t->size(0) == 0 || t->select(0, 0).is_contiguous()),
+                "graphattn fused kernel: q, k and v need contiguous (G, D) rows, got strides ",
+                t->strides());
   Args<T> a;
   a.q = q.data_ptr<T>(); a.k = k.data_ptr<T>(); a.v = v.data_ptr<T>();
+  a.sq = q.stride(0); a.sk = k.stride(0); a.sv = v.stride(0);
   a.ef = ef.numel() ? ef.data_ptr<T>() : nullptr;
   a.ev = ev.numel() ? ev.data_ptr<T>() : nullptr;
   a.bias = bias.numel() ? bias.data_ptr<T>() : nullptr;
@@ -203,8 +209,8 @@ constexpr bool kVectorSums = false;
 template <typename T, int KIND, int DQ, int DV>
 inline void edge_scores(const Args<T>& a, int64_t e, int64_t i, int64_t j, T* s) {
   const int64_t G = a.G, D = Width<DQ, DV>::q(a);
-  const T* qi = a.q + i * G * D;
-  const T* kj = a.k + j * G * D;
+  const T* qi = a.q + i * a.sq;
+  const T* kj = a.k + j * a.sk;
   const T* fe = a.ef ? a.ef + e * G * D : nullptr;
   if constexpr (KIND == 0 && kVectorSums<T, DQ>) {
 #ifdef GRAPHATTN_AVX2
@@ -304,7 +310,7 @@ void forward_kind(const Args<T>& a, int64_t nd, T* out, T* lse) {
         T* s = sc.data();
         for (int64_t e = e0; e < e1; ++e) {  // the scores of every in-edge, (deg, G)
           if (e + kPrefetch < a.ptr_end)
-            prefetch_row(a.k + a.src[e + kPrefetch] * G * D, G * D * sizeof(T));
+            prefetch_row(a.k + a.src[e + kPrefetch] * a.sk, G * D * sizeof(T));
           edge_scores<T, KIND, DQ, DV>(a, e, i, a.src[e], s + (e - e0) * G);
         }
         for (int64_t g = 0; g < G; ++g) m[g] = ninf;
@@ -326,13 +332,13 @@ void forward_kind(const Args<T>& a, int64_t nd, T* out, T* lse) {
         for (int64_t t = 0; t < deg; ++t) {
           const int64_t e = e0 + t;
           if (e + kPrefetch < a.ptr_end)
-            prefetch_row(a.v + a.src[e + kPrefetch] * G * Dv, G * Dv * sizeof(T));
+            prefetch_row(a.v + a.src[e + kPrefetch] * a.sv, G * Dv * sizeof(T));
           T* w = s + t * G;
           if (a.p > 0.0) {
             keep_factors(a, e, keep.data());
             for (int64_t g = 0; g < G; ++g) w[g] *= keep[g];
           }
-          const T* vj = a.v + a.src[e] * G * Dv;
+          const T* vj = a.v + a.src[e] * a.sv;
           const T* ee = a.ev ? a.ev + e * G * Dv : nullptr;
           for (int64_t g = 0; g < G; ++g) {
             const T wg = w[g];
@@ -382,7 +388,7 @@ inline void edge_grads(const Args<T>& a, int64_t e, int64_t i, int64_t j, const 
   }
   keep_factors(a, e, keep);
   const T* go = dout + i * G * Dv;
-  const T* vj = a.v + j * G * Dv;
+  const T* vj = a.v + j * a.sv;
   const T* ee = a.ev ? a.ev + e * G * Dv : nullptr;
   const T* di = li + G;
   if constexpr (kVectorSums<T, DV>) {  // ds holds dL/dalpha first
@@ -415,8 +421,8 @@ template <typename T, int KIND, int DQ, int DV>
 inline void score_grads(const Args<T>& a, int64_t e, int64_t i, int64_t j, const T* ds,
                         bool wrt_q, T* out, T* d_att) {
   const int64_t G = a.G, D = Width<DQ, DV>::q(a);
-  const T* qi = a.q + i * G * D;
-  const T* kj = a.k + j * G * D;
+  const T* qi = a.q + i * a.sq;
+  const T* kj = a.k + j * a.sk;
   const T* fe = a.ef ? a.ef + e * G * D : nullptr;
   if constexpr (KIND == 0) {
     for (int64_t g = 0; g < G; ++g) {
@@ -500,8 +506,8 @@ void backward_dst_kind(const Args<T>& a, int64_t nd, const T* ld, const T* dout,
           const int64_t j = a.src[e];
           if (e + kPrefetch < a.ptr_end) {
             const int64_t jn = a.src[e + kPrefetch];
-            prefetch_row(a.k + jn * G * D, G * D * sizeof(T));
-            prefetch_row(a.v + jn * G * Dv, G * Dv * sizeof(T));
+            prefetch_row(a.k + jn * a.sk, G * D * sizeof(T));
+            prefetch_row(a.v + jn * a.sv, G * Dv * sizeof(T));
           }
           edge_grads<T, KIND, DQ, DV>(a, e, i, j, ld, dout, s.data(), alpha.data(), keep.data(),
                                       ds.data());
@@ -551,7 +557,7 @@ void backward_src_kind(const Args<T>& a, int64_t ns, const int64_t* sptr, const 
           const int64_t e = perm[t], i = sdst[t];
           if (t + kPrefetch < a.ptr_end) {  // the target's rows, and the edge's own
             const int64_t in = sdst[t + kPrefetch], en = perm[t + kPrefetch];
-            prefetch_row(a.q + in * G * D, G * D * sizeof(T));
+            prefetch_row(a.q + in * a.sq, G * D * sizeof(T));
             prefetch_row(dout + in * G * Dv, G * Dv * sizeof(T));
             prefetch_row(ld + in * 2 * G, 2 * G * sizeof(T));
             if (a.bias) prefetch_row(a.bias + en * G, G * sizeof(T));
@@ -656,9 +662,9 @@ std::vector<at::Tensor> fused_backward(at::Tensor q, at::Tensor k, at::Tensor v,
   const int64_t nd = q.size(0), ns = k.size(0), G = q.size(1);
   auto none = at::Tensor();
   // every row of dq, dk and dv is zeroed by the thread that owns it, in the pass that sums it
-  auto dq = needs[0] || needs[6] ? at::empty_like(q) : none;
-  auto dk = needs[1] ? at::empty_like(k) : none;
-  auto dv = needs[2] ? at::empty_like(v) : none;
+  auto dq = needs[0] || needs[6] ? at::empty(q.sizes(), q.options()) : none;  // contiguous
+  auto dk = needs[1] ? at::empty(k.sizes(), k.options()) : none;
+  auto dv = needs[2] ? at::empty(v.sizes(), v.options()) : none;
   auto d_ef = needs[3] && ef.numel() ? at::empty_like(ef) : none;
   auto d_ev = needs[4] && ev.numel() ? at::empty_like(ev) : none;
   auto d_bias = needs[5] && bias.numel() ? at::empty_like(bias) : none;
@@ -681,4 +687,5 @@ std::vector<at::Tensor> fused_backward(at::Tensor q, at::Tensor k, at::Tensor v,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &fused_forward, "fused edge attention, forward (CPU)");
   m.def("backward", &fused_backward, "fused edge attention, backward (CPU)");
+  m.attr("row_strides") = true;  // q, k and v may be row-strided views (Args::sq, sk, sv)
 }

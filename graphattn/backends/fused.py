@@ -175,6 +175,20 @@ def _c(t: Tensor | None, ref: Tensor) -> Tensor:
     return ref.new_empty(0) if t is None else t.contiguous()
 
 
+def _rows(t: Tensor, strided: bool) -> Tensor:
+    """``(N, G, D)`` for a kernel; ``strided``: it takes any row stride (the C++ kernel), and
+    gets ``t`` itself where each row's ``(G, D)`` values are contiguous (the node-major view
+    of a projection's output, in which a node's query, key and value sit side by side); else
+    a contiguous copy.
+
+    Shapes:
+        - t: ``(N, G, D)``; returns ``(N, G, D)``
+    """
+    if strided and t.shape[0] > 0 and t[0].is_contiguous():
+        return t
+    return t.contiguous()
+
+
 class _FusedEdgeAttention(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -194,7 +208,8 @@ class _FusedEdgeAttention(torch.autograd.Function):
         seed: int,
     ) -> Tensor:
         ext, _ = _kernels(q.device)
-        args = [_c(t, q) for t in (q, k, v, ef, ev, bias, att)]
+        strided = getattr(ext, "row_strides", False)
+        args = [_rows(t, strided) for t in (q, k, v)] + [_c(t, q) for t in (ef, ev, bias, att)]
         out, lse = ext.forward(*args, st.ptr, st.src, kind, float(scale), float(slope), p, seed)
         ctx.save_for_backward(*args, out, lse)
         ctx.st, ctx.kind, ctx.scale, ctx.slope, ctx.p, ctx.seed = st, kind, scale, slope, p, seed

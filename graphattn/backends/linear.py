@@ -70,10 +70,12 @@ def linear_attention(call: AttentionCall) -> Tensor:
     phk = score.feature_map(k, query=False, pad=pad)  # (B, H, Ns, F), padded rows zero
     if pad is not None:
         v = v.masked_fill(pad[:, None, :, None], 0.0)
-    kv = torch.matmul(phk.transpose(-2, -1), v)  # (B, H, F, Dv)
-    ksum = phk.sum(-2)  # (B, H, F)
-    num = torch.matmul(phq, kv)  # (B, H, Nd, Dv)
-    den = torch.matmul(phq, ksum[..., None])  # (B, H, Nd, 1)
+    # the values with a column of ones: one product gives numerator and normaliser, so that
+    # the queries' features are read once (and their gradient is not a sum of two)
+    ones = v.new_ones(*v.shape[:-1], 1)  # (B, H, Ns, 1)
+    kv = torch.matmul(phk.transpose(-2, -1), torch.cat([v, ones], -1))  # (B, H, F, Dv + 1)
+    both = torch.matmul(phq, kv)  # (B, H, Nd, Dv + 1)
+    num, den = both[..., :-1], both[..., -1:]  # (B, H, Nd, Dv), (B, H, Nd, 1)
     if score.self_weight:  # SGFormer: each target also receives its own value, weight N
         if pad is None:
             ns = float(k.shape[-2])
@@ -84,7 +86,7 @@ def linear_attention(call: AttentionCall) -> Tensor:
             num = torch.addcmul(num, n, v)
             den = den + n
     if pad is None:  # every target has sources; weights sum to a positive number
-        return num / den
+        return num * den.reciprocal()  # a (Nd, 1) reciprocal, then one product per value
     empty = den == 0  # every source of the sample padded: a zero output, not NaN
     out = num / torch.where(empty, 1.0, den)
     return torch.where(empty, 0.0, out)
