@@ -14,6 +14,7 @@ adapter                     input                                               
 ``AudioFrameAdapter``       waveforms: log-mel frames or AST patches             ``audio``
 ``UtteranceNorm``           log-mel hook: per-utterance mean/variance norm       ``audio``
 ``SpecAugment``             log-mel hook: frequency and time masks (training)    ``audio``
+``VTLP``                    log-mel hook: vocal tract length warp (training)     ``audio``
 ``RLStateEncoder``          vectors, entities, any gymnasium space -> heads      ``rl``
 ==========================  ===================================================  ============
 
@@ -34,7 +35,14 @@ installs a top-level package named ``modalities``; the two cannot share one envi
 """
 
 from ._common import masked_mean
-from .audio import AudioFrameAdapter, SpecAugment, SpecTransform, UtteranceNorm, load_wav
+from .audio import (
+    VTLP,
+    AudioFrameAdapter,
+    SpecAugment,
+    SpecTransform,
+    UtteranceNorm,
+    load_wav,
+)
 from .fusion import (
     LATENT,
     FusedGraph,
@@ -76,6 +84,7 @@ __all__ = [
     "SpecTransform",
     "UtteranceNorm",
     "SpecAugment",
+    "VTLP",
     "EntitySpec",
     "RLOutput",
     "RLStateEncoder",

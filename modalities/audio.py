@@ -7,7 +7,7 @@ Pipeline of :class:`AudioFrameAdapter`::
       -> resample to target_rate with torchaudio.functional.resample (if it differs)
       -> torchaudio.transforms.MelSpectrogram(center=False) -> log(mel + eps)
       -> the transform hook, if any: (spec, frame mask) -> spec, e.g. UtteranceNorm,
-         SpecAugment (training only)
+         SpecAugment, VTLP (both training only)
       -> frames as nodes (Linear n_mels -> D), or (f, t) patches as nodes (Conv2d, AST)
       -> + fixed sin-cos position encoding; positions = window-centre times in seconds
 
@@ -49,7 +49,14 @@ from ._common import (
 )
 from .nodes import NodeSet
 
-__all__ = ["load_wav", "AudioFrameAdapter", "SpecTransform", "UtteranceNorm", "SpecAugment"]
+__all__ = [
+    "load_wav",
+    "AudioFrameAdapter",
+    "SpecTransform",
+    "UtteranceNorm",
+    "SpecAugment",
+    "VTLP",
+]
 
 
 #: WAV format tags load_wav names when it refuses them (it reads integer PCM, tag 1, only).
@@ -390,6 +397,133 @@ class SpecAugment(nn.Module):
             f"freq_width={self.freq_width}, time_width={self.time_width}, "
             f"freq_masks={self.freq_masks}, time_masks={self.time_masks}, "
             f"time_fraction={self.time_fraction}, mask_value={self.mask_value}"
+        )
+
+
+class VTLP(nn.Module):
+    """Vocal tract length perturbation of log-mel frames, in training mode only (identity
+    in eval): the frequency axis of every utterance is warped by its own random factor
+    ``alpha``, drawn uniformly from ``[1 - max_warp, 1 + max_warp]``, as a longer or shorter
+    vocal tract moves the formants.
+
+    The warp is Jaitly and Hinton's piecewise-linear one: a frequency ``f`` goes to
+    ``alpha * f`` up to ``boundary * f_max * min(alpha, 1) / alpha``, and the rest of the
+    band is stretched linearly so that ``f_max`` stays in place (no energy leaves the band).
+    It is applied to the log-mel frames themselves: output bin ``i`` (centre frequency
+    ``c_i``, HTK mel scale, as :class:`torchaudio.transforms.MelSpectrogram`) reads the input
+    at frequency ``warp⁻¹(c_i)``, linearly interpolated between the neighbouring bins (the
+    lowest and highest bins are repeated beyond the ends). Padded frames are returned as
+    they came.
+
+    Args:
+        sample_rate: the rate of the audio the frames were computed at, Hz.
+        n_mels: mel bins ``M`` of the frames.
+        max_warp: ``alpha`` lies in ``[1 - max_warp, 1 + max_warp]``; in ``[0, 1)`` (0: off).
+        boundary: where the linear part ends, a fraction of ``f_max`` (4.8 kHz of 8 kHz
+            in the paper), in ``(0, 1)``.
+        f_min: lowest frequency of the mel filterbank, Hz.
+        f_max: highest frequency of the mel filterbank, Hz (``None``: ``sample_rate / 2``).
+
+    Shapes:
+        - spec: ``(B, M, F)``; mask: ``(B, F)`` bool, True = real frame; alpha (of
+          :meth:`warp`): ``(B,)``; returns ``(B, M, F)``.
+
+    Reference: Jaitly and Hinton, "Vocal Tract Length Perturbation (VTLP) improves speech
+    recognition" (ICML workshop, 2013).
+
+    Example:
+        >>> vtlp = VTLP(8000, 40, max_warp=0.1)
+        >>> spec, mask = torch.randn(4, 40, 30), torch.ones(4, 30, dtype=torch.bool)
+        >>> vtlp(spec, mask).shape, torch.equal(vtlp.eval()(spec, mask), spec)
+        (torch.Size([4, 40, 30]), True)
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        n_mels: int,
+        *,
+        max_warp: float = 0.1,
+        boundary: float = 0.6,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.sample_rate = _check_rate("sample_rate", sample_rate)
+        self.n_mels = check_int("n_mels", n_mels)
+        self.max_warp = check_float("max_warp", max_warp)
+        if not 0.0 <= self.max_warp < 1.0:
+            raise arg_error(ValueError, "max_warp", "in [0, 1)", max_warp)
+        self.boundary = check_float("boundary", boundary)
+        if not 0.0 < self.boundary < 1.0:
+            raise arg_error(ValueError, "boundary", "in (0, 1)", boundary)
+        self.f_min = check_float("f_min", f_min)
+        top = check_float("f_max", f_max, optional=True)
+        self.f_max = self.sample_rate / 2 if top is None else top
+        if not 0.0 <= self.f_min < self.f_max:
+            raise ValueError(f"f_min ({f_min}) must lie in [0, f_max) = [0, {self.f_max})")
+        lo, hi = self._mel(torch.tensor(self.f_min)), self._mel(torch.tensor(self.f_max))
+        points = torch.linspace(float(lo), float(hi), self.n_mels + 2, dtype=torch.float64)
+        self.register_buffer("centres", self._hz(points[1:-1]), persistent=False)  # (M,) Hz
+
+    @staticmethod
+    def _mel(hz: Tensor) -> Tensor:
+        return 2595.0 * torch.log10(1.0 + hz / 700.0)  # HTK mel scale
+
+    @staticmethod
+    def _hz(mel: Tensor) -> Tensor:
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+    def warp(self, spec: Tensor, mask: Tensor, alpha: Tensor) -> Tensor:
+        """The frames warped by ``alpha`` per utterance (``alpha`` > 1: formants move up).
+
+        Shapes:
+            - spec: ``(B, M, F)``; mask: ``(B, F)`` bool; alpha: ``(B,)``; returns
+              ``(B, M, F)``.
+        """
+        spec, mask = _check_spec(spec, mask)
+        b, m, _ = spec.shape
+        if m != self.n_mels:
+            raise ValueError(f"spec must have n_mels={self.n_mels} bins, got {m}")
+        check_tensor("alpha", alpha, f"a positive float tensor of shape (B,) = ({b},)")
+        if alpha.shape != (b,) or not bool((alpha > 0).all()):
+            raise arg_error(ValueError, "alpha", f"a positive tensor of shape (B,) = ({b},)", alpha)
+        a = alpha.to(self.centres)[:, None]  # (B, 1)
+        out_f = self.centres[None, :]  # (1, M): the frequency each output bin holds
+        knee = self.boundary * self.f_max * a.clamp(max=1.0)  # (B, 1): warped end of the line
+        src = torch.where(  # (B, M): the input frequency warp⁻¹(out_f)
+            out_f <= knee,
+            out_f / a,
+            self.f_max - (self.f_max - knee / a) / (self.f_max - knee) * (self.f_max - out_f),
+        )
+        mel_lo, mel_hi = self._mel(torch.tensor(self.f_min)), self._mel(torch.tensor(self.f_max))
+        step = (mel_hi - mel_lo) / (m + 1)
+        pos = ((self._mel(src) - mel_lo) / step - 1).clamp(0, m - 1)  # (B, M) fractional bin
+        left = pos.floor().long().clamp(max=m - 2) if m > 1 else pos.long()  # (B, M)
+        right = (left + 1).clamp(max=m - 1)  # (B, M)
+        frac = (pos - left).to(spec.dtype)[:, :, None]  # (B, M, 1)
+        f = spec.shape[2]
+        lo = torch.gather(spec, 1, left[:, :, None].expand(-1, -1, f))  # (B, M, F)
+        hi = torch.gather(spec, 1, right[:, :, None].expand(-1, -1, f))  # (B, M, F)
+        out = lo + frac * (hi - lo)  # (B, M, F)
+        return torch.where(mask[:, None, :], out, spec)
+
+    def forward(self, spec: Tensor, mask: Tensor) -> Tensor:
+        """The warped frames in training mode; ``spec`` itself in eval mode.
+
+        Shapes:
+            - spec: ``(B, M, F)``; mask: ``(B, F)`` bool; returns ``(B, M, F)``.
+        """
+        spec, mask = _check_spec(spec, mask)
+        if not self.training or self.max_warp == 0:
+            return spec
+        alpha = 1.0 + self.max_warp * (2 * torch.rand(len(spec), device=spec.device) - 1)
+        return self.warp(spec, mask, alpha)  # (B, M, F)
+
+    def extra_repr(self) -> str:
+        return (
+            f"sample_rate={self.sample_rate}, n_mels={self.n_mels}, max_warp={self.max_warp}, "
+            f"boundary={self.boundary}, f_min={self.f_min}, f_max={self.f_max}"
         )
 
 

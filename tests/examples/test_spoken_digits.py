@@ -11,6 +11,8 @@ import torch
 pytest.importorskip("matplotlib")
 
 from examples.spoken_digits import (  # noqa: E402
+    SPEAKERS,
+    AudioSet,
     CepstralSmoothing,
     SpokenDigitNet,
     SpokenDigitsConfig,
@@ -18,9 +20,10 @@ from examples.spoken_digits import (  # noqa: E402
     change_speed,
     random_span_mask,
     run,
+    speaker_statistics,
     stretch_frames,
 )
-from modalities import SpecAugment, UtteranceNorm  # noqa: E402
+from modalities import VTLP, SpecAugment, UtteranceNorm  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = pytest.mark.skipif(
@@ -118,6 +121,73 @@ def test_spoken_digits_log_mel_hook_options(tmp_path: Path) -> None:
     hooks = list(SpokenDigitNet(cfg).adapter.transforms)
     assert [type(t) for t in hooks] == [CepstralSmoothing, UtteranceNorm, SpecAugment]
     assert list(SpokenDigitNet(SpokenDigitsConfig()).adapter.transforms) == []  # default: none
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_spoken_digits_speaker_norm_and_vtlp(tmp_path: Path) -> None:
+    """Speaker-level CMVN and VTLP, end to end on a held-out speaker."""
+    cfg = SpokenDigitsConfig(
+        seeds=0,
+        holdout=("theo",),
+        drop=("george", "lucas"),
+        epochs=8,
+        dim=16,
+        layers=1,
+        batch_size=32,
+        norm="global",
+        cepstra=13,
+        speaker_norm="meanvar",
+        vtlp=0.1,
+        limit_per_class=1,
+        data_dir=str(DATA),
+        out_dir=str(tmp_path / "runs"),
+        results=str(tmp_path / "spoken_digits.json"),
+        progress=False,
+        threads=1,
+    )
+    (held,) = run(cfg)["runs"]
+    assert held["speaker"] == "theo" and held["test_size"] == 20 and held["train_size"] == 60
+    assert held["last_loss"] < held["first_loss"] and 0.0 <= held["test_acc"] <= 1.0
+    model = SpokenDigitNet(cfg)
+    assert [type(t) for t in model.adapter.transforms] == [VTLP, CepstralSmoothing, UtteranceNorm]
+    with pytest.raises(ValueError, match="speakers must be given with speaker_norm='meanvar'"):
+        model(torch.randn(2, 4000), torch.tensor([4000, 3000]))
+    with pytest.raises(ValueError, match="vtlp must lie in \\[0, 0.5\\), got 0.5"):
+        SpokenDigitsConfig(vtlp=0.5)
+    with pytest.raises(ValueError, match="speaker_norm must be 'none', 'mean' or 'meanvar'"):
+        SpokenDigitsConfig(speaker_norm="x")  # type: ignore[arg-type]
+
+
+def test_speaker_statistics_use_training_recordings_else_test_ones() -> None:
+    torch.manual_seed(0)
+    model = SpokenDigitNet(SpokenDigitsConfig(n_mels=20, speaker_norm="meanvar"))
+    waves = torch.randn(4, 2000) * torch.tensor([0.1, 0.1, 0.5, 1.0])[:, None]  # (S, T)
+    lengths = torch.tensor([2000, 1200, 2000, 2000])  # (S,)
+    waves[1, 1200:] = float("nan")  # padding never reaches the statistics
+    jackson, theo = SPEAKERS.index("jackson"), SPEAKERS.index("theo")
+
+    def audio(idx: list[int], speakers: list[int]) -> AudioSet:
+        n = len(idx)
+        return AudioSet(
+            waves[idx], lengths[idx], torch.zeros(n, dtype=torch.long), torch.tensor(speakers)
+        )
+
+    train = audio([0, 1], [jackson, jackson])
+    test = audio([2, 3], [jackson, theo])  # jackson's test recording is not used
+    stats = speaker_statistics(model.adapter, train, test)  # (2, S, M)
+    assert stats.shape == (2, len(SPEAKERS), 20) and torch.isfinite(stats).all()
+    spec, frames = model.adapter.log_mel(train.waves.nan_to_num(), train.lengths)
+    real = spec.transpose(1, 2)[frames]  # (real frames, M)
+    torch.testing.assert_close(stats[0, jackson], real.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stats[1, jackson], real.std(0, unbiased=False), atol=1e-4, rtol=1e-4)
+    spec3, _ = model.adapter.log_mel(waves[3:], lengths[3:])  # theo: held out, from its test
+    torch.testing.assert_close(stats[0, theo], spec3[0].mean(-1), atol=1e-4, rtol=1e-4)
+    george = SPEAKERS.index("george")  # in neither: the identity
+    assert not stats[0, george].any() and bool((stats[1, george] == 1).all())
+    model.set_speaker_stats(stats)
+    model.eval()
+    x, mask = model._nodes(train.waves.nan_to_num(), train.lengths, train.speakers)
+    assert torch.isfinite(x).all() and mask.sum(1).tolist()[1] < mask.sum(1).tolist()[0]
 
 
 def test_hook_options_are_checked() -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from graphattn import GraphAttention
 from graphattn.positional import sinusoidal_2d
-from modalities import AudioFrameAdapter, SpecAugment, UtteranceNorm, load_wav
+from modalities import VTLP, AudioFrameAdapter, SpecAugment, UtteranceNorm, load_wav
 
 DATA = Path(
     os.environ.get("GRAPHATTN_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
@@ -442,3 +442,45 @@ def test_spec_transform_errors_name_the_argument() -> None:
         UtteranceNorm()(torch.zeros(2, 3, 5), torch.ones(2, 5))
     with pytest.raises(ValueError, match=r"spec must be a float tensor of shape \(B, M, F\)"):
         SpecAugment(2)(torch.zeros(3, 5), torch.ones(3, 5, dtype=torch.bool))
+
+
+def test_vtlp_moves_formants_with_alpha_and_only_in_training() -> None:
+    torch.manual_seed(0)
+    vtlp = VTLP(8000, 40, max_warp=0.1)
+    spec = torch.randn(3, 40, 12)  # (B, M, F)
+    mask = torch.arange(12)[None, :] < torch.tensor([[12], [7], [1]])  # (B, F)
+    same = vtlp.warp(spec, mask, torch.ones(3))
+    torch.testing.assert_close(same, spec, atol=1e-5, rtol=0)  # alpha 1: the identity
+    bump = torch.zeros(2, 40, 1)
+    bump[:, 10] = 1.0  # one formant at bin 10
+    one = torch.ones(2, 1, dtype=torch.bool)
+    out = vtlp.warp(bump, one, torch.tensor([0.9, 1.1]))[:, :, 0]  # (2, M)
+    centre = (out * torch.arange(40.0)).sum(1) / out.sum(1)  # (2,) centre of mass in bins
+    assert centre[0] < 10 < centre[1]  # a longer tract lowers it, a shorter one raises it
+    ramp = torch.arange(40.0)[None, :, None]  # (1, M, 1): the bin index itself
+    up = vtlp.warp(ramp, one[:1], torch.tensor([1.1]))[0, :, 0]  # reads lower bins
+    shift = ramp[0, :, 0] - up  # (M,) how many bins lower each output reads
+    assert bool((up[1:] >= up[:-1]).all()) and bool((shift[1:] > 0).all())  # monotonic
+    assert shift[-1] < shift[29] / 2  # above the boundary the shift shrinks: f_max is kept
+    warped = vtlp(spec, mask)  # training mode: a random alpha per utterance
+    pad = ~mask[:, None, :].expand_as(spec)  # (B, M, F)
+    assert torch.equal(warped[pad], spec[pad]) and not torch.allclose(warped, spec)
+    assert vtlp.eval()(spec, mask) is spec  # identity in eval mode
+    assert VTLP(8000, 40, max_warp=0.0)(spec, mask) is spec  # no warp asked for
+    adapter = AudioFrameAdapter(8000, 8, n_mels=40, n_fft=256, hop_length=80, transform=vtlp)
+    assert list(adapter.transforms) == [vtlp] and "VTLP" in repr(adapter)
+
+
+def test_vtlp_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"max_warp must be in \[0, 1\), got 1.0"):
+        VTLP(8000, 40, max_warp=1.0)
+    with pytest.raises(ValueError, match=r"boundary must be in \(0, 1\), got 0"):
+        VTLP(8000, 40, boundary=0)
+    with pytest.raises(TypeError, match="n_mels must be an int, got 2.5"):
+        VTLP(8000, 2.5)
+    vtlp = VTLP(8000, 40)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="spec must have n_mels=40 bins, got 20"):
+        vtlp.warp(torch.zeros(2, 20, 5), mask, torch.ones(2))
+    with pytest.raises(ValueError, match=r"alpha must be a positive tensor of shape \(B,\)"):
+        vtlp.warp(torch.zeros(2, 40, 5), mask, torch.tensor([1.0, -1.0]))
