@@ -197,6 +197,23 @@ inline void group_sums(int64_t G, P&& part, float* out) {
   }
 }
 
+// Per-group <x, y + z> (z may be null) of rows of G groups of D floats, into out (G).
+template <int D>
+inline void group_dots(int64_t G, const float* x, const float* y, const float* z, float* out) {
+  if (z) {
+    group_sums<D>(G, [&](int64_t g, int d) {
+      const int64_t o = g * D + d;
+      return _mm256_mul_ps(_mm256_loadu_ps(x + o),
+                           _mm256_add_ps(_mm256_loadu_ps(y + o), _mm256_loadu_ps(z + o)));
+    }, out);
+  } else {
+    group_sums<D>(G, [&](int64_t g, int d) {
+      const int64_t o = g * D + d;
+      return _mm256_mul_ps(_mm256_loadu_ps(x + o), _mm256_loadu_ps(y + o));
+    }, out);
+  }
+}
+
 // Whether the per-group sums of T rows of width D take the vector path.
 template <typename T, int D>
 constexpr bool kVectorSums = std::is_same_v<T, float> && D > 0 && D % 8 == 0;
@@ -214,18 +231,7 @@ inline void edge_scores(const Args<T>& a, int64_t e, int64_t i, int64_t j, T* s)
   const T* fe = a.ef ? a.ef + e * G * D : nullptr;
   if constexpr (KIND == 0 && kVectorSums<T, DQ>) {
 #ifdef GRAPHATTN_AVX2
-    if (fe) {
-      group_sums<DQ>(G, [&](int64_t g, int d) {
-        const int64_t o = g * DQ + d;
-        return _mm256_mul_ps(_mm256_loadu_ps(qi + o),
-                             _mm256_add_ps(_mm256_loadu_ps(kj + o), _mm256_loadu_ps(fe + o)));
-      }, s);
-    } else {
-      group_sums<DQ>(G, [&](int64_t g, int d) {
-        const int64_t o = g * DQ + d;
-        return _mm256_mul_ps(_mm256_loadu_ps(qi + o), _mm256_loadu_ps(kj + o));
-      }, s);
-    }
+    group_dots<DQ>(G, qi, kj, fe, s);
 #endif
 #pragma omp simd
     for (int64_t g = 0; g < G; ++g) s[g] *= a.scale_t;
@@ -393,18 +399,7 @@ inline void edge_grads(const Args<T>& a, int64_t e, int64_t i, int64_t j, const 
   const T* di = li + G;
   if constexpr (kVectorSums<T, DV>) {  // ds holds dL/dalpha first
 #ifdef GRAPHATTN_AVX2
-    if (ee) {
-      group_sums<DV>(G, [&](int64_t g, int d) {
-        const int64_t o = g * DV + d;
-        return _mm256_mul_ps(_mm256_loadu_ps(go + o),
-                             _mm256_add_ps(_mm256_loadu_ps(vj + o), _mm256_loadu_ps(ee + o)));
-      }, ds);
-    } else {
-      group_sums<DV>(G, [&](int64_t g, int d) {
-        const int64_t o = g * DV + d;
-        return _mm256_mul_ps(_mm256_loadu_ps(go + o), _mm256_loadu_ps(vj + o));
-      }, ds);
-    }
+    group_dots<DV>(G, go, vj, ee, ds);
 #endif
   } else {
     for (int64_t g = 0; g < G; ++g)
