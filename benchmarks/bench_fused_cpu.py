@@ -24,6 +24,7 @@ import argparse
 import itertools
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -52,6 +53,31 @@ def _score(name: str, heads: int, dim: int) -> tuple[scores.Score, int]:
     return scores.DotProduct(), dim
 
 
+def _calls(
+    graph: Graph, score_name: str, args: argparse.Namespace, dropout_p: float = 0.0
+) -> tuple[Callable[[str], None], Callable[[str], None], int]:
+    """``fwd(backend)`` and ``fwd_bwd(backend)`` of one attention call on ``graph``, with
+    random inputs in the layout of a projection's output, ``(1, N, H, D)`` seen as
+    ``(1, H, N, D)`` as in GraphAttention (the kernel's node-major rows are then views, not
+    copies), and the width of the queries and keys (1 for GAT)."""
+    n, h, d = graph.num_dst, args.heads, args.dim
+    score, dk = _score(score_name, h, d)
+    gen = _seeded(1)
+    leaves = [torch.randn(1, n, h, w, generator=gen).requires_grad_() for w in (dk, dk, d)]
+    q, k, v = (x.transpose(1, 2) for x in leaves)  # (1, H, N, .)
+    grad = torch.randn(1, n, h, d, generator=gen).transpose(1, 2)  # (1, H, N, D)
+
+    def fwd(backend: str) -> None:
+        with torch.no_grad():
+            graph_attention(q, k, v, graph, score=score, dropout_p=dropout_p, backend=backend)
+
+    def fwd_bwd(backend: str) -> None:
+        out = graph_attention(q, k, v, graph, score=score, dropout_p=dropout_p, backend=backend)
+        torch.autograd.grad(out, leaves, grad)
+
+    return fwd, fwd_bwd, dk
+
+
 def measure(
     edge_index: Tensor, n: int, score_name: str, args: argparse.Namespace, bandwidth: float
 ) -> list[dict]:
@@ -63,24 +89,8 @@ def measure(
     """
     graph = Graph.from_edge_index(edge_index, n, n)
     h, d = args.heads, args.dim
-    score, dk = _score(score_name, h, d)
-    gen = _seeded(1)
-    # the layout of a projection's output, (1, N, H, D) seen as (1, H, N, D), as in
-    # GraphAttention: the kernel's node-major rows are then views, not copies
-    q0 = torch.randn(1, n, h, dk, generator=gen).requires_grad_()  # (1, N, H, Dk)
-    k0 = torch.randn(1, n, h, dk, generator=gen).requires_grad_()  # (1, N, H, Dk)
-    v0 = torch.randn(1, n, h, d, generator=gen).requires_grad_()  # (1, N, H, D)
-    q, k, v = (x.transpose(1, 2) for x in (q0, k0, v0))  # (1, H, N, .)
-    grad = torch.randn(1, n, h, d, generator=gen).transpose(1, 2)  # (1, H, N, D)
+    fwd, fwd_bwd, dk = _calls(graph, score_name, args)
     bound_fb = fused_bytes(graph.num_edges, n, h, dk, d, dk) / bandwidth * 1e3  # ms
-
-    def fwd(backend: str) -> None:
-        with torch.no_grad():
-            graph_attention(q, k, v, graph, score=score, backend=backend)
-
-    def fwd_bwd(backend: str) -> None:
-        out = graph_attention(q, k, v, graph, score=score, backend=backend)
-        torch.autograd.grad(out, (q0, k0, v0), grad)
 
     fwd_bwd("edges")  # the graph's sorted structure and source order, once, before timing
     rows = []
@@ -114,17 +124,7 @@ SMALL = ((64, 4), (256, 8), (1000, 5), (2708, 5), (5000, 16), (20000, 16))
 
 def _small_pair(graph: Graph, name: str, p: float, args: argparse.Namespace) -> dict:
     """Forward + backward of ``fused`` and ``edges`` on one small graph, alternated."""
-    n, h, d = graph.num_dst, args.heads, args.dim
-    score, dk = _score(name, h, d)
-    gen = _seeded(1)
-    leaves = [torch.randn(1, n, h, w, generator=gen).requires_grad_() for w in (dk, dk, d)]
-    q, k, v = (x.transpose(1, 2) for x in leaves)  # (1, H, N, .)
-    grad = torch.randn(1, n, h, d, generator=gen).transpose(1, 2)  # (1, H, N, D)
-
-    def fwd_bwd(backend: str) -> None:
-        out = graph_attention(q, k, v, graph, score=score, dropout_p=p, backend=backend)
-        torch.autograd.grad(out, leaves, grad)
-
+    _, fwd_bwd, _ = _calls(graph, name, args, dropout_p=p)
     timing = time_alternating(
         {"fused": lambda: fwd_bwd("fused"), "edges": lambda: fwd_bwd("edges")},
         repeats=3 if args.quick else 15,
@@ -132,7 +132,7 @@ def _small_pair(graph: Graph, name: str, p: float, args: argparse.Namespace) -> 
     )
     fused, edges = timing.median_ms["fused"], timing.median_ms["edges"]
     return {
-        "n": n,
+        "n": graph.num_dst,
         "edges": graph.num_edges,
         "score": name,
         "dropout_p": p,

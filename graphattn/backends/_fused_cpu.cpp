@@ -229,14 +229,12 @@ inline void edge_scores(const Args<T>& a, int64_t e, int64_t i, int64_t j, T* s)
   const T* qi = a.q + i * a.sq;
   const T* kj = a.k + j * a.sk;
   const T* fe = a.ef ? a.ef + e * G * D : nullptr;
-  if constexpr (KIND == 0 && kVectorSums<T, DQ>) {
+  if constexpr (KIND == 0) {
+    if constexpr (kVectorSums<T, DQ>) {
 #ifdef GRAPHATTN_AVX2
-    group_dots<DQ>(G, qi, kj, fe, s);
+      group_dots<DQ>(G, qi, kj, fe, s);
 #endif
-#pragma omp simd
-    for (int64_t g = 0; g < G; ++g) s[g] *= a.scale_t;
-  } else if constexpr (KIND == 0) {
-    if (fe) {
+    } else if (fe) {
       for (int64_t g = 0; g < G; ++g) s[g] = dot_sum(qi + g * D, kj + g * D, fe + g * D, D);
     } else {
       for (int64_t g = 0; g < G; ++g) s[g] = dot(qi + g * D, kj + g * D, D);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,10 +91,10 @@ def test_random_span_mask_keeps_a_real_node() -> None:
     assert torch.equal(random_span_mask(mask, 0.0), mask)
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_spoken_digits_log_mel_hook_options(tmp_path: Path) -> None:
-    """Normalisation, SpecAugment, speed perturbation and a dropped speaker, end to end."""
-    cfg = SpokenDigitsConfig(
+def _small_holdout_config(tmp_path: Path, **options: Any) -> SpokenDigitsConfig:
+    """A few-second run: theo held out, george and lucas dropped, one recording per class
+    and speaker, a tiny model; ``options`` set the front end under test."""
+    return SpokenDigitsConfig(
         seeds=0,
         holdout=("theo",),
         drop=("george", "lucas"),
@@ -101,18 +102,27 @@ def test_spoken_digits_log_mel_hook_options(tmp_path: Path) -> None:
         dim=16,
         layers=1,
         batch_size=32,
-        norm="meanvar",
-        freq_masks=2,
-        time_masks=1,
-        speed=0.1,
-        tempo=0.3,
-        cepstra=10,
         limit_per_class=1,
         data_dir=str(DATA),
         out_dir=str(tmp_path / "runs"),
         results=str(tmp_path / "spoken_digits.json"),
         progress=False,
         threads=1,
+        **options,
+    )
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_spoken_digits_log_mel_hook_options(tmp_path: Path) -> None:
+    """Normalisation, SpecAugment, speed perturbation and a dropped speaker, end to end."""
+    cfg = _small_holdout_config(
+        tmp_path,
+        norm="meanvar",
+        freq_masks=2,
+        time_masks=1,
+        speed=0.1,
+        tempo=0.3,
+        cepstra=10,
     )
     result = run(cfg)
     (held,) = result["runs"]
@@ -126,24 +136,8 @@ def test_spoken_digits_log_mel_hook_options(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("one_thread")
 def test_spoken_digits_speaker_norm_and_vtlp(tmp_path: Path) -> None:
     """Speaker-level CMVN and VTLP, end to end on a held-out speaker."""
-    cfg = SpokenDigitsConfig(
-        seeds=0,
-        holdout=("theo",),
-        drop=("george", "lucas"),
-        epochs=8,
-        dim=16,
-        layers=1,
-        batch_size=32,
-        norm="global",
-        cepstra=13,
-        speaker_norm="meanvar",
-        vtlp=0.1,
-        limit_per_class=1,
-        data_dir=str(DATA),
-        out_dir=str(tmp_path / "runs"),
-        results=str(tmp_path / "spoken_digits.json"),
-        progress=False,
-        threads=1,
+    cfg = _small_holdout_config(
+        tmp_path, norm="global", cepstra=13, speaker_norm="meanvar", vtlp=0.1
     )
     (held,) = run(cfg)["runs"]
     assert held["speaker"] == "theo" and held["test_size"] == 20 and held["train_size"] == 60
