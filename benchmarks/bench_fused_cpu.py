@@ -11,6 +11,9 @@ as a multiple of the uniform graph's (the goal of "A fused edge kernel ...": wit
 The bound is ``benchmarks.bench_core.fused_bytes`` at the copy bandwidth measured at the
 start of the run, the same bound as ``make bench`` and ``benchmarks.sweep_triton``.
 
+Each fused row is also timed with the huge-page copies off (``fused_4k_ms``: rows read in
+random order stay in 4 KiB pages), alternated with the other two in the same run.
+
 Small graphs (64 to 20,000 nodes, with and without dropout) give the forward + backward of
 ``fused`` as a multiple of ``edges``: the evidence for ``AutoPolicy.fused_min_work``.
 
@@ -82,7 +85,8 @@ def measure(
     edge_index: Tensor, n: int, score_name: str, args: argparse.Namespace, bandwidth: float
 ) -> list[dict]:
     """Rows for one graph and score: forward and forward + backward of ``fused`` and
-    ``edges``, alternated, with each as a multiple of the bound.
+    ``edges``, alternated, with each as a multiple of the bound; the ``fused`` rows also
+    hold ``fused_4k_ms``, the kernel without its huge-page copies, alternated with them.
 
     Shapes:
         edge_index: ``(2, E)``.
@@ -93,17 +97,37 @@ def measure(
     bound_fb = fused_bytes(graph.num_edges, n, h, dk, d, dk) / bandwidth * 1e3  # ms
 
     fwd_bwd("edges")  # the graph's sorted structure and source order, once, before timing
+    ext, _ = fused_extension()
+    threshold = ext.huge_pages()
+
+    def small_pages(fn: Callable[[str], None]) -> None:
+        ext.set_huge_pages(-1)
+        try:
+            fn("fused")
+        finally:
+            ext.set_huge_pages(threshold)
+
     rows = []
     for part, fn, bound in (("fwd", fwd, bound_fb / 3), ("fwd+bwd", fwd_bwd, bound_fb)):
         timing = time_alternating(
-            {"fused": lambda fn=fn: fn("fused"), "edges": lambda fn=fn: fn("edges")},
+            {
+                "fused": lambda fn=fn: fn("fused"),
+                "fused_4k": lambda fn=fn: small_pages(fn),
+                "edges": lambda fn=fn: fn("edges"),
+            },
             repeats=args.repeats,
             budget_s=args.budget,
         )
         for backend in ("fused", "edges"):
             ms = timing.median_ms[backend]
+            extra = {}
+            if backend == "fused":
+                four_k = timing.median_ms["fused_4k"]
+                extra = {"fused_4k_ms": four_k, "fused_4k_times_ms": timing.times_ms["fused_4k"]}
+                extra["fused_4k_x_bound"] = four_k / bound
             rows.append(
                 {
+                    **extra,
                     "n": n,
                     "edges": graph.num_edges,
                     "score": score_name,
@@ -227,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
             "part",
             "fused ms",
             "x bound",
+            "4 KiB pages ms",
+            "x bound",
             "edges ms",
             "x bound",
             "edges / fused",
@@ -240,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
                 r["part"],
                 fmt(r["median_ms"]),
                 fmt(r["x_bound"], 2),
+                fmt(r["fused_4k_ms"]),
+                fmt(r["fused_4k_x_bound"], 2),
                 fmt(e["median_ms"]),
                 fmt(e["x_bound"], 2),
                 fmt(e["median_ms"] / r["median_ms"], 2),
@@ -272,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
             "dim": args.dim,
             "degree": args.degree,
             "copy_bandwidth_bytes_s": bandwidth,
+            "huge_page_threshold_bytes": fused_extension()[0].huge_pages(),
             "wall_s": time.perf_counter() - start,
             "rows": rows,
             "small_rows": small,

@@ -449,3 +449,169 @@ def test_no_triton_is_a_reason_not_an_error(monkeypatch):
     mod, why = fused_mod.triton_kernels()
     assert mod is None and why.startswith("Triton is not installed")
     assert fused_mod._kernels(torch.device("cuda")) == (None, why)
+
+
+@pytest.fixture
+def huge_pages(kernel):
+    """The C++ kernel with every row tensor copied into huge pages (threshold 0 bytes)."""
+    before = kernel.huge_pages()
+    kernel.set_huge_pages(0)
+    yield kernel
+    kernel.set_huge_pages(before)
+
+
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
+@pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
+def test_huge_pages_equal_the_edge_path(huge_pages, kind, graph_name, gen):
+    """Rows copied into huge pages (the sources' keys and values, the targets' queries and
+    output gradients, the log-sum-exps) give the edge path's numbers, bipartite included."""
+    _compare(GRAPHS[graph_name](), kind, gen, bias=True, ef=True, ev=True)
+
+
+@pytest.mark.parametrize("kind", ["dot", "gat", "gatv2"])
+def test_huge_pages_change_no_bit(kernel, kind, gen):
+    """The same call with and without the copies gives bitwise the same outputs and
+    gradients, also where only some inputs need a gradient (then q is not copied)."""
+    graph = Graph.from_edge_index(random_edge_index(30, 30, 400, gen), 30)
+    score, dk = _score(kind, 4, 8, gen, torch.float32)
+    base = [torch.randn(1, 4, 30, w, generator=gen) for w in (dk, dk, 8)]
+    grad = torch.randn(1, 4, 30, 8, generator=gen)
+    before = kernel.huge_pages()
+    for wants in ([True, True, True], [True, False, False], [False, False, True]):
+        res = []
+        for threshold in (-1, 0):
+            kernel.set_huge_pages(threshold)
+            try:
+                leaves = [x.clone().requires_grad_(w) for x, w in zip(base, wants, strict=True)]
+                out = graph_attention(*leaves, graph, score=score, backend="fused")
+                need = [x for x in leaves if x.requires_grad]
+                res.append([out, *torch.autograd.grad(out, need, grad)])
+            finally:
+                kernel.set_huge_pages(before)
+        for a, b in zip(*res, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_huge_pages_gradcheck(huge_pages, gen):
+    graph = GRAPHS["bipartite"]()
+    q, k, v = (
+        torch.randn(1, 2, n, 3, generator=gen, dtype=F64).requires_grad_() for n in (4, 6, 6)
+    )
+
+    def fn(q, k, v):
+        return graph_attention(q, k, v, graph, backend="fused")
+
+    assert gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-8)
+
+
+def test_paged_rows(kernel, gen):
+    """paged_rows: the rows side by side in one buffer, starting 64 bytes past a 2 MiB page
+    (Linux), as views; the tensors themselves under the threshold; a clear error for rows
+    of different lengths."""
+    k, v = torch.randn(50, 2, 3, generator=gen), torch.randn(50, 2, 5, generator=gen)
+    before = kernel.huge_pages()
+    try:
+        kernel.set_huge_pages(-1)
+        same = kernel.paged_rows([k, v])
+        assert same[0].data_ptr() == k.data_ptr() and same[1].data_ptr() == v.data_ptr()
+        kernel.set_huge_pages(k.nbytes + v.nbytes + 1)
+        assert kernel.paged_rows([k, v])[0].data_ptr() == k.data_ptr()
+        kernel.set_huge_pages(k.nbytes + v.nbytes)
+        pk, pv = kernel.paged_rows([k, v])
+        with pytest.raises(RuntimeError, match="paged_rows"):
+            kernel.paged_rows([k, v[:49]])
+    finally:
+        kernel.set_huge_pages(before)
+    torch.testing.assert_close(pk, k, rtol=0, atol=0)
+    torch.testing.assert_close(pv, v, rtol=0, atol=0)
+    assert pk.stride() == (16, 3, 1) and pv.stride() == (16, 5, 1)
+    assert pv.data_ptr() - pk.data_ptr() == 6 * 4  # a node's rows side by side
+    if sys.platform == "linux":
+        assert pk.data_ptr() % (2 << 20) == 64
+
+
+def test_huge_page_threshold(tmp_path, monkeypatch):
+    """GRAPHATTN_HUGE_PAGES and the transparent-huge-page mode decide the threshold."""
+    mode = tmp_path / "enabled"
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    mode.write_text("always [madvise] never\n")
+    assert fused_mod.huge_page_threshold("", str(mode)) == 16 * 2**20
+    assert fused_mod.huge_page_threshold("0", str(mode)) == -1
+    assert fused_mod.huge_page_threshold("2.5", str(mode)) == int(2.5 * 2**20)
+    with pytest.raises(ValueError, match="GRAPHATTN_HUGE_PAGES.*'lots'"):
+        fused_mod.huge_page_threshold("lots", str(mode))
+    for text in ("[always] madvise never\n", "always madvise [never]\n"):
+        mode.write_text(text)
+        assert fused_mod.huge_page_threshold("", str(mode)) == -1
+    assert fused_mod.huge_page_threshold("", str(tmp_path / "missing")) == -1
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # torch's allocator advises them itself
+    assert fused_mod.huge_page_threshold("", str(mode)) == -1
+    assert fused_mod.huge_page_threshold("8", str(mode)) == 8 * 2**20
+    monkeypatch.setenv("GRAPHATTN_HUGE_PAGES", "4")
+    assert fused_mod.huge_page_threshold(mode_file=str(mode)) == 4 * 2**20
+
+
+def test_huge_pages_copy_queries_only_for_a_backward(huge_pages, monkeypatch, gen):
+    """The forward copies the keys and values; the queries too where a backward will read
+    them at random (grad mode on, keys or values need a gradient); the backward copies the
+    output gradient."""
+    copied = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(huge_pages, name)
+
+        def paged_rows(self, parts):
+            copied.append(len(parts))
+            return huge_pages.paged_rows(parts)
+
+    monkeypatch.setattr(fused_mod, "_kernels", lambda device: (Recorder(), None))
+    graph = GRAPHS["random"]()
+    q, k, v = (torch.randn(1, 2, n, 3, generator=gen).requires_grad_() for n in (9, 7, 7))
+    with torch.no_grad():
+        graph_attention(q, k, v, graph, backend="fused")
+    assert copied == [2]  # k and v
+    copied.clear()
+    out = graph_attention(q, k, v, graph, backend="fused")
+    out.sum().backward()
+    assert copied == [2, 1, 1]  # k and v, q; then the output gradient
+    copied.clear()
+    out = graph_attention(q, k.detach(), v.detach(), graph, backend="fused")
+    out.sum().backward()
+    assert copied == [2]  # no source pass: q and the output gradient stay where they are
+
+
+def test_huge_page_blocks_are_reused_then_released(huge_pages, gen):
+    """A dead tensor's huge-page block serves the next copy of the same size; the cache
+    keeps at most its cap, and release_huge_pages unmaps what it keeps."""
+    if sys.platform != "linux":
+        pytest.skip("huge pages are advised on Linux only")
+    x = torch.randn(1000, 4, 8, generator=gen)
+    huge_pages.release_huge_pages()
+    first = huge_pages.paged_rows([x])[0]
+    where = first.data_ptr()
+    del first
+    kept = huge_pages.huge_cache_bytes()
+    assert kept >= x.nbytes
+    again = huge_pages.paged_rows([x])[0]
+    assert again.data_ptr() == where and huge_pages.huge_cache_bytes() == 0
+    torch.testing.assert_close(again, x, rtol=0, atol=0)
+    del again
+    assert fused_mod.release_huge_pages() == kept and huge_pages.huge_cache_bytes() == 0
+    huge_pages.set_huge_pages(0, 0)  # a cache of 0 bytes keeps nothing
+    try:
+        huge_pages.paged_rows([x])
+        assert huge_pages.huge_cache_bytes() == 0
+    finally:
+        huge_pages.set_huge_pages(0, fused_mod._huge_cache_bytes())
+
+
+def test_huge_page_cache_from_environment(monkeypatch):
+    monkeypatch.delenv("GRAPHATTN_HUGE_PAGE_CACHE", raising=False)
+    assert fused_mod._huge_cache_bytes() == 2048 * 2**20
+    monkeypatch.setenv("GRAPHATTN_HUGE_PAGE_CACHE", "0")
+    assert fused_mod._huge_cache_bytes() == 0
+    monkeypatch.setenv("GRAPHATTN_HUGE_PAGE_CACHE", "many")
+    with pytest.raises(ValueError, match="GRAPHATTN_HUGE_PAGE_CACHE.*'many'"):
+        fused_mod._huge_cache_bytes()

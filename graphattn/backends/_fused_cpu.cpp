@@ -13,6 +13,11 @@
 //         2 GATv2        s = <att_g, LeakyReLU(q_i + k_j + ef)>.
 // Dropout on the weights uses a counter-based hash of (seed, edge, group), so that the
 // backward pass draws the same mask without storing it.
+// Huge pages: rows read in random order (the sources' keys and values, and in the source
+// pass the targets' queries, output gradients and log-sum-exps) miss the TLB as well as the
+// cache once they outgrow the TLB's reach (about 8 MiB of 4 KiB pages). paged_rows copies
+// such rows into memory backed by 2 MiB pages (Linux, transparent huge pages); the copy is
+// sequential and costs far less than the page walks it saves.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -20,8 +25,13 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -29,6 +39,109 @@
 #endif
 
 namespace {
+
+// Row tensors of at least this many bytes that the kernel reads in random order go to huge
+// pages (paged_rows); a negative value turns the copies off. Set from Python (set_huge_pages).
+int64_t g_huge_min_bytes = -1;
+
+// Bytes of huge-page blocks kept for reuse at most (set_huge_pages).
+int64_t g_huge_cache_max = int64_t(2) << 30;
+
+// Blocks of huge pages whose tensors have died, kept for the next calls: a fresh 2 MiB page
+// costs a fault and zeroing (in a virtual machine often a fault on the host as well), a
+// reused one nothing. Never destroyed: tensors may die after static destructors ran.
+struct HugeCache {
+  std::mutex mutex;
+  std::vector<std::pair<void*, size_t>> blocks;  // (mapping, length), free
+  int64_t bytes = 0;                              // their total length
+};
+
+HugeCache& huge_cache() {
+  static auto* cache = new HugeCache();
+  return *cache;
+}
+
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+constexpr size_t kHuge = size_t(2) << 20;
+
+// A mapping of at least `length` bytes: the smallest free block that fits (and wastes at
+// most half of itself), else a new one advised for transparent huge pages.
+std::pair<void*, size_t> take_block(size_t length) {
+  {
+    auto& c = huge_cache();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    size_t best = c.blocks.size();
+    for (size_t b = 0; b < c.blocks.size(); ++b) {
+      const size_t have = c.blocks[b].second;
+      if (have >= length && have <= 2 * length &&
+          (best == c.blocks.size() || have < c.blocks[best].second))
+        best = b;
+    }
+    if (best < c.blocks.size()) {
+      const auto block = c.blocks[best];
+      c.blocks.erase(c.blocks.begin() + static_cast<std::ptrdiff_t>(best));
+      c.bytes -= static_cast<int64_t>(block.second);
+      return block;
+    }
+  }
+  void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) return {nullptr, 0};
+  const auto at0 = reinterpret_cast<uintptr_t>(base);
+  const uintptr_t start = (at0 + kHuge - 1) / kHuge * kHuge;
+  madvise(reinterpret_cast<void*>(start), length - (start - at0), MADV_HUGEPAGE);
+  return {base, length};
+}
+
+// Back to the cache, or unmapped where the cache is full.
+void give_block(void* base, size_t length) {
+  auto& c = huge_cache();
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (c.bytes + static_cast<int64_t>(length) <= g_huge_cache_max) {
+      c.blocks.emplace_back(base, length);
+      c.bytes += static_cast<int64_t>(length);
+      return;
+    }
+  }
+  munmap(base, length);
+}
+#endif
+
+// Unmaps every free block; returns their bytes.
+int64_t release_huge_pages() {
+  auto& c = huge_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  const int64_t freed = c.bytes;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  for (const auto& block : c.blocks) munmap(block.first, block.second);
+#endif
+  c.blocks.clear();
+  c.bytes = 0;
+  return freed;
+}
+
+// An uninitialised contiguous tensor in memory advised for transparent huge pages before it
+// is first touched (Linux; blocks are reused, see HugeCache), or at::empty where that is not
+// possible. The data start 64 bytes past a 2 MiB boundary, where glibc puts the other big
+// tensors: measured at N=1M, rows that start on a 4 KiB boundary made the kernel up to 2x
+// slower (cache or way-predictor conflicts with the rows of those tensors).
+at::Tensor huge_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kOffset = 64;
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
+                       c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  const size_t length = (bytes + kOffset + kHuge - 1) / kHuge * kHuge + kHuge;  // room to align
+  const auto [base, have] = take_block(length);
+  if (base != nullptr) {
+    const auto at0 = reinterpret_cast<uintptr_t>(base);
+    const uintptr_t start = (at0 + kHuge - 1) / kHuge * kHuge;
+    return at::from_blob(
+        reinterpret_cast<void*>(start + kOffset), sizes,
+        [base = base, have = have](void*) { give_block(base, have); }, options.device(at::kCPU));
+  }
+#endif
+  return at::empty(sizes, options);
+}
 
 // Counter-based 32-bit hash (MurmurHash3's finaliser, twice), cheap and the same in both
 // passes: edge e, group g keeps its weight when hash(seed, e * G + g) >= p * 2^32.
@@ -663,7 +776,12 @@ std::vector<at::Tensor> fused_backward(at::Tensor q, at::Tensor k, at::Tensor v,
   auto d_bias = needs[5] && bias.numel() ? at::empty_like(bias) : none;
   auto d_att_parts = needs[6] && att.numel()
       ? at::zeros({at::get_num_threads(), G, q.size(2)}, q.options()) : none;
-  auto ld = at::stack({lse, delta}, 1).contiguous();  // (Nd, 2, G)
+  auto ld = nd * 2 * G * static_cast<int64_t>(q.element_size()) >= g_huge_min_bytes &&
+                    g_huge_min_bytes >= 0
+                ? huge_empty({nd, 2, G}, q.options())
+                : at::empty({nd, 2, G}, q.options());  // (Nd, 2, G): read in random order
+  ld.select(1, 0).copy_(lse);
+  ld.select(1, 1).copy_(delta);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn_fused_backward", [&] {
     auto a = make_args<scalar_t>(q, k, v, ef, ev, bias, att, ptr, src, kind, scale, slope, p, seed);
     auto data = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
@@ -677,8 +795,50 @@ std::vector<at::Tensor> fused_backward(at::Tensor q, at::Tensor k, at::Tensor v,
   return {needs[0] ? dq : none, dk, dv, d_ef, d_ev, d_bias, d_att};
 }
 
+// The rows of `parts` (each (N, G, D) with contiguous (G, D) rows, the same N), side by side
+// in one buffer backed by huge pages, as views of it; `parts` themselves where their bytes
+// are under the threshold (or the copies are off).
+std::vector<at::Tensor> paged_rows(std::vector<at::Tensor> parts) {
+  TORCH_CHECK(!parts.empty(), "graphattn paged_rows: no tensors");
+  int64_t bytes = 0, width = 0;
+  const int64_t n = parts[0].size(0);
+  for (const auto& t : parts) {
+    TORCH_CHECK(t.dim() == 3 && t.size(0) == n && t.dtype() == parts[0].dtype(),
+                "graphattn paged_rows: needs (N, G, D) tensors of one dtype and N, got sizes ",
+                t.sizes());
+    bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    width += t.size(1) * t.size(2);
+  }
+  if (g_huge_min_bytes < 0 || bytes < g_huge_min_bytes || n == 0) return parts;
+  auto buffer = huge_empty({n, width}, parts[0].options());  // (N, sum of G * D)
+  std::vector<at::Tensor> views;
+  int64_t at0 = 0;
+  for (const auto& t : parts) {
+    const int64_t w = t.size(1) * t.size(2);
+    auto view = buffer.narrow(1, at0, w);
+    view.copy_(t.reshape({n, w}));  // parallel, so the pages fault in on every thread
+    views.push_back(view.view({n, t.size(1), t.size(2)}));
+    at0 += w;
+  }
+  return views;
+}
+
+void set_huge_pages(int64_t min_bytes, int64_t cache_bytes) {
+  g_huge_min_bytes = min_bytes;
+  if (cache_bytes < 0) return;  // the cache's cap unchanged
+  g_huge_cache_max = cache_bytes;
+  if (huge_cache().bytes > cache_bytes) release_huge_pages();  // kept blocks over the new cap
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &fused_forward, "fused edge attention, forward (CPU)");
   m.def("backward", &fused_backward, "fused edge attention, backward (CPU)");
   m.attr("row_strides") = true;  // q, k and v may be row-strided views (Args::sq, sk, sv)
+  m.def("paged_rows", &paged_rows, "row tensors side by side in huge pages, above a size");
+  m.def("set_huge_pages", &set_huge_pages, py::arg("min_bytes"),
+        py::arg("cache_bytes") = -1,
+        "bytes from which paged_rows copies (< 0: never); bytes of free blocks kept (< 0: as is)");
+  m.def("huge_pages", [] { return g_huge_min_bytes; }, "paged_rows' threshold in bytes");
+  m.def("release_huge_pages", &release_huge_pages, "unmaps the kept free blocks; their bytes");
+  m.def("huge_cache_bytes", [] { return huge_cache().bytes; }, "bytes of free blocks kept");
 }

@@ -16,6 +16,15 @@ group), the seed taken from torch's generator: reproducible under ``torch.manual
 not the same mask as the pure-torch edge path; the probability is rounded to a multiple of
 2^-32.
 
+Huge pages (CPU): rows the kernel reads in random order (the sources' keys and values, and
+in the backward's source pass the targets' queries and output gradients) miss the TLB as
+well as the cache once they outgrow its reach. Above ``huge_page_threshold()`` bytes they
+are copied into memory backed by 2 MiB transparent huge pages (Linux) first. The blocks are
+kept for reuse when their tensors die (at most ``GRAPHATTN_HUGE_PAGE_CACHE`` MiB, default
+2048; :func:`release_huge_pages` unmaps them), since a fresh huge page costs a fault and
+zeroing. ``GRAPHATTN_HUGE_PAGES=0`` turns the copies off, ``GRAPHATTN_HUGE_PAGES=<MiB>``
+sets the threshold.
+
 Where no compiler is found (or ``GRAPHATTN_FUSED=0``), the backend refuses with that reason
 and the pure-torch edge backend serves the call; a warning says so once. On CUDA the backend
 refuses where Triton is not installed, and for dropout (the Triton kernel draws no mask).
@@ -41,11 +50,63 @@ from ._base import AttentionCall, Backend, BackendResult, memory_reasons
 from ._chunks import by_source
 from .edges import _node_major, edge_memory, sorted_edge_inputs
 
-__all__ = ["FusedEdgesBackend", "fused_extension", "triton_kernels"]
+__all__ = [
+    "FusedEdgesBackend",
+    "fused_extension",
+    "huge_page_threshold",
+    "release_huge_pages",
+    "triton_kernels",
+]
 
 _SCORES = {DotProduct: 0, GAT: 1, GATv2: 2}
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {}
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+_HUGE_PAGE_MIB = 16  # the default threshold: above the TLB's reach in 4 KiB pages
+_HUGE_CACHE_MIB = 2048  # the default bytes of free huge-page blocks kept for reuse
+
+
+def huge_page_threshold(env: str | None = None, mode_file: str = _THP_MODE) -> int:
+    """The bytes from which the CPU kernel copies rows it reads in random order into huge
+    pages, or -1 for never. ``env`` (default: ``$GRAPHATTN_HUGE_PAGES``): ``"0"`` never, a
+    number of MiB, or unset: 16 MiB where transparent huge pages are in ``madvise`` mode, and
+    never where they are ``always`` on (big allocations already get them), ``never`` (none
+    to get), unknown (not Linux), or where torch's allocator advises them itself
+    (``THP_MEM_ALLOC_ENABLE=1``)."""
+    env = os.environ.get("GRAPHATTN_HUGE_PAGES") if env is None else env
+    if env is not None and env.strip():
+        try:
+            mib = float(env)
+        except ValueError:
+            raise ValueError(f"GRAPHATTN_HUGE_PAGES must be a number of MiB, got {env!r}") from None
+        return -1 if mib <= 0 else int(mib * 2**20)
+    if os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"):
+        return -1
+    try:
+        with open(mode_file) as f:
+            madvise = "[madvise]" in f.read()
+    except OSError:
+        return -1
+    return _HUGE_PAGE_MIB * 2**20 if madvise else -1
+
+
+def _huge_cache_bytes() -> int:
+    """``$GRAPHATTN_HUGE_PAGE_CACHE`` (MiB of free huge-page blocks kept) in bytes."""
+    env = os.environ.get("GRAPHATTN_HUGE_PAGE_CACHE", "").strip()
+    try:
+        mib = float(env) if env else _HUGE_CACHE_MIB
+    except ValueError:
+        raise ValueError(
+            f"GRAPHATTN_HUGE_PAGE_CACHE must be a number of MiB, got {env!r}"
+        ) from None
+    return max(0, int(mib * 2**20))
+
+
+def release_huge_pages() -> int:
+    """Unmaps the huge-page blocks the CPU kernel keeps for reuse (those whose tensors have
+    died) and returns their bytes; 0 where the kernel is not built."""
+    module = _STATE.get("module")
+    return 0 if module is None else int(module.release_huge_pages())
 
 
 def fused_extension() -> tuple[Any | None, str | None]:
@@ -57,6 +118,7 @@ def fused_extension() -> tuple[Any | None, str | None]:
         if os.environ.get("GRAPHATTN_FUSED", "1") == "0":
             _STATE["reason"] = "disabled by GRAPHATTN_FUSED=0"
             return None, _STATE["reason"]
+        huge_pages, cache = huge_page_threshold(), _huge_cache_bytes()  # bad values raise
         path = os.environ.get("PATH", "")
         try:
             from torch.utils.cpp_extension import load
@@ -80,6 +142,7 @@ def fused_extension() -> tuple[Any | None, str | None]:
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
+            _STATE["module"].set_huge_pages(huge_pages, cache)
         except Exception as err:  # no compiler, no ninja, a failed build
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             _STATE["reason"] = f"the C++ kernel could not be built ({first[:200]})"
@@ -165,7 +228,14 @@ class FusedEdgesBackend(Backend):
         if dtype in (torch.float16, torch.bfloat16) and q.device.type != "cuda":
             tensors = [None if t is None else t.float() for t in tensors]
         out = _FusedEdgeAttention.apply(
-            *tensors, st, _SCORES[type(call.score)], call.scale, slope, call.dropout_p, seed
+            *tensors,
+            st,
+            _SCORES[type(call.score)],
+            call.scale,
+            slope,
+            call.dropout_p,
+            seed,
+            torch.is_grad_enabled(),
         )
         return BackendResult(out.to(dtype).view(nd, b, h, dv).permute(1, 2, 0, 3))
 
@@ -206,10 +276,16 @@ class _FusedEdgeAttention(torch.autograd.Function):
         slope: float,
         p: float,
         seed: int,
+        grad_enabled: bool,  # the caller's grad mode (forward runs under no_grad)
     ) -> Tensor:
         ext, _ = _kernels(q.device)
         strided = getattr(ext, "row_strides", False)
-        args = [_rows(t, strided) for t in (q, k, v)] + [_c(t, q) for t in (ef, ev, bias, att)]
+        q, k, v = (_rows(t, strided) for t in (q, k, v))
+        if hasattr(ext, "paged_rows"):  # rows read in random order go to huge pages
+            k, v = ext.paged_rows([k, v])
+            if grad_enabled and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):  # backward
+                q = ext.paged_rows([q])[0]
+        args = [q, k, v] + [_c(t, q) for t in (ef, ev, bias, att)]
         out, lse = ext.forward(*args, st.ptr, st.src, kind, float(scale), float(slope), p, seed)
         ctx.save_for_backward(*args, out, lse)
         ctx.st, ctx.kind, ctx.scale, ctx.slope, ctx.p, ctx.seed = st, kind, scale, slope, p, seed
@@ -221,6 +297,8 @@ class _FusedEdgeAttention(torch.autograd.Function):
         q, k, v, ef, ev, bias, att, out, lse = ctx.saved_tensors
         st = ctx.st
         ext, _ = _kernels(q.device)
+        if hasattr(ext, "paged_rows") and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            grad_out = ext.paged_rows([grad_out])[0]  # the source pass reads it at random
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(-1)  # (Nd, G): sum over in-edges of alpha * dalpha
         perm, sptr, sdst = by_source(st)
@@ -255,4 +333,4 @@ class _FusedEdgeAttention(torch.autograd.Function):
             None if not n else (g.to(x.dtype) if g is not None else torch.zeros_like(x))
             for g, n, x in zip(grads, needs, inputs, strict=True)
         ]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)

@@ -22,5 +22,7 @@ def test_quick_run_writes_rows_against_the_bound(tmp_path) -> None:
     assert len(rows) == 16
     assert all(r["x_bound"] > 0 and r["bound_ms"] > 0 for r in rows)
     assert all(r["x_uniform"] > 0 for r in rows if r["graph"] == "power-law")
+    assert all(r["fused_4k_ms"] > 0 for r in rows if r["backend"] == "fused")
+    assert "huge_page_threshold_bytes" in res
     assert len(res["small_rows"]) == 2 * 2 * 2  # 2 sizes x 2 scores x 2 dropout rates
     assert res["copy_bandwidth_bytes_s"] > 0
