@@ -11,14 +11,19 @@ import torch
 
 pytest.importorskip("matplotlib")
 
+from examples.harness import parse_config  # noqa: E402
 from examples.spoken_digits import (  # noqa: E402
+    PRESETS,
     SPEAKERS,
     AudioSet,
     CepstralSmoothing,
     SpokenDigitNet,
     SpokenDigitsConfig,
+    adapt_grid,
     augment,
     change_speed,
+    ensemble_proba,
+    eval_warps,
     random_span_mask,
     run,
     speaker_statistics,
@@ -150,6 +155,76 @@ def test_spoken_digits_speaker_norm_and_vtlp(tmp_path: Path) -> None:
         SpokenDigitsConfig(vtlp=0.5)
     with pytest.raises(ValueError, match="speaker_norm must be 'none', 'mean' or 'meanvar'"):
         SpokenDigitsConfig(speaker_norm="x")  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_spoken_digits_ensemble_mixup_and_test_time_warps(tmp_path: Path) -> None:
+    """An ensemble of two, mixup, test-time warps and the adapted warp of the new speaker."""
+    cfg = _small_holdout_config(
+        tmp_path,
+        speaker_norm="meanvar",
+        mixup=0.4,
+        ensemble=2,
+        tta_warp=0.05,
+        adapt_warp=0.05,
+    )
+    (held,) = run(cfg)["runs"]
+    assert held["speaker"] == "theo" and held["test_size"] == 20 and held["train_size"] == 60
+    assert held["last_loss"] < held["first_loss"] and 0.0 <= held["test_acc"] <= 1.0
+    assert len(held["member_acc"]) == 2 and 0.0 <= held["plain_acc"] <= 1.0
+    assert list(held["test_warps"]) == ["theo"] and held["test_warps"]["theo"] in adapt_grid(cfg)
+    assert (tmp_path / "runs" / "holdout" / "theo" / "member1").is_dir()
+    assert eval_warps(cfg) == pytest.approx((0.95, 1.0, 1.05))
+    assert eval_warps(SpokenDigitsConfig()) == (1.0,) and adapt_grid(SpokenDigitsConfig()) == [1.0]
+    for name, bad, match in [
+        ("ensemble", 0, "ensemble must be an int >= 1, got 0"),
+        ("tta_warp", 0.5, "tta_warp must lie in \\[0, 0.5\\), got 0.5"),
+        ("adapt_warp", -0.1, "adapt_warp must lie in \\[0, 0.5\\), got -0.1"),
+        ("mixup", -1.0, "mixup must be >= 0, got -1.0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            SpokenDigitsConfig(**{name: bad})
+
+
+def test_vtln_preset_sets_the_new_speaker_settings() -> None:
+    cfg = parse_config(SpokenDigitsConfig, ["--vtln", "--ensemble", "2"], None, PRESETS)
+    assert (cfg.speaker_norm, cfg.cepstra, cfg.vtlp) == ("meanvar", 13, 0.05)
+    assert (cfg.ensemble, cfg.tta_warp, cfg.adapt_warp) == (2, 0.05, 0.1)  # flags override
+    assert cfg.holdout == SPEAKERS and cfg.seeds == 3 and cfg.results is None
+
+
+def test_ensemble_proba_adapts_only_new_speakers() -> None:
+    """Averaged probabilities; the adapted warp is the one of lowest entropy, and speakers
+    with training recordings keep warp 1."""
+    torch.manual_seed(0)
+    cfg = SpokenDigitsConfig(n_mels=20, dim=16, layers=1, heads=2, adapt_warp=0.05)
+    models = [SpokenDigitNet(cfg).eval() for _ in range(2)]
+    jackson, theo = SPEAKERS.index("jackson"), SPEAKERS.index("theo")
+    data = AudioSet(
+        torch.randn(4, 2000) * 0.1,
+        torch.tensor([2000, 1500, 2000, 1800]),
+        torch.zeros(4, dtype=torch.long),
+        torch.tensor([jackson, jackson, theo, theo]),
+    )
+    probs, chosen = ensemble_proba(models, data, cfg, known=[jackson])
+    assert probs.shape == (4, 10) and list(chosen) == ["theo"]
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+    plain = ensemble_proba(models, data, SpokenDigitsConfig(n_mels=20, dim=16, layers=1, heads=2))
+    torch.testing.assert_close(probs[:2], plain[0][:2])  # jackson is known: not warped
+    assert plain[1] == {}
+    rows = data.speakers == theo
+    entropy = {}
+    with torch.no_grad():
+        for g in adapt_grid(cfg):
+            p = (
+                sum(
+                    m(data.waves[rows], data.lengths[rows], data.speakers[rows], g).softmax(-1)
+                    for m in models
+                )
+                / 2
+            )
+            entropy[g] = float(-(p * p.log()).sum(-1).mean())
+    assert chosen["theo"] == min(entropy, key=entropy.__getitem__)
 
 
 def test_speaker_statistics_use_training_recordings_else_test_ones() -> None:
