@@ -44,6 +44,11 @@ namespace {
 // pages (paged_rows); a negative value turns the copies off. Set from Python (set_huge_pages).
 int64_t g_huge_min_bytes = -1;
 
+// Whether rows of this many bytes, read in random order, go to huge pages.
+inline bool wants_huge_pages(int64_t bytes) {
+  return g_huge_min_bytes >= 0 && bytes >= g_huge_min_bytes;
+}
+
 // Bytes of huge-page blocks kept for reuse at most (set_huge_pages).
 int64_t g_huge_cache_max = int64_t(2) << 30;
 
@@ -776,8 +781,7 @@ std::vector<at::Tensor> fused_backward(at::Tensor q, at::Tensor k, at::Tensor v,
   auto d_bias = needs[5] && bias.numel() ? at::empty_like(bias) : none;
   auto d_att_parts = needs[6] && att.numel()
       ? at::zeros({at::get_num_threads(), G, q.size(2)}, q.options()) : none;
-  auto ld = nd * 2 * G * static_cast<int64_t>(q.element_size()) >= g_huge_min_bytes &&
-                    g_huge_min_bytes >= 0
+  auto ld = wants_huge_pages(nd * 2 * G * static_cast<int64_t>(q.element_size()))
                 ? huge_empty({nd, 2, G}, q.options())
                 : at::empty({nd, 2, G}, q.options());  // (Nd, 2, G): read in random order
   ld.select(1, 0).copy_(lse);
@@ -809,7 +813,7 @@ std::vector<at::Tensor> paged_rows(std::vector<at::Tensor> parts) {
     bytes += t.numel() * static_cast<int64_t>(t.element_size());
     width += t.size(1) * t.size(2);
   }
-  if (g_huge_min_bytes < 0 || bytes < g_huge_min_bytes || n == 0) return parts;
+  if (!wants_huge_pages(bytes) || n == 0) return parts;
   auto buffer = huge_empty({n, width}, parts[0].options());  // (N, sum of G * D)
   std::vector<at::Tensor> views;
   int64_t at0 = 0;
