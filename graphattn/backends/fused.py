@@ -75,10 +75,7 @@ def huge_page_threshold(env: str | None = None, mode_file: str = _THP_MODE) -> i
     (``THP_MEM_ALLOC_ENABLE=1``)."""
     env = os.environ.get("GRAPHATTN_HUGE_PAGES") if env is None else env
     if env is not None and env.strip():
-        try:
-            mib = float(env)
-        except ValueError:
-            raise ValueError(f"GRAPHATTN_HUGE_PAGES must be a number of MiB, got {env!r}") from None
+        mib = _mib("GRAPHATTN_HUGE_PAGES", env)
         return -1 if mib <= 0 else int(mib * 2**20)
     if os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"):
         return -1
@@ -93,13 +90,16 @@ def huge_page_threshold(env: str | None = None, mode_file: str = _THP_MODE) -> i
 def _huge_cache_bytes() -> int:
     """``$GRAPHATTN_HUGE_PAGE_CACHE`` (MiB of free huge-page blocks kept) in bytes."""
     env = os.environ.get("GRAPHATTN_HUGE_PAGE_CACHE", "").strip()
-    try:
-        mib = float(env) if env else _HUGE_CACHE_MIB
-    except ValueError:
-        raise ValueError(
-            f"GRAPHATTN_HUGE_PAGE_CACHE must be a number of MiB, got {env!r}"
-        ) from None
+    mib = _mib("GRAPHATTN_HUGE_PAGE_CACHE", env) if env else _HUGE_CACHE_MIB
     return max(0, int(mib * 2**20))
+
+
+def _mib(name: str, text: str) -> float:
+    """The number of MiB that the environment variable ``name`` holds as ``text``."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of MiB, got {text!r}") from None
 
 
 def release_huge_pages() -> int:
