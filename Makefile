@@ -67,7 +67,6 @@ bench-compile: $(STAMP)
 # Full example runs (minutes each, not in CI); results go to examples/results/*.json.
 examples: $(STAMP)
 	$(PY) -m examples.vision_hybrid --seeds 5
-	$(PY) -m examples.citation_graph
 	$(PY) -m examples.node_classification
 	$(PY) -m examples.sentiment --seeds 5
 	$(PY) -m examples.char_lm --graph causal

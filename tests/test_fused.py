@@ -506,8 +506,8 @@ def test_huge_pages_gradcheck(huge_pages, gen):
 
 def test_paged_rows(kernel, gen):
     """paged_rows: the rows side by side in one buffer, starting 64 bytes past a 2 MiB page
-    (Linux), as views; the tensors themselves under the threshold; a clear error for rows
-    of different lengths."""
+    (Linux), each padded to whole 64-byte lines, as views; the tensors themselves under the
+    threshold; a clear error for rows of different lengths."""
     k, v = torch.randn(50, 2, 3, generator=gen), torch.randn(50, 2, 5, generator=gen)
     before = kernel.huge_pages()
     try:
@@ -520,8 +520,13 @@ def test_paged_rows(kernel, gen):
         pk, pv = kernel.paged_rows([k, v])
         with pytest.raises(RuntimeError, match="paged_rows"):
             kernel.paged_rows([k, v[:49]])
+        k7 = torch.randn(50, 2, 4, generator=gen)  # rows of 6 + 8 floats: padded to 16
+        kernel.set_huge_pages(0)
+        p3, p7 = kernel.paged_rows([k, k7])
     finally:
         kernel.set_huge_pages(before)
+    torch.testing.assert_close(p7, k7, rtol=0, atol=0)
+    assert p3.stride(0) == p7.stride(0) == 16  # every row on its own 64-byte lines
     torch.testing.assert_close(pk, k, rtol=0, atol=0)
     torch.testing.assert_close(pv, v, rtol=0, atol=0)
     assert pk.stride() == (16, 3, 1) and pv.stride() == (16, 5, 1)

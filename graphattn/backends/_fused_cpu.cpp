@@ -161,6 +161,13 @@ inline uint32_t hash32(int64_t seed, int64_t counter) {
   return fmix32(h ^ static_cast<uint32_t>(c >> 32) ^ static_cast<uint32_t>(s >> 32));
 }
 
+// Elements per row of a buffer whose rows hold `width` elements of `elem` bytes, rounded up
+// so that each row fills whole 64-byte cache lines.
+inline int64_t line_width(int64_t width, int64_t elem) {
+  const int64_t per_line = std::max<int64_t>(1, 64 / elem);
+  return (width + per_line - 1) / per_line * per_line;
+}
+
 template <typename T>
 struct Args {
   const T* q; const T* k; const T* v; const T* ef; const T* ev; const T* bias; const T* att;
@@ -179,8 +186,10 @@ struct Args {
 constexpr int64_t kPrefetch = 16;
 
 inline void prefetch_row(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
+  // every 64-byte line the row touches: a row that does not start on a line spans one more
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p), end = b + static_cast<uintptr_t>(bytes);
+  for (uintptr_t c = b & ~uintptr_t(63); c < end; c += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(c), 0, 1);
 }
 
 // exp for the softmax: Cephes' single-precision polynomial (within 2 ulp of expf) written
@@ -801,7 +810,7 @@ std::vector<at::Tensor> fused_backward(at::Tensor q, at::Tensor k, at::Tensor v,
 
 // The rows of `parts` (each (N, G, D) with contiguous (G, D) rows, the same N), side by side
 // in one buffer backed by huge pages, as views of it; `parts` themselves where their bytes
-// are under the threshold (or the copies are off).
+// are under the threshold (or the copies are off). Each row is padded to whole cache lines.
 std::vector<at::Tensor> paged_rows(std::vector<at::Tensor> parts) {
   TORCH_CHECK(!parts.empty(), "graphattn paged_rows: no tensors");
   int64_t bytes = 0, width = 0;
@@ -814,7 +823,9 @@ std::vector<at::Tensor> paged_rows(std::vector<at::Tensor> parts) {
     width += t.size(1) * t.size(2);
   }
   if (!wants_huge_pages(bytes) || n == 0) return parts;
-  auto buffer = huge_empty({n, width}, parts[0].options());  // (N, sum of G * D)
+  // (N, sum of G * D rounded up to whole 64-byte lines): every row starts on a line, so that
+  // reading one touches no more lines than its bytes need (GAT's 288-byte rows: 5, not 5-6)
+  auto buffer = huge_empty({n, line_width(width, parts[0].element_size())}, parts[0].options());
   std::vector<at::Tensor> views;
   int64_t at0 = 0;
   for (const auto& t : parts) {

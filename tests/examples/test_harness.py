@@ -27,7 +27,6 @@ from examples.harness import (
 # every example with a config dataclass: (module, config class)
 EXAMPLES = {
     "vision_hybrid": "VisionConfig",
-    "citation_graph": "CitationConfig",
     "sentiment": "SentimentConfig",
     "char_lm": "CharLMConfig",
     "spoken_digits": "SpokenDigitsConfig",

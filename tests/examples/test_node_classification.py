@@ -13,11 +13,18 @@ pytest.importorskip("scipy")  # Planetoid reads the raw files with scipy
 
 from examples.node_classification import (  # noqa: E402
     MODELS,
+    DeepNet,
     NodeConfig,
+    PlainNet,
+    Selection,
+    graph_for,
     load_dataset,
+    optimizer,
     roc_auc,
     run,
     settings,
+    sparse_csr,
+    sparse_dropout,
     split_masks,
 )
 from examples.training import resolve_data_dir  # noqa: E402
@@ -64,8 +71,82 @@ def test_splits_and_presets(tmp_path):
     assert settings(NodeConfig(), "Cora").layout == "plain"
     with pytest.raises(ValueError, match="layout must be 'plain', 'residual' or 'deep', got 'x'"):
         settings(NodeConfig(layout="x"), "Cora")
-    with pytest.raises(ValueError, match="global_in must be 'all' or 'last', got 'first'"):
+    with pytest.raises(
+        ValueError, match="global_in must be 'all', 'last' or 'hidden', got 'first'"
+    ):
         settings(NodeConfig(global_in="first"), "Cora")
+    with pytest.raises(ValueError, match="gps_local must be one of"):
+        settings(NodeConfig(gps_local="gcn"), "Cora")
+    with pytest.raises(ValueError, match="stop must be 'metric' or 'gat', got 'loss'"):
+        settings(NodeConfig(stop="loss"), "Cora")
+    with pytest.raises(ValueError, match="Minesweeper is scored by ROC-AUC"):
+        settings(NodeConfig(stop="gat"), "Minesweeper")
+    assert settings(NodeConfig(), "Cora").stop == "gat"
+    assert settings(NodeConfig(), "Minesweeper").stop == "metric"
+
+
+def test_selection_rules():
+    """The "metric" rule: the first epoch of the best metric, stop after `patience` epochs
+    without a better one; "gat": GAT's rule, patience reset by a val accuracy or loss at
+    least as good as the best so far, the reported epoch the last where both were."""
+    history = [(0.5, 1.0), (0.6, 1.1), (0.6, 0.9), (0.5, 1.2), (0.4, 1.3), (0.7, 0.8)]
+    metric = Selection("metric", patience=2)
+    assert [metric.update(e, acc, loss) for e, (acc, loss) in enumerate(history[:5])] == [
+        (True, False), (True, False), (False, False), (False, True), (False, True)
+    ]  # fmt: skip
+    gat = Selection("gat", patience=3)
+    assert [gat.update(e, acc, loss) for e, (acc, loss) in enumerate(history)] == [
+        (True, False), (False, False), (True, False), (False, False), (False, False),
+        (True, False),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="rule must be 'metric' or 'gat', got 'x'"):
+        Selection("x", 1)
+
+
+def _tiny_graph(n: int = 30, f: int = 12):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(n, f, generator=gen) < 0.1).float() * torch.rand(n, f, generator=gen)
+    edge_index = torch.randint(0, n, (2, 4 * n), generator=gen)
+
+    class Data:
+        num_nodes = n
+
+    data = Data()
+    data.edge_index = edge_index
+    return x, data
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("model", MODELS)
+def test_deep_layout_runs_every_model(model):
+    """GCNII's deep network with each model's propagation: logits of the right shape, a
+    gradient for every parameter, and GCNII's two weight-decay groups."""
+    x, data = _tiny_graph()
+    cfg = settings(NodeConfig(layout="deep", layers=3, hidden=16, heads=2), "Cora")
+    net = DeepNet(model, x.shape[1], 4, cfg)
+    logits = net(x, graph_for(data, sep=False))
+    assert logits.shape == (30, 4) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    unused = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not unused, unused
+    decays = sorted(g["weight_decay"] for g in optimizer(net, cfg).param_groups)
+    assert decays == [cfg.weight_decay, cfg.layer_weight_decay]
+
+
+def test_sparse_features_give_the_dense_output():
+    """The plain network on sparse CSR features: the dense features' logits in eval mode;
+    sparse dropout keeps zeros and scales kept values by 1 / (1 - p)."""
+    x, data = _tiny_graph()
+    graph = graph_for(data, sep=False)
+    for model in ("gat", "gatv2", "transformer", "gps"):
+        torch.manual_seed(0)
+        net = PlainNet(model, x.shape[1], 4, settings(NodeConfig(hidden=16, heads=2), "Cora"))
+        net.eval()
+        torch.testing.assert_close(net(sparse_csr(x), graph), net(x, graph))
+    dropped = sparse_dropout(sparse_csr(x), 0.5, True).to_dense()
+    kept = dropped != 0
+    assert (x[kept] * 2 == dropped[kept]).all() and (dropped[x == 0] == 0).all()
+    assert sparse_dropout(sparse_csr(x), 0.5, False).to_dense().equal(x)
 
 
 def test_unknown_names_are_refused(tmp_path):
