@@ -170,3 +170,25 @@ def test_ngram_dropout_acts_only_in_training() -> None:
     assert not torch.allclose(dropped, full)
     with pytest.raises(ValueError, match="ngram_dropout"):
         sentiment.ByteClassifier(sentiment.SentimentConfig(hash_buckets=512, ngram_dropout=1.0))
+
+
+def test_ensemble_predictions() -> None:
+    """An ensemble of one model predicts as the model; of two, by the mean of their
+    attention logits with the naive-Bayes prior added once; ensemble=0 is refused."""
+    cfg = sentiment.SentimentConfig(hash_buckets=512, embed_dim=16, num_heads=2, limit=100)
+    train, test = sentiment.load_rt_polarity(DATA, 96, limit=100)
+    test.prior = torch.linspace(-3.0, 3.0, len(test.labels))
+    torch.manual_seed(0)
+    a, b = sentiment.ByteClassifier(cfg).eval(), sentiment.ByteClassifier(cfg).eval()
+    assert sentiment.ensemble_predict([a], test).equal(sentiment.predict(a, test))
+    with torch.no_grad():
+        n = int(test.mask.sum(1).max())
+        ids, mask = test.ids[:, :n], test.mask[:, :n]
+        half = 0.5 * cfg.nb_weight * test.prior
+        mean = (a(ids, mask) + b(ids, mask)) / 2 + torch.stack([-half, half], -1)
+    assert sentiment.ensemble_predict([a, b], test).equal(mean.argmax(-1))
+    assert sentiment.ensemble_predict([a, b], test, use_prior=False).equal(
+        ((a(ids, mask) + b(ids, mask)) / 2).argmax(-1)
+    )
+    with pytest.raises(ValueError, match="ensemble must be at least 1, got 0"):
+        sentiment.run(sentiment.SentimentConfig(ensemble=0, data_dir=str(DATA), limit=10))
