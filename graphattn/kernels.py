@@ -148,15 +148,17 @@ class FAVOR(KernelScore):
             self.redraw()
 
     def _projected(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``W x'`` ``(…, F)`` and ``|x'|^2 / 2`` ``(…, 1)`` for ``x' = x sqrt(scale)``
-        (the scale folded into ``W`` and the norm: no scaled copy of ``x``)."""
+        """``W x'`` ``(…, F)`` and ``-|x'|^2 / 2`` ``(…, 1)`` for ``x' = x sqrt(scale)``
+        (the scale folded into ``W`` and the norm: no scaled copy of ``x``; the sign folded
+        into the norm's factor, so that the backward negates an ``(…, 1)`` column, not the
+        ``(…, F)`` gradient)."""
         w = self.projection.to(device=x.device, dtype=x.dtype) * math.sqrt(self.scale)
-        half = (0.5 * self.scale) * x.square().sum(-1, keepdim=True)  # no sqrt to undo
-        return torch.matmul(x, w.t()), half  # (…, F), (…, 1)
+        neg_half = (-0.5 * self.scale) * x.square().sum(-1, keepdim=True)  # no sqrt to undo
+        return torch.matmul(x, w.t()), neg_half  # (…, F), (…, 1)
 
     def feature_map(self, x: Tensor, *, query: bool, pad: Tensor | None = None) -> Tensor:
-        wx, half = self._projected(x)  # (B, H, N, F), (B, H, N, 1)
-        z = wx.sub_(half)  # in place: the product's backward needs only its inputs
+        wx, neg_half = self._projected(x)  # (B, H, N, F), (B, H, N, 1)
+        z = wx.add_(neg_half)  # in place: the product's backward needs only its inputs
         if pad is not None:  # padded rows: exp(-inf) = 0, and out of the max below
             z = z.masked_fill_(pad[:, None, :, None], -math.inf)
         with torch.no_grad():  # the shift is a constant for autograd
@@ -172,9 +174,9 @@ class FAVOR(KernelScore):
         ``logsumexp``."""
         if e_ij is not None:
             raise ValueError("FAVOR takes no edge features")
-        wq, hq = self._projected(q_i)  # (n, H, F), (n, H, 1)
+        wq, hq = self._projected(q_i)  # (n, H, F), (n, H, 1): hq = -|q'|^2 / 2
         wk, hk = self._projected(k_j)
-        return torch.logsumexp(wq + wk, dim=-1) - hq[..., 0] - hk[..., 0]  # (n, H)
+        return torch.logsumexp(wq + wk, dim=-1) + hq[..., 0] + hk[..., 0]  # (n, H)
 
     def __repr__(self) -> str:
         return (
