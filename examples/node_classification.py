@@ -335,6 +335,8 @@ class PlainNet(nn.Module):
         # global_in="hidden": h + w * global(h) between the layers, so that the output layer's
         # local attention spreads what the global branch brings over the graph
         self.mid = SGFormerAttention(h, heads=1, head_channels=h) if where == "hidden" else None
+        # whether global attention reads the input features (then they must be dense)
+        self.dense_input = bool(self.glob) and 0 in self.global_layers
 
     def _layer(self, i: int, x: Tensor, graph: Graph) -> Tensor:
         out = 0
@@ -530,8 +532,10 @@ def optimizer(model: nn.Module, cfg: NodeConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.layout == "plain":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    layers = [p for n, p in model.named_parameters() if n.startswith(("props.", "weights."))]
-    ends = [p for n, p in model.named_parameters() if not n.startswith(("props.", "weights."))]
+    layers: list[nn.Parameter] = []
+    ends: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        (layers if name.startswith(("props.", "weights.")) else ends).append(param)
     groups = [{"params": layers, "weight_decay": cfg.layer_weight_decay},
               {"params": ends, "weight_decay": cfg.weight_decay}]  # fmt: skip
     return torch.optim.Adam(groups, lr=cfg.lr)
@@ -549,9 +553,10 @@ def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeCon
     # GAT's two layers on sparse features (Cora's bag of words: 1.3 % non-zero): the first op
     # is a Linear, which multiplies a sparse CSR matrix as such (about 5x faster an epoch);
     # not where global attention reads the input features
-    first_global = model_name == "global" or (model_name == "gps" and cfg.global_in == "all")
     sparse = (
-        cfg.layout == "plain" and not first_global and (data.x != 0).float().mean().item() < 0.1
+        isinstance(model, PlainNet)
+        and not model.dense_input
+        and (data.x != 0).float().mean().item() < 0.1
     )
     x = sparse_csr(data.x) if sparse else data.x  # (N, F)
     opt = optimizer(model, cfg)

@@ -407,8 +407,7 @@ class ByteClassifier(nn.Module):
         logits = self.head(self.drop(pooled))  # (B, 2)
         if prior is None or self.prior_scale is None:
             return logits
-        half = 0.5 * self.prior_scale * prior  # (B,): log-odds split over the two classes
-        return logits + torch.stack([-half, half], -1)  # (B, 2)
+        return add_prior(logits, prior, self.prior_scale)
 
     def forward(self, ids: Tensor, mask: Tensor, prior: Tensor | None = None) -> Tensor:
         """Logits ``(B, 2)`` for byte ids ``(B, T)`` with mask ``(B, T)`` (True = real) and
@@ -423,6 +422,13 @@ class ByteClassifier(nn.Module):
         """Logits ``(B, 2)`` (as :meth:`forward`) and every layer's attention weights."""
         res = self.body.forward_with_weights(*self._inputs(ids, mask), key_padding_mask=~mask)
         return self._logits(res.out, mask, prior), res.attentions
+
+
+def add_prior(logits: Tensor, prior: Tensor, scale: Tensor) -> Tensor:
+    """``logits`` ``(B, 2)`` plus ``scale`` times the naive-Bayes log-odds ``prior`` ``(B,)``,
+    split evenly over the two classes."""
+    half = 0.5 * scale * prior  # (B,)
+    return logits + torch.stack([-half, half], -1)  # (B, 2)
 
 
 def make_optimizer(model: nn.Module, cfg: SentimentConfig) -> LazyAdamW:
@@ -442,21 +448,24 @@ def ensemble_predict(
     models: Sequence[ByteClassifier], split: Split, batch_size: int = 256, use_prior: bool = True
 ) -> Tensor:
     """Predicted labels ``(S,)`` of the mean of the models' attention-path logits, then the
-    naive-Bayes prior added once (as :meth:`ByteClassifier._logits` adds it to one model's)."""
+    naive-Bayes prior added once (:func:`add_prior`); eval mode, sentences sorted by length
+    for speed; with ``use_prior=False``, of the attention paths alone."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     lengths = split.mask.sum(1)
     order = torch.argsort(lengths)
     preds = torch.empty(len(order), dtype=torch.long)
-    for m in models:
-        m.eval()
+    scale = models[0].prior_scale
     for idx in order.split(batch_size):
         n = int(lengths[idx].max())
         ids, mask = split.ids[idx, :n], split.mask[idx, :n]
         logits = torch.stack([m(ids, mask) for m in models]).mean(0)  # (B, 2)
-        scale = models[0].prior_scale
         if use_prior and split.prior is not None and scale is not None:
-            half = 0.5 * scale * split.prior[idx]  # (B,)
-            logits = logits + torch.stack([-half, half], -1)
+            logits = add_prior(logits, split.prior[idx], scale)
         preds[idx] = logits.argmax(-1)
+    for m, mode in zip(models, was_training, strict=True):
+        m.train(mode)
     return preds
 
 
@@ -464,19 +473,9 @@ def ensemble_predict(
 def predict(
     model: ByteClassifier, split: Split, batch_size: int = 256, use_prior: bool = True
 ) -> Tensor:
-    """Predicted labels ``(S,)`` (eval mode; sentences sorted by length for speed); with
+    """Predicted labels ``(S,)`` of one model (:func:`ensemble_predict` of one); with
     ``use_prior=False``, of the attention path alone."""
-    was_training = model.training
-    model.eval()
-    lengths = split.mask.sum(1)
-    order = torch.argsort(lengths)
-    preds = torch.empty(len(order), dtype=torch.long)
-    for idx in order.split(batch_size):
-        n = int(lengths[idx].max())
-        prior = split.prior[idx] if use_prior and split.prior is not None else None
-        preds[idx] = model(split.ids[idx, :n], split.mask[idx, :n], prior).argmax(-1)
-    model.train(was_training)
-    return preds
+    return ensemble_predict([model], split, batch_size, use_prior)
 
 
 # ----------------------------------------------------------------------------- run
