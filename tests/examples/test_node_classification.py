@@ -12,9 +12,12 @@ pytest.importorskip("torch_geometric")
 pytest.importorskip("scipy")  # Planetoid reads the raw files with scipy
 
 from examples.node_classification import (  # noqa: E402
+    GLOBAL,
     MODELS,
+    CompleteAttention,
     DeepNet,
     NodeConfig,
+    NodeNet,
     PlainNet,
     Selection,
     graph_for,
@@ -77,6 +80,8 @@ def test_splits_and_presets(tmp_path):
         settings(NodeConfig(global_in="first"), "Cora")
     with pytest.raises(ValueError, match="gps_local must be one of"):
         settings(NodeConfig(gps_local="gcn"), "Cora")
+    with pytest.raises(ValueError, match="global_attn must be one of .*, got 'linear'"):
+        settings(NodeConfig(global_attn="linear"), "Cora")
     with pytest.raises(ValueError, match="stop must be 'metric' or 'gat', got 'loss'"):
         settings(NodeConfig(stop="loss"), "Cora")
     with pytest.raises(ValueError, match="Minesweeper is scored by ROC-AUC"):
@@ -131,6 +136,56 @@ def test_deep_layout_runs_every_model(model):
     assert not unused, unused
     decays = sorted(g["weight_decay"] for g in optimizer(net, cfg).param_groups)
     assert decays == [cfg.weight_decay, cfg.layer_weight_decay]
+
+
+def test_complete_attention_is_softmax_over_every_node():
+    """``softmax``: exactly softmax(q k^T / sqrt(Dq)) v over all pairs; ``favor``: an
+    estimate of it (its error shrinks with the number of features), redrawn every training
+    call and fixed in evaluation."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 12)
+    exact = CompleteAttention(12, 5, "softmax", qk_channels=8)
+    q, k, v = exact.q(x), exact.k(x), exact.v(x)
+    want = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, -1) @ v  # (2, 40, 5)
+    torch.testing.assert_close(exact(x), want)
+    errors = []
+    for features in (16, 4096):
+        favor = CompleteAttention(12, 5, "favor", qk_channels=8, favor_features=features)
+        favor.load_state_dict(exact.state_dict())
+        with torch.no_grad():
+            errors.append((favor(x) - want).abs().mean().item())
+            assert favor(x).equal(favor(x))  # no redraw without gradients
+    assert errors[1] < errors[0] / 3 and errors[1] < 0.05, errors
+    with pytest.raises(ValueError, match="kind must be 'softmax' or 'favor', got 'dot'"):
+        CompleteAttention(12, 5, "dot", qk_channels=8)
+    with pytest.raises(ValueError, match="be 0 for 'favor', got 0.5"):
+        CompleteAttention(12, 5, "favor", qk_channels=8, dropout=0.5)
+    dropped = CompleteAttention(12, 5, "softmax", qk_channels=8, dropout=0.5)
+    dropped.load_state_dict(exact.state_dict())
+    assert not dropped(x).equal(want)  # training: weights dropped
+    torch.testing.assert_close(dropped.eval()(x), want)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("global_attn", GLOBAL)
+def test_every_global_attention_in_every_layout(global_attn):
+    """``gps`` and ``global`` with each global attention in the plain, residual and deep
+    layouts: finite logits of the right shape and a gradient for every parameter used."""
+    x, data = _tiny_graph()
+    graph = graph_for(data, sep=False)
+    for layout, net_cls in (("plain", PlainNet), ("residual", NodeNet), ("deep", DeepNet)):
+        for model in ("gps", "global"):
+            cfg = settings(
+                NodeConfig(layout=layout, layers=2, hidden=16, heads=2, global_attn=global_attn,
+                           global_in="all", global_qk=4),
+                "Cora",
+            )  # fmt: skip
+            net = net_cls(model, x.shape[1], 4, cfg)
+            logits = net(x, graph)
+            assert logits.shape == (30, 4) and torch.isfinite(logits).all(), (layout, model)
+            logits.sum().backward()
+            unused = [n for n, p in net.named_parameters() if p.grad is None]
+            assert not unused, (layout, model, unused)
 
 
 def test_sparse_features_give_the_dense_output():
