@@ -60,7 +60,8 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -195,17 +196,38 @@ def load_dataset(name: str, data_dir: str | None, out_dir: str | Path) -> Any:
         src = resolve_data_dir(data_dir) / folder / "raw"
     except FileNotFoundError:
         src = None
-    if src is not None and src.is_dir():
-        dst = Path(out_dir) / folder / "raw"
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in src.iterdir():
-            if not (dst / f.name).exists():
-                shutil.copy2(f, dst / f.name)
-    if planetoid:
-        from torch_geometric.transforms import NormalizeFeatures
+    # processes that share out_dir (splits run side by side) copy, download and process one
+    # at a time: PyG writes processed/ non-atomically, and a reader would see half a file
+    with file_lock(Path(out_dir) / f".{name}.lock"):
+        if src is not None and src.is_dir():
+            dst = Path(out_dir) / folder / "raw"
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in src.iterdir():
+                if not (dst / f.name).exists():
+                    shutil.copy2(f, dst / f.name)
+        if planetoid:
+            from torch_geometric.transforms import NormalizeFeatures
 
-        return Planetoid(str(root), name, transform=NormalizeFeatures())[0]
-    return HeterophilousGraphDataset(str(root), name)[0]
+            return Planetoid(str(root), name, transform=NormalizeFeatures())[0]
+        return HeterophilousGraphDataset(str(root), name)[0]
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (POSIX ``flock``, created if missing) for the
+    ``with`` block; where ``fcntl`` is missing (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def split_masks(data: Any, run: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -20,6 +20,7 @@ from examples.node_classification import (  # noqa: E402
     NodeNet,
     PlainNet,
     Selection,
+    file_lock,
     graph_for,
     load_dataset,
     optimizer,
@@ -209,6 +210,26 @@ def test_unknown_names_are_refused(tmp_path):
         load_dataset("Coraa", None, tmp_path)
     with pytest.raises(ValueError, match="models: unknown model 'gcn'"):
         run(NodeConfig(models=("gcn",), out_dir=str(tmp_path), results=None))  # type: ignore[arg-type]
+
+
+def test_file_lock_is_exclusive(tmp_path):
+    """load_dataset's lock: a second holder (its own open file, as another process would
+    have) waits until the first lets go."""
+    import threading
+
+    path = tmp_path / "cache" / ".Cora.lock"
+    entered = threading.Event()
+
+    def second() -> None:
+        with file_lock(path):
+            entered.set()
+
+    with file_lock(path):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not entered.wait(0.3)  # blocked while the first holds the lock
+    assert entered.wait(10)
+    thread.join()
 
 
 def test_roc_auc_matches_scikit_learn():
