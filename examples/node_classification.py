@@ -350,9 +350,7 @@ class CompleteAttention(nn.Module):
         self.q = nn.Linear(channels, qk_channels, bias=False)
         self.k = nn.Linear(channels, qk_channels, bias=False)
         self.v = nn.Linear(channels, out_channels, bias=False)
-        self.score = (
-            kernels.FAVOR(favor_features, qk_channels, redraw_every=1) if kind == "favor" else None
-        )
+        self.score = global_score(kind, qk_channels, favor_features)
         self._complete: Graph | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -363,6 +361,17 @@ class CompleteAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         out = graph_attention(q, k, v, self._complete, score=self.score, dropout_p=p)
         return out[:, 0]  # (B, N, out_channels)
+
+
+def global_score(kind: str, head_dim: int, favor_features: int = 64) -> scores.Score | None:
+    """The score of global attention ``kind`` (``cfg.global_attn``): SGFormer's kernel,
+    FAVOR+'s (``favor_features`` features redrawn every training step), or ``None`` for
+    ``"softmax"`` (the exact scaled dot product)."""
+    if kind == "sgformer":
+        return kernels.SGFormer()
+    if kind == "favor":
+        return kernels.FAVOR(favor_features, head_dim, redraw_every=1)
+    return None
 
 
 def _global(kind: str, channels: int, out_channels: int, cfg: NodeConfig) -> nn.Module:
@@ -507,12 +516,7 @@ class Propagate(nn.Module):
         self.k = nn.Linear(hidden, heads * dq) if self.local else None
         self.gq = nn.Linear(hidden, hidden) if self.glob else None
         self.gk = nn.Linear(hidden, hidden) if self.glob else None
-        # the global score: SGFormer's (linear), exact softmax (dense) or FAVOR+ (linear)
-        self.gscore: scores.Score | None = (
-            kernels.SGFormer() if cfg.global_attn == "sgformer"
-            else kernels.FAVOR(64, hidden // heads, redraw_every=1)
-            if cfg.global_attn == "favor" else None
-        )  # fmt: skip
+        self.gscore = global_score(cfg.global_attn, hidden // heads)
 
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], self.heads, -1).transpose(0, 1)[None]  # (1, H, N, C/H)
