@@ -16,14 +16,19 @@ group), the seed taken from torch's generator: reproducible under ``torch.manual
 not the same mask as the pure-torch edge path; the probability is rounded to a multiple of
 2^-32.
 
+Packed target rows (CPU): the backward first writes each target's output gradient,
+log-sum-exp, ``delta = sum_d dout * out`` and query side by side in one row, so that the
+source pass reads one row of adjacent cache lines per edge instead of rows of three tensors.
+
 Huge pages (CPU): rows the kernel reads in random order (the sources' keys and values, and
-in the backward's source pass the targets' queries and output gradients) miss the TLB as
-well as the cache once they outgrow its reach. Above ``huge_page_threshold()`` bytes they
-are copied into memory backed by 2 MiB transparent huge pages (Linux) first. The blocks are
-kept for reuse when their tensors die (at most ``GRAPHATTN_HUGE_PAGE_CACHE`` MiB, default
-2048; :func:`release_huge_pages` unmaps them), since a fresh huge page costs a fault and
-zeroing. ``GRAPHATTN_HUGE_PAGES=0`` turns the copies off, ``GRAPHATTN_HUGE_PAGES=<MiB>``
-sets the threshold.
+in the backward's source pass the packed target rows) miss the TLB as well as the cache
+once they outgrow its reach. Above ``huge_page_threshold()`` bytes they are copied into (or
+packed in) memory backed by 2 MiB transparent huge pages (Linux) first, and the kernel's
+outputs and gradients of that size are allocated there too. The blocks are kept for reuse
+when their tensors die (at most ``GRAPHATTN_HUGE_PAGE_CACHE`` MiB, default 2048;
+:func:`release_huge_pages` unmaps them), since a fresh page costs a fault and zeroing (a
+fresh 256 MiB tensor: 65,536 faults of 4 KiB pages). ``GRAPHATTN_HUGE_PAGES=0`` turns this
+off, ``GRAPHATTN_HUGE_PAGES=<MiB>`` sets the threshold.
 
 Where no compiler is found (or ``GRAPHATTN_FUSED=0``), the backend refuses with that reason
 and the pure-torch edge backend serves the call; a warning says so once. On CUDA the backend
@@ -68,7 +73,8 @@ _HUGE_CACHE_MIB = 2048  # the default bytes of free huge-page blocks kept for re
 
 def huge_page_threshold(env: str | None = None, mode_file: str = _THP_MODE) -> int:
     """The bytes from which the CPU kernel copies rows it reads in random order into huge
-    pages, or -1 for never. ``env`` (default: ``$GRAPHATTN_HUGE_PAGES``): ``"0"`` never, a
+    pages (and takes its outputs and gradients from reused huge-page blocks), or -1 for
+    never. ``env`` (default: ``$GRAPHATTN_HUGE_PAGES``): ``"0"`` never, a
     number of MiB, or unset: 16 MiB where transparent huge pages are in ``madvise`` mode, and
     never where they are ``always`` on (big allocations already get them), ``never`` (none
     to get), unknown (not Linux), or where torch's allocator advises them itself
@@ -235,7 +241,6 @@ class FusedEdgesBackend(Backend):
             slope,
             call.dropout_p,
             seed,
-            torch.is_grad_enabled(),
         )
         return BackendResult(out.to(dtype).view(nd, b, h, dv).permute(1, 2, 0, 3))
 
@@ -276,15 +281,12 @@ class _FusedEdgeAttention(torch.autograd.Function):
         slope: float,
         p: float,
         seed: int,
-        grad_enabled: bool,  # the caller's grad mode (forward runs under no_grad)
     ) -> Tensor:
         ext, _ = _kernels(q.device)
         strided = getattr(ext, "row_strides", False)
         q, k, v = (_rows(t, strided) for t in (q, k, v))
         if hasattr(ext, "paged_rows"):  # rows read in random order go to huge pages
             k, v = ext.paged_rows([k, v])
-            if grad_enabled and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):  # backward
-                q = ext.paged_rows([q])[0]
         args = [q, k, v] + [_c(t, q) for t in (ef, ev, bias, att)]
         out, lse = ext.forward(*args, st.ptr, st.src, kind, float(scale), float(slope), p, seed)
         ctx.save_for_backward(*args, out, lse)
@@ -297,10 +299,11 @@ class _FusedEdgeAttention(torch.autograd.Function):
         q, k, v, ef, ev, bias, att, out, lse = ctx.saved_tensors
         st = ctx.st
         ext, _ = _kernels(q.device)
-        if hasattr(ext, "paged_rows") and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            grad_out = ext.paged_rows([grad_out])[0]  # the source pass reads it at random
         grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(-1)  # (Nd, G): sum over in-edges of alpha * dalpha
+        if getattr(ext, "packs_targets", False):
+            delta = out  # the C++ kernel sums dout * out as it packs each target's row
+        else:
+            delta = (grad_out * out).sum(-1)  # (Nd, G): sum over in-edges of alpha * dalpha
         perm, sptr, sdst = by_source(st)
         needs = list(ctx.needs_input_grad[:7])
         for i, present in enumerate(ctx.present):
@@ -333,4 +336,4 @@ class _FusedEdgeAttention(torch.autograd.Function):
             None if not n else (g.to(x.dtype) if g is not None else torch.zeros_like(x))
             for g, n, x in zip(grads, needs, inputs, strict=True)
         ]
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
