@@ -33,7 +33,8 @@ heterophilous preset), where ``sep`` (Platonov et al., ICLR 2023) mixes a node's
 features and its messages through one linear map of their concatenation and the local
 layers add no self-loops; ``deep`` is GCNII's network (Chen et al., 2020) with attention in
 place of GCN's propagation, and GCNII's two weight decays (``--layer-weight-decay`` on the
-layers).
+layers); ``classic`` is the tuned classic GNN of Luo et al. (NeurIPS 2024): post-norm layers
+``ReLU(BatchNorm(messages + Linear(h)))`` with dropout, Adam (:class:`ClassicNet`).
 
 Training is full-batch (``--epochs``). ``--stop metric`` reads the test metric at the epoch
 of the best validation metric and stops after ``--patience`` epochs without a better one;
@@ -88,6 +89,7 @@ Model = Literal["gat", "gatv2", "transformer", "gps", "global"]
 MODELS: tuple[Model, ...] = get_args(Model)
 LOCAL = ("gat", "gatv2", "transformer")  # the local layers (gps picks one: --gps-local)
 GLOBAL = ("sgformer", "softmax", "favor")  # the global attentions (--global-attn)
+LAYOUTS = ("plain", "residual", "deep", "classic")  # the networks (--layout)
 PLANETOID = ("Cora", "CiteSeer", "PubMed")
 HETEROPHILOUS = ("Roman-empire", "Amazon-ratings", "Minesweeper", "Tolokers", "Questions")
 BINARY = ("Minesweeper", "Tolokers", "Questions")
@@ -108,7 +110,8 @@ class NodeConfig:
     input_dropout: float | None = None  # on the input features
     attn_dropout: float | None = None  # on the local attention weights
     sep: bool | None = None  # mix [self, messages] linearly instead of adding them
-    layout: str | None = None  # "plain" (GAT's two layers) or "residual" (pre-norm blocks)
+    layout: str | None = None  # "plain" (GAT's two layers), "residual" (pre-norm blocks),
+    # "deep" (GCNII's) or "classic" (Luo et al.'s post-BatchNorm layers)
     global_weight: float | None = None  # gps: messages = local + global_weight * global
     global_in: str | None = None  # plain gps: global attention in "all", the "last" layer, or
     # on the "hidden" features between the layers (a residual branch)
@@ -163,8 +166,8 @@ def settings(cfg: NodeConfig, dataset: str) -> NodeConfig:
     preset = PRESETS["planetoid" if dataset in PLANETOID else "heterophilous"]
     filled = {k: v for k, v in preset.items() if getattr(cfg, k) is None}
     cfg = replace(cfg, **filled)
-    if cfg.layout not in ("plain", "residual", "deep"):
-        raise ValueError(f"layout must be 'plain', 'residual' or 'deep', got {cfg.layout!r}")
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {cfg.layout!r}")
     if cfg.global_in not in ("all", "last", "hidden"):
         raise ValueError(f"global_in must be 'all', 'last' or 'hidden', got {cfg.global_in!r}")
     if cfg.global_attn not in GLOBAL:
@@ -319,6 +322,55 @@ class NodeNet(nn.Module):
         for block in self.blocks:
             h = block(h, graph)
         return self.out(self.norm(h))
+
+
+class ClassicNet(nn.Module):
+    """The tuned classic GNN of Luo et al. (NeurIPS 2024, "Classic GNNs are strong
+    baselines") with attention as its convolution: per layer
+    ``h = dropout(ReLU(BatchNorm(messages(h) + Linear(h))))``, the first layer from the input
+    features, then ``Linear(h)`` to the classes (their ``--res --bn``: the linear self term,
+    no identity residual, post-norm). ``messages`` are the local attention's (``heads`` heads
+    of ``hidden / heads``, concatenated; no self-loops), plus ``global_weight`` times the
+    global attention's for ``gps``, or the global attention's alone for ``global``.
+
+    Shapes:
+        - x: ``(N, F)``; returns logits ``(N, C)``
+    """
+
+    def __init__(self, model: Model, num_features: int, num_classes: int, cfg: NodeConfig):
+        super().__init__()
+        hidden, heads = cfg.hidden, cfg.heads
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+        kind = local_kind(model, cfg)
+        widths = [num_features] + [hidden] * (cfg.layers - 1)
+        self.local = nn.ModuleList(
+            _local(kind, w, hidden // heads, heads, True, cfg.attn_dropout) if kind else None
+            for w in widths
+        )
+        self.glob = nn.ModuleList(
+            _global(cfg.global_attn, w, hidden, cfg) if model in ("gps", "global") else None
+            for w in widths
+        )
+        self.self_maps = nn.ModuleList(nn.Linear(w, hidden) for w in widths)
+        self.norms = nn.ModuleList(nn.BatchNorm1d(hidden) for _ in widths)
+        self.out = nn.Linear(hidden, num_classes)
+        self.w = cfg.global_weight if model == "gps" else 1.0
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, graph: Graph) -> Tensor:
+        h = self.input_dropout(x)  # (N, F)
+        for local, glob, self_map, norm in zip(
+            self.local, self.glob, self.self_maps, self.norms, strict=True
+        ):
+            y = self_map(h)  # (N, hidden)
+            if local is not None:
+                y = y + local(h, graph)
+            if glob is not None:
+                y = y + self.w * glob(h[None])[0]
+            h = self.dropout(F.relu(norm(y)))
+        return self.out(h)
 
 
 class CompleteAttention(nn.Module):
@@ -625,12 +677,13 @@ class Selection:
 
 
 def optimizer(model: nn.Module, cfg: NodeConfig) -> torch.optim.Optimizer:
-    """GAT's recipe (plain): Adam with L2 on every weight; GCNII's (deep): Adam with L2
+    """GAT's recipe (plain) and Luo et al.'s (classic): Adam with L2 on every weight;
+    GCNII's (deep): Adam with L2
     ``layer_weight_decay`` on the layers and ``weight_decay`` on the input and output maps;
     the residual blocks: AdamW (decoupled decay)."""
     if cfg.layout == "residual":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.layout == "plain":
+    if cfg.layout in ("plain", "classic"):
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     layers: list[nn.Parameter] = []
     ends: list[nn.Parameter] = []
@@ -648,7 +701,9 @@ def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeCon
     binary = dataset in BINARY
     num_classes = int(data.y.max()) + 1
     graph = graph_for(data, cfg.sep)
-    net = {"plain": PlainNet, "deep": DeepNet, "residual": NodeNet}[cfg.layout]
+    net = {"plain": PlainNet, "deep": DeepNet, "residual": NodeNet, "classic": ClassicNet}[
+        cfg.layout
+    ]
     model = net(model_name, data.num_features, num_classes, cfg)
     # GAT's two layers on sparse features (Cora's bag of words: 1.3 % non-zero): the first op
     # is a Linear, which multiplies a sparse CSR matrix as such (about 5x faster an epoch);

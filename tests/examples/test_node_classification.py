@@ -4,6 +4,7 @@ epochs), its ROC-AUC against scikit-learn's, and its argument errors."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ pytest.importorskip("scipy")  # Planetoid reads the raw files with scipy
 from examples.node_classification import (  # noqa: E402
     GLOBAL,
     MODELS,
+    ClassicNet,
     CompleteAttention,
     DeepNet,
     NodeConfig,
@@ -73,7 +75,9 @@ def test_splits_and_presets(tmp_path):
     cfg = settings(NodeConfig(hidden=32), "Minesweeper")
     assert cfg.hidden == 32 and cfg.sep is True and cfg.layout == "residual"
     assert settings(NodeConfig(), "Cora").layout == "plain"
-    with pytest.raises(ValueError, match="layout must be 'plain', 'residual' or 'deep', got 'x'"):
+    with pytest.raises(
+        ValueError, match=r"layout must be one of \('plain', .*'classic'\), got 'x'"
+    ):
         settings(NodeConfig(layout="x"), "Cora")
     with pytest.raises(
         ValueError, match="global_in must be 'all', 'last' or 'hidden', got 'first'"
@@ -139,6 +143,37 @@ def test_deep_layout_runs_every_model(model):
     assert decays == [cfg.weight_decay, cfg.layer_weight_decay]
 
 
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("model", MODELS)
+def test_classic_layout_runs_every_model(model):
+    """Luo et al.'s classic layers with each model's messages: logits of the right shape, a
+    gradient for every parameter, Adam with one weight decay; and, in evaluation, one layer
+    is exactly ``out(ReLU(BatchNorm(messages(x) + Linear(x))))``."""
+    x, data = _tiny_graph()
+    graph = graph_for(data, sep=True)
+    cfg = settings(NodeConfig(layout="classic", layers=3, hidden=16, heads=2), "Minesweeper")
+    net = ClassicNet(model, x.shape[1], 4, cfg)
+    logits = net(x, graph)
+    assert logits.shape == (30, 4) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    unused = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not unused, unused
+    opt = optimizer(net, cfg)
+    assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
+    one = ClassicNet(model, x.shape[1], 4, replace(cfg, layers=1)).eval()
+    with torch.no_grad():
+        one.norms[0].running_mean.uniform_(-1, 1)
+        one.norms[0].running_var.uniform_(0.5, 2)
+        y = one.self_maps[0](x)
+        if one.local[0] is not None:
+            y = y + one.local[0](x, graph)
+        if one.glob[0] is not None:
+            y = y + one.w * one.glob[0](x[None])[0]
+        bn = one.norms[0]
+        y = (y - bn.running_mean) / (bn.running_var + bn.eps).sqrt() * bn.weight + bn.bias
+        torch.testing.assert_close(one(x, graph), one.out(y.relu()))
+
+
 def test_complete_attention_is_softmax_over_every_node():
     """``softmax``: exactly softmax(q k^T / sqrt(Dq)) v over all pairs; ``favor``: an
     estimate of it (its error shrinks with the number of features), redrawn every training
@@ -170,11 +205,12 @@ def test_complete_attention_is_softmax_over_every_node():
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("global_attn", GLOBAL)
 def test_every_global_attention_in_every_layout(global_attn):
-    """``gps`` and ``global`` with each global attention in the plain, residual and deep
-    layouts: finite logits of the right shape and a gradient for every parameter used."""
+    """``gps`` and ``global`` with each global attention in the plain, residual, deep and
+    classic layouts: finite logits of the right shape and a gradient for every parameter used."""
     x, data = _tiny_graph()
     graph = graph_for(data, sep=False)
-    for layout, net_cls in (("plain", PlainNet), ("residual", NodeNet), ("deep", DeepNet)):
+    nets = (("plain", PlainNet), ("residual", NodeNet), ("deep", DeepNet), ("classic", ClassicNet))
+    for layout, net_cls in nets:
         for model in ("gps", "global"):
             cfg = settings(
                 NodeConfig(layout=layout, layers=2, hidden=16, heads=2, global_attn=global_attn,
