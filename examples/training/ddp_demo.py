@@ -106,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_at=args.stop_at,
         )
         torch.save(model.state_dict(), args.out_dir / f"rank{info.rank}.pt")
-    finally:
-        cleanup()
+    except BaseException:
+        cleanup()  # no barrier: the other ranks may never reach it
+        raise
+    cleanup(wait=True)
     return 0
 
 

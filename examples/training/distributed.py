@@ -7,7 +7,7 @@ Launch a script with ``torchrun --nproc_per_node 2 -m your.module`` (or
     model = wrap_ddp(model)             # DistributedDataParallel (unchanged in one process)
     loader = BatchLoader(x, y, batch_size=32, rank=info.rank, world_size=info.world_size)
     ...
-    cleanup()
+    cleanup(wait=True)
 
 Every rank must take the same number of optimizer steps (DDP all-reduces gradients in
 ``backward``): ``torch.utils.data.DistributedSampler`` (inside
@@ -146,7 +146,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op when none is initialised)."""
+def cleanup(wait: bool = False) -> None:
+    """Leave the process group (no-op when none is initialised). ``wait``: first wait at a
+    barrier until every rank is here, so that no rank tears down gloo's connections while a
+    peer still uses them (call it so on the success path only: a rank that failed may never
+    arrive). Once, in CI, a rank aborted at exit after training had ended ("terminate called
+    without an active exception") without the barrier."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
