@@ -29,12 +29,13 @@ puts its global attention on the hidden features between the layers, ``--global-
 hidden``, or in ``all`` layers or the ``last`` one), with sparse
 bag-of-words features kept as a sparse CSR tensor (input dropout on its stored values);
 ``residual`` is a stack of pre-norm residual blocks on a linear input projection (AdamW; the
-heterophilous preset), where ``sep`` (Platonov et al., ICLR 2023) mixes a node's own
+previous heterophilous preset), where ``sep`` (Platonov et al., ICLR 2023) mixes a node's own
 features and its messages through one linear map of their concatenation and the local
 layers add no self-loops; ``deep`` is GCNII's network (Chen et al., 2020) with attention in
 place of GCN's propagation, and GCNII's two weight decays (``--layer-weight-decay`` on the
 layers); ``classic`` is the tuned classic GNN of Luo et al. (NeurIPS 2024): post-norm layers
-``ReLU(BatchNorm(messages + Linear(h)))`` with dropout, Adam (:class:`ClassicNet`).
+``ReLU(BatchNorm(messages + Linear(h)))`` with dropout, Adam (:class:`ClassicNet`; the
+heterophilous preset).
 
 Training is full-batch (``--epochs``). ``--stop metric`` reads the test metric at the epoch
 of the best validation metric and stops after ``--patience`` epochs without a better one;
@@ -150,10 +151,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "global_attn": "softmax", "global_qk": 16, "global_dropout": 0.0,
         "lam": 0.5, "layer_weight_decay": 0.01,
     },
+    # Luo et al.'s published GAT recipe for Minesweeper (classic layers, BatchNorm), trained
+    # up to 4000 epochs: validation 97.86 % on split 0 against 97.22 % for 16 pre-norm
+    # residual blocks (layout residual, 4 heads, lr 0.003, 1200 epochs, patience 200)
     "heterophilous": {
-        "hidden": 64, "heads": 4, "layers": 16, "dropout": 0.2, "input_dropout": 0.0,
-        "attn_dropout": 0.0, "sep": True, "layout": "residual", "lr": 0.003,
-        "weight_decay": 0.0, "epochs": 1200, "patience": 200, "stop": "metric",
+        "hidden": 64, "heads": 1, "layers": 15, "dropout": 0.2, "input_dropout": 0.0,
+        "attn_dropout": 0.0, "sep": True, "layout": "classic", "lr": 0.01,
+        "weight_decay": 0.0, "epochs": 4000, "patience": 500, "stop": "metric",
         "global_weight": 1.0, "global_in": "all", "gps_local": "gat", "alpha": 0.1,
         "global_attn": "sgformer", "global_qk": 16, "global_dropout": 0.0,
         "lam": 0.5, "layer_weight_decay": 0.01,

@@ -73,7 +73,7 @@ def test_splits_and_presets(tmp_path):
     with pytest.raises(ValueError, match="runs: the data set has 10 splits"):
         split_masks(data, 10)
     cfg = settings(NodeConfig(hidden=32), "Minesweeper")
-    assert cfg.hidden == 32 and cfg.sep is True and cfg.layout == "residual"
+    assert cfg.hidden == 32 and cfg.sep is True and cfg.layout == "classic"
     assert settings(NodeConfig(), "Cora").layout == "plain"
     with pytest.raises(
         ValueError, match=r"layout must be one of \('plain', .*'classic'\), got 'x'"
