@@ -441,6 +441,17 @@ def test_a_real_failed_build_falls_back_in_a_fresh_process(tmp_path):
     assert "fell back" in done.stdout
 
 
+def test_each_copy_of_the_kernel_source_builds_under_its_own_name(kernel):
+    """The module name is keyed by the source file's path: two checkouts keep two builds
+    instead of rebuilding each other's; the loaded kernel carries this copy's name."""
+    name = fused_mod._extension_name
+    here, there = "/a/graphattn/backends/_fused_cpu.cpp", "/b/graphattn/backends/_fused_cpu.cpp"
+    assert name(here) == name(here) != name(there)
+    assert name(here).isidentifier() and name(here).startswith("graphattn_fused_cpu_v2_")
+    source = os.path.join(os.path.dirname(os.path.abspath(fused_mod.__file__)), "_fused_cpu.cpp")
+    assert kernel.__name__ == name(source)
+
+
 def test_disabled_by_environment(gen, monkeypatch):
     monkeypatch.setattr(fused_mod, "_STATE", {})
     monkeypatch.setenv("GRAPHATTN_FUSED", "0")

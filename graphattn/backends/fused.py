@@ -41,6 +41,7 @@ head dim, ``Dv`` value head dim.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import threading
@@ -115,6 +116,15 @@ def release_huge_pages() -> int:
     return 0 if module is None else int(module.release_huge_pages())
 
 
+def _extension_name(source: str) -> str:
+    """The C++ kernel's module name for the source file at ``source``: one per installed
+    copy (a hash of its absolute path), so that two checkouts or environments on one machine
+    keep their own build in torch's extension directory instead of rebuilding each other's
+    (torch rebuilds an extension whose sources changed, about 35 s here)."""
+    digest = hashlib.sha1(os.path.abspath(source).encode()).hexdigest()[:10]
+    return f"graphattn_fused_cpu_v2_{digest}"
+
+
 def fused_extension() -> tuple[Any | None, str | None]:
     """The compiled kernel module, or ``None`` and the reason it is not available (built on
     the first call, then cached in torch's extension directory)."""
@@ -136,7 +146,7 @@ def fused_extension() -> tuple[Any | None, str | None]:
                     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
             source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fused_cpu.cpp")
             _STATE["module"] = load(
-                name="graphattn_fused_cpu_v2",
+                name=_extension_name(source),
                 sources=[source],
                 extra_cflags=[
                     "-O3",
