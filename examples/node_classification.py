@@ -267,6 +267,21 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- model
+def messages(
+    h: Tensor, graph: Graph, local: nn.Module | None, glob: nn.Module | None, w: float
+) -> Tensor:
+    """A layer's messages: the local attention's over the edges plus ``w`` times the global
+    attention's over every node (either may be absent, not both).
+
+    Shapes:
+        - h: ``(N, C)``; returns ``(N, hidden)``
+    """
+    parts = [] if local is None else [local(h, graph)]
+    if glob is not None:
+        parts.append(w * glob(h[None])[0])
+    return sum(parts[1:], parts[0])
+
+
 class Block(nn.Module):
     """One pre-norm residual block: ``h + dropout(GELU(mix(LN(h), messages)))``.
 
@@ -297,11 +312,7 @@ class Block(nn.Module):
 
     def forward(self, h: Tensor, graph: Graph) -> Tensor:
         y = self.norm(h)
-        msg = torch.zeros_like(y)
-        if self.local is not None:
-            msg = msg + self.local(y, graph)
-        if self.glob is not None:
-            msg = msg + self.w * self.glob(y[None])[0]
+        msg = messages(y, graph, self.local, self.glob, self.w)
         out = self.mix(torch.cat([y, msg], -1)) if self.mix is not None else msg
         return h + self.dropout(F.gelu(out))
 
@@ -368,11 +379,7 @@ class ClassicNet(nn.Module):
         for local, glob, self_map, norm in zip(
             self.local, self.glob, self.self_maps, self.norms, strict=True
         ):
-            y = self_map(h)  # (N, hidden)
-            if local is not None:
-                y = y + local(h, graph)
-            if glob is not None:
-                y = y + self.w * glob(h[None])[0]
+            y = self_map(h) + messages(h, graph, local, glob, self.w)  # (N, hidden)
             h = self.dropout(F.relu(norm(y)))
         return self.out(h)
 

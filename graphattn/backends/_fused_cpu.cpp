@@ -126,6 +126,12 @@ int64_t release_huge_pages() {
   return freed;
 }
 
+// The bytes of a contiguous tensor of these sizes and options.
+inline int64_t tensor_bytes(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return c10::multiply_integers(sizes) *
+         static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+}
+
 // An uninitialised contiguous tensor in memory advised for transparent huge pages before it
 // is first touched (Linux; blocks are reused, see HugeCache), or at::empty where that is not
 // possible. The data start 64 bytes past a 2 MiB boundary, where glibc puts the other big
@@ -134,8 +140,7 @@ int64_t release_huge_pages() {
 at::Tensor huge_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr size_t kOffset = 64;
-  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
-                       c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  const size_t bytes = static_cast<size_t>(tensor_bytes(sizes, options));
   const size_t length = (bytes + kOffset + kHuge - 1) / kHuge * kHuge + kHuge;  // room to align
   const auto [base, have] = take_block(length);
   if (base != nullptr) {
@@ -777,9 +782,8 @@ void backward_impl(const Args<T>& a, int64_t nd, int64_t ns, const int64_t* sptr
 // (huge_empty: a reused block costs no page faults, while a fresh 256 MiB tensor costs 65,536
 // of them, 38 ms measured at N=1M), else at::empty.
 at::Tensor big_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  const int64_t bytes = c10::multiply_integers(sizes) *
-                        static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
-  return wants_huge_pages(bytes) ? huge_empty(sizes, options) : at::empty(sizes, options);
+  return wants_huge_pages(tensor_bytes(sizes, options)) ? huge_empty(sizes, options)
+                                                        : at::empty(sizes, options);
 }
 
 std::vector<at::Tensor> fused_forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor ef,
