@@ -522,10 +522,17 @@ class PlainNet(nn.Module):
         return self._layer(1, F.dropout(h, self.p, self.training), graph)  # (N, C)
 
 
-def sparse_csr(x: Tensor) -> Tensor:
-    """``(N, F)`` dense -> sparse CSR (without torch's "beta" warning)."""
+@contextmanager
+def no_csr_beta_warning() -> Iterator[None]:
+    """Silences torch's "sparse CSR support is in beta" warning inside the block."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def sparse_csr(x: Tensor) -> Tensor:
+    """``(N, F)`` dense -> sparse CSR (without torch's "beta" warning)."""
+    with no_csr_beta_warning():
         return x.to_sparse_csr()
 
 
@@ -542,8 +549,7 @@ def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return x
     values = F.dropout(x.values(), p, training)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
+    with no_csr_beta_warning():
         return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape)
 
 

@@ -444,38 +444,62 @@ def make_optimizer(model: nn.Module, cfg: SentimentConfig) -> LazyAdamW:
 
 
 @torch.no_grad()
-def ensemble_predict(
-    models: Sequence[ByteClassifier], split: Split, batch_size: int = 256, use_prior: bool = True
+def ensemble_logits(
+    models: Sequence[ByteClassifier], split: Split, batch_size: int = 256
 ) -> Tensor:
-    """Predicted labels ``(S,)`` of the mean of the models' attention-path logits, then the
-    naive-Bayes prior added once (:func:`add_prior`); eval mode, sentences sorted by length
-    for speed; with ``use_prior=False``, of the attention paths alone."""
+    """The mean of the models' attention-path logits ``(S, 2)`` over ``split``, without the
+    prior; eval mode (each model's mode is restored), sentences sorted by length for speed."""
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
     lengths = split.mask.sum(1)
     order = torch.argsort(lengths)
-    preds = torch.empty(len(order), dtype=torch.long)
-    scale = models[0].prior_scale
+    logits = torch.empty(len(order), 2)
     for idx in order.split(batch_size):
         n = int(lengths[idx].max())
         ids, mask = split.ids[idx, :n], split.mask[idx, :n]
-        logits = torch.stack([m(ids, mask) for m in models]).mean(0)  # (B, 2)
-        if use_prior and split.prior is not None and scale is not None:
-            logits = add_prior(logits, split.prior[idx], scale)
-        preds[idx] = logits.argmax(-1)
+        logits[idx] = torch.stack([m(ids, mask) for m in models]).mean(0)  # (B, 2)
     for m, mode in zip(models, was_training, strict=True):
         m.train(mode)
-    return preds
+    return logits
 
 
-@torch.no_grad()
+def with_prior(logits: Tensor, split: Split, scale: Tensor | None) -> Tensor:
+    """Attention-path logits ``(S, 2)`` plus the split's naive-Bayes prior (:func:`add_prior`);
+    unchanged without a prior or a scale."""
+    if split.prior is None or scale is None:
+        return logits
+    return add_prior(logits, split.prior, scale)
+
+
+def ensemble_predict(
+    models: Sequence[ByteClassifier], split: Split, batch_size: int = 256, use_prior: bool = True
+) -> Tensor:
+    """Predicted labels ``(S,)`` of the mean of the models' attention-path logits, then the
+    naive-Bayes prior added once (:func:`add_prior`); with ``use_prior=False``, of the
+    attention paths alone."""
+    logits = ensemble_logits(models, split, batch_size)  # (S, 2)
+    return (with_prior(logits, split, models[0].prior_scale) if use_prior else logits).argmax(-1)
+
+
 def predict(
     model: ByteClassifier, split: Split, batch_size: int = 256, use_prior: bool = True
 ) -> Tensor:
     """Predicted labels ``(S,)`` of one model (:func:`ensemble_predict` of one); with
     ``use_prior=False``, of the attention path alone."""
     return ensemble_predict([model], split, batch_size, use_prior)
+
+
+def accuracies(models: Sequence[ByteClassifier], split: Split) -> tuple[float, float]:
+    """Accuracy on ``split`` of the models' mean logits with the prior, and of the attention
+    paths alone, from one pass over the split."""
+    logits = ensemble_logits(models, split)  # (S, 2)
+    combined = with_prior(logits, split, models[0].prior_scale).argmax(-1)  # (S,)
+    alone = logits.argmax(-1)  # (S,)
+    return (
+        float((combined == split.labels).float().mean()),
+        float((alone == split.labels).float().mean()),
+    )
 
 
 # ----------------------------------------------------------------------------- run
@@ -506,8 +530,9 @@ def train_one(
         return {"loss": loss, "acc": (logits.argmax(-1) == y).float().mean()}
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
-        # logged once per epoch for the curves; the reported number is the last epoch's
-        return {metric: float((predict(model, test) == test.labels).float().mean())}
+        # logged once per epoch for the curves; the reported numbers are the last epoch's
+        combined, alone = accuracies([model], test)
+        return {metric: combined, "attention_only_acc": alone}
 
     out_dir = Path(cfg.out_dir) / f"seed{seed}"
     config = TrainConfig(
@@ -521,11 +546,10 @@ def train_one(
     )
     result = Trainer(model, opt, step_fn, loader, config, scheduler=sched, eval_fn=eval_fn).fit()
     losses = result.values("loss")
-    attention_only = predict(model, test, use_prior=False) == test.labels
     record = {
         "seed": seed,
         metric: result.eval[metric],
-        "attention_only_acc": float(attention_only.float().mean()),  # same model, no prior
+        "attention_only_acc": result.eval["attention_only_acc"],  # same model, no prior
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "steps": result.step,
@@ -612,9 +636,7 @@ def run(cfg: SentimentConfig) -> dict[str, Any]:
                 members.append(member)
                 r["member_accs"].append(rm[metric])
                 r["wall_s"] += rm["wall_s"]
-            r[metric] = float((ensemble_predict(members, test) == test.labels).float().mean())
-            alone = ensemble_predict(members, test, use_prior=False) == test.labels
-            r["attention_only_acc"] = float(alone.float().mean())
+            r[metric], r["attention_only_acc"] = accuracies(members, test)
         if nb_only is not None:
             r["nb_only_acc"] = nb_only
         if not pictures:  # the first seed's model: pictures exist even if a run is cut short

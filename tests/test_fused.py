@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -452,6 +455,35 @@ def test_each_copy_of_the_kernel_source_builds_under_its_own_name(kernel):
     assert kernel.__name__ == name(source)
 
 
+def test_the_kernel_builds_where_a_compiler_is_found():
+    """Every test of the kernel skips where it cannot be built, so a compile error in the
+    source would read as a row of skips: where a C++ compiler is on PATH (and the kernel is
+    not turned off), the build must succeed."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C++ compiler ({compiler!r}) on PATH: the kernel is optional")
+    if os.environ.get("GRAPHATTN_FUSED", "1") == "0":
+        pytest.skip("the kernel is turned off here (GRAPHATTN_FUSED=0)")
+    ext, why = fused_mod.fused_extension()
+    assert ext is not None, why
+
+
+def test_a_failed_build_names_the_compiler_error():
+    """The fallback's reason quotes the compiler's first error line, not torch's header."""
+    err = RuntimeError(
+        "Error building extension 'graphattn_fused_cpu_v2_0123456789': [1/2] c++ -MMD ...\n"
+        "FAILED: _fused_cpu.o\n"
+        "/x/_fused_cpu.cpp:188:48: error: 'GetDefaultCPUAllocator' is not a member of 'c10'\n"
+        "/x/_fused_cpu.cpp:190:1: error: expected ';'\n"
+    )
+    assert fused_mod.build_error(err) == (
+        "/x/_fused_cpu.cpp:188:48: error: 'GetDefaultCPUAllocator' is not a member of 'c10'"
+    )
+    assert fused_mod.build_error(OSError("no such file: ninja")) == "no such file: ninja"
+    assert fused_mod.build_error(RuntimeError()) == "RuntimeError"
+    assert len(fused_mod.build_error(RuntimeError("x" * 1000))) == 300
+
+
 def test_disabled_by_environment(gen, monkeypatch):
     monkeypatch.setattr(fused_mod, "_STATE", {})
     monkeypatch.setenv("GRAPHATTN_FUSED", "0")
@@ -682,6 +714,60 @@ def test_huge_page_blocks_are_reused_then_released(huge_pages, gen):
         assert huge_pages.huge_cache_bytes() == 0
     finally:
         huge_pages.set_huge_pages(0, fused_mod._huge_cache_bytes())
+
+
+def test_huge_page_tensors_resize_like_any_tensor(huge_pages, gen):
+    """A tensor on a huge-page block resizes as one from ``torch.empty`` does (``resize_``,
+    an ``out=`` argument of another shape): its data move to torch's allocator, what was
+    there stays, and the block goes back to the cache."""
+    if sys.platform != "linux":
+        pytest.skip("huge pages are advised on Linux only")
+    x = torch.randn(1000, 4, 8, generator=gen)
+    huge_pages.release_huge_pages()
+    t = huge_pages.paged_rows([x])[0]
+    assert t.is_contiguous() and huge_pages.huge_cache_bytes() == 0  # one block, lent
+    where = t.data_ptr()
+    t.resize_(0)  # torch's idiom for reusing an out= tensor of another shape
+    torch.mul(torch.ones(2000, 4, 8), 2.0, out=t)  # twice the rows: the storage grows
+    assert t.shape == (2000, 4, 8) and bool((t == 2.0).all())
+    assert t.data_ptr() != where and huge_pages.huge_cache_bytes() > 0  # the block is back
+    u = huge_pages.paged_rows([x])[0]
+    u.resize_(2000, 4, 8)
+    torch.testing.assert_close(u[:1000], x, rtol=0, atol=0)  # the old rows kept
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or not hasattr(os, "fork"), reason="fork and huge pages: Linux only"
+)
+def test_fork_while_another_thread_holds_the_huge_page_cache(huge_pages, gen):
+    """fork() copies only the calling thread. A thread that holds the huge-page cache's lock
+    at that moment (a backward pass frees and takes blocks with the GIL released) would leave
+    it locked in the child for ever, and the child's next big tensor would hang. The lock is
+    taken across fork, so the child gets a free lock and a whole cache."""
+    x = torch.randn(1000, 4, 8, generator=gen)
+    huge_pages.release_huge_pages()
+    del huge_pages.paged_rows([x])[0]  # one free block in the cache, copied into the child
+    holder = threading.Thread(target=huge_pages._hold_huge_cache, args=(500,))
+    holder.start()
+    time.sleep(0.1)  # the holder has the lock now (it releases the GIL while holding it)
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, no pytest; report by exit status only
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            code = 0 if torch.equal(huge_pages.paged_rows([x])[0], x) else 2
+        finally:
+            os._exit(code)
+    holder.join()
+    deadline = time.monotonic() + 60.0
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the huge-page cache's lock")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert huge_pages.huge_cache_bytes() > 0  # the parent's cache is intact
 
 
 def test_huge_page_cache_from_environment(monkeypatch):

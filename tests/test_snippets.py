@@ -1,4 +1,5 @@
-"""Every ```python block of README.md and docs/**/*.md runs on its own.
+"""Every ```python block of README.md and docs/**/*.md runs on its own, and is formatted as
+``ruff format`` formats the package (the lint step checks only .py files).
 
 Each block is what a reader pastes into a fresh interpreter: it runs as a script in its own
 subprocess, in an empty temporary directory, with the repository on ``PYTHONPATH`` and one
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -119,3 +121,27 @@ def test_block_runs_on_its_own(name: str, runs: dict[str, Run]) -> None:
         pytest.skip(f"{missing} is not installed")
     run = runs[name]
     assert run.returncode == 0, f"{name} failed ({run.seconds:.1f} s):\n{run.output[-3000:]}"
+
+
+def _ruff() -> str | None:
+    """The ruff beside this interpreter (the project's venv), else on PATH."""
+    beside = Path(sys.executable).with_name("ruff")
+    return str(beside) if beside.exists() else shutil.which("ruff")
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_is_formatted(name: str) -> None:
+    """What a reader copies looks like the package's code: ``ruff format`` with the
+    project's settings (pyproject.toml) changes nothing in the block."""
+    ruff = _ruff()
+    if ruff is None:
+        pytest.skip("ruff is not installed (the [dev] extra)")
+    proc = subprocess.run(
+        [ruff, "format", "--diff", "--stdin-filename", "snippet.py", "-"],
+        input=BLOCKS[name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, f"{name} is not formatted:\n{proc.stdout}{proc.stderr}"

@@ -23,14 +23,17 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -62,9 +65,26 @@ struct HugeCache {
   int64_t bytes = 0;                              // their total length
 };
 
+// fork() copies only the calling thread, so a cache mutex that another thread held at that
+// moment (a backward pass frees and takes blocks with the GIL released) would stay locked in
+// the child for ever: the cache's lock is taken across fork and released on both sides.
 HugeCache& huge_cache() {
-  static auto* cache = new HugeCache();
+  static auto* cache = [] {
+    auto* c = new HugeCache();
+#if defined(__linux__)
+    pthread_atfork([] { huge_cache().mutex.lock(); }, [] { huge_cache().mutex.unlock(); },
+                   [] { huge_cache().mutex.unlock(); });
+#endif
+    return c;
+  }();
   return *cache;
+}
+
+// Holds the cache's lock for `ms` milliseconds with the GIL released (tests: a fork in the
+// meantime must neither deadlock the child nor corrupt the cache).
+void hold_huge_cache(int64_t ms) {
+  std::lock_guard<std::mutex> lock(huge_cache().mutex);
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -132,11 +152,27 @@ inline int64_t tensor_bytes(at::IntArrayRef sizes, const at::TensorOptions& opti
          static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
 }
 
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+// A block lent to a tensor's storage; its deleter gives it back to the cache.
+struct LentBlock {
+  void* base;
+  size_t length;
+};
+
+void return_block(void* ctx) {
+  const auto* lent = static_cast<LentBlock*>(ctx);
+  give_block(lent->base, lent->length);
+  delete lent;
+}
+#endif
+
 // An uninitialised contiguous tensor in memory advised for transparent huge pages before it
 // is first touched (Linux; blocks are reused, see HugeCache), or at::empty where that is not
 // possible. The data start 64 bytes past a 2 MiB boundary, where glibc puts the other big
 // tensors: measured at N=1M, rows that start on a 4 KiB boundary made the kernel up to 2x
-// slower (cache or way-predictor conflicts with the rows of those tensors).
+// slower (cache or way-predictor conflicts with the rows of those tensors). The storage is
+// resizable like at::empty's: resize_ (an out= argument of another shape) moves the data to
+// memory from torch's CPU allocator and gives the block back.
 at::Tensor huge_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr size_t kOffset = 64;
@@ -146,9 +182,11 @@ at::Tensor huge_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (base != nullptr) {
     const auto at0 = reinterpret_cast<uintptr_t>(base);
     const uintptr_t start = (at0 + kHuge - 1) / kHuge * kHuge;
-    return at::from_blob(
-        reinterpret_cast<void*>(start + kOffset), sizes,
-        [base = base, have = have](void*) { give_block(base, have); }, options.device(at::kCPU));
+    at::DataPtr data(reinterpret_cast<void*>(start + kOffset), new LentBlock{base, have},
+                     &return_block, at::Device(at::kCPU));
+    c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<int64_t>(bytes),
+                         std::move(data), at::getCPUAllocator(), /*resizable=*/true);
+    return at::empty({0}, options.device(at::kCPU)).set_(storage, 0, sizes);
   }
 #endif
   return at::empty(sizes, options);
@@ -912,4 +950,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("huge_pages", [] { return g_huge_min_bytes; }, "paged_rows' threshold in bytes");
   m.def("release_huge_pages", &release_huge_pages, "unmaps the kept free blocks; their bytes");
   m.def("huge_cache_bytes", [] { return huge_cache().bytes; }, "bytes of free blocks kept");
+  m.def("_hold_huge_cache", &hold_huge_cache, py::arg("ms"),
+        py::call_guard<py::gil_scoped_release>(), "tests: holds the cache's lock for ms");
 }

@@ -116,6 +116,18 @@ def release_huge_pages() -> int:
     return 0 if module is None else int(module.release_huge_pages())
 
 
+def build_error(err: BaseException) -> str:
+    """What a failed build says went wrong, in one line of at most 300 characters: the
+    compiler's first ``error:`` line where the message holds one (torch puts the build's
+    output after a first line that only names the extension), else the first line."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    lines = text.splitlines()
+    errors = [line.strip() for line in lines if "error:" in line]
+    return (errors[0] if errors else lines[0])[:300]
+
+
 def _extension_name(source: str) -> str:
     """The C++ kernel's module name for the source file at ``source``: one per installed
     copy (a hash of its absolute path), so that two checkouts or environments on one machine
@@ -160,8 +172,7 @@ def fused_extension() -> tuple[Any | None, str | None]:
             )
             _STATE["module"].set_huge_pages(huge_pages, cache)
         except Exception as err:  # no compiler, no ninja, a failed build
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            _STATE["reason"] = f"the C++ kernel could not be built ({first[:200]})"
+            _STATE["reason"] = f"the C++ kernel could not be built ({build_error(err)})"
             warnings.warn(
                 f"graphattn: {_STATE['reason']}; the pure-torch edge backend serves these calls",
                 RuntimeWarning,

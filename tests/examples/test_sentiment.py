@@ -174,7 +174,8 @@ def test_ngram_dropout_acts_only_in_training() -> None:
 
 def test_ensemble_predictions() -> None:
     """An ensemble of one model predicts as the model; of two, by the mean of their
-    attention logits with the naive-Bayes prior added once; ensemble=0 is refused."""
+    attention logits with the naive-Bayes prior added once, and ``accuracies`` gives both
+    accuracies of that from one pass; ensemble=0 is refused."""
     cfg = sentiment.SentimentConfig(hash_buckets=512, embed_dim=16, num_heads=2, limit=100)
     train, test = sentiment.load_rt_polarity(DATA, 96, limit=100)
     test.prior = torch.linspace(-3.0, 3.0, len(test.labels))
@@ -190,5 +191,9 @@ def test_ensemble_predictions() -> None:
     assert sentiment.ensemble_predict([a, b], test, use_prior=False).equal(
         ((a(ids, mask) + b(ids, mask)) / 2).argmax(-1)
     )
+    combined, alone = sentiment.accuracies([a, b], test)  # one pass, both figures
+    labels = test.labels
+    assert combined == float((mean.argmax(-1) == labels).float().mean())
+    assert alone == float((((a(ids, mask) + b(ids, mask)) / 2).argmax(-1) == labels).float().mean())
     with pytest.raises(ValueError, match="ensemble must be at least 1, got 0"):
         sentiment.run(sentiment.SentimentConfig(ensemble=0, data_dir=str(DATA), limit=10))
