@@ -42,6 +42,14 @@ of the best validation metric and stops after ``--patience`` epochs without a be
 ``--stop gat`` is GAT's rule (:class:`Selection`; accuracy tasks only). Each run records its
 wall time and ``epoch_ms`` (forward, backward and the optimizer step).
 
+Runs resume: every ``--checkpoint-s`` seconds, and when it ends, a run writes its state
+(model, optimizer, early-stopping state, random streams; atomically, read back with
+``weights_only=True``) to ``<out_dir>/checkpoints/<data set>_<model>_run<r>_<settings>.pt``,
+the last part a hash of every setting that changes training. Rerunning the same command
+continues an interrupted run where its last checkpoint left it, with the numbers an
+uninterrupted run gives, and takes a finished run's record as it is (``--no-resume``: train
+from scratch).
+
 This example replaced ``citation_graph``: its ``gat`` and ``gatv2`` runs on Cora give
 ``citation_graph``'s numbers seed for seed, and ``transformer`` is its ``dot`` network.
 
@@ -58,6 +66,7 @@ Run: ``python -m examples.node_classification --datasets Cora Minesweeper Toloke
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import time
@@ -73,7 +82,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from examples.harness import Experiment, count_params, format_table, parse_config, pm, summarize
-from examples.training import resolve_data_dir, seed_everything
+from examples.training import (
+    load_checkpoint,
+    resolve_data_dir,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from graphattn import (
     GATConv,
     GATv2Conv,
@@ -134,6 +150,9 @@ class NodeConfig:
     out_dir: str = "runs/node_classification"  # processed data and the JSON
     results: str | None = str(RESULTS)  # the JSON (None: <out_dir>/node_classification.json)
     quick: bool = False  # a smoke run: 2 blocks of width 16, 5 epochs, one run
+    checkpoint_s: float = 60.0  # seconds between a run's checkpoints (0: every epoch)
+    resume: bool = True  # continue runs from their checkpoints in <out_dir>/checkpoints
+    progress: bool = True  # tqdm bar per run
 
 
 #: Hyper-parameters per data set family, chosen on validation: Planetoid's on Cora (seeds 0-9),
@@ -711,8 +730,27 @@ def optimizer(model: nn.Module, cfg: NodeConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
+#: NodeConfig fields that do not change what a run trains (left out of its checkpoint key)
+NOT_TRAINING = frozenset(
+    "datasets models runs first_run threads data_dir out_dir results checkpoint_s resume "
+    "progress".split()
+)
+
+
+def checkpoint_path(cfg: NodeConfig, dataset: str, model_name: str, run: int) -> Path:
+    """Where run ``run`` of ``model_name`` on ``dataset`` keeps its checkpoint: the name ends
+    in a hash of every setting that changes training, so other settings never collide."""
+    key = repr([(f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name not in NOT_TRAINING])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return Path(cfg.out_dir) / "checkpoints" / f"{dataset}_{model_name}_run{run}_{digest}.pt"
+
+
 def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeConfig) -> dict:
-    """Train one model on one seed/split; the run's record."""
+    """Train one model on one seed/split, resuming from its checkpoint; the run's record."""
+    path = checkpoint_path(cfg, dataset, model_name, run)
+    saved = load_checkpoint(path) if cfg.resume and path.exists() else None
+    if saved is not None and saved["record"] is not None:
+        return saved["record"]  # finished earlier
     seed_everything(run)
     train, val, test = split_masks(data, run)
     binary = dataset in BINARY
@@ -734,9 +772,42 @@ def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeCon
     opt = optimizer(model, cfg)
     selection = Selection(cfg.stop, cfg.patience)
     best = {"val": -math.inf, "test": math.nan, "epoch": -1}
-    step_s, start = 0.0, time.perf_counter()
-    epoch = 0
-    for epoch in range(cfg.epochs):
+    step_s, wall_before, first = 0.0, 0.0, 0
+    if saved is not None:  # an interrupted run: continue after its last saved epoch
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        selection.best_metric, selection.best_loss, selection.last_good = saved["selection"]
+        best, step_s, wall_before = saved["best"], saved["step_s"], saved["wall_s"]
+        first = saved["epoch"] + 1
+        set_rng_state(saved["rng"])
+    start = last_save = time.perf_counter()
+
+    def state(epoch: int, record: dict | None) -> dict[str, Any]:
+        return {
+            "epoch": epoch,  # the last epoch trained
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "selection": (selection.best_metric, selection.best_loss, selection.last_good),
+            "best": dict(best),
+            "step_s": step_s,
+            "wall_s": wall_before + time.perf_counter() - start,
+            "rng": rng_state(),
+            "record": record,
+        }
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        range(first, cfg.epochs),
+        initial=first,
+        total=cfg.epochs,
+        desc=f"{dataset} {model_name} run {run}",
+        unit="epoch",
+        leave=False,
+        disable=not cfg.progress,
+    )
+    epoch = first - 1
+    for epoch in bar:
         model.train()
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x, graph)[train], data.y[train])
@@ -753,9 +824,14 @@ def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeCon
         if chosen:
             test_metric = evaluate(logits, data.y, test, binary)
             best = {"val": val_metric, "test": test_metric, "epoch": epoch}
+        bar.set_postfix(val=f"{100 * val_metric:.2f}", best=best["epoch"], refresh=False)
         if stop:
             break
-    return {
+        if time.perf_counter() - last_save >= cfg.checkpoint_s:
+            save_checkpoint(path, state(epoch, None))
+            last_save = time.perf_counter()
+    bar.close()
+    record = {
         "dataset": dataset,
         "model": model_name,
         "run": run,
@@ -764,10 +840,12 @@ def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeCon
         "val": best["val"],
         "best_epoch": best["epoch"],
         "epochs": epoch + 1,
-        "epoch_ms": 1e3 * step_s / (epoch + 1),
+        "epoch_ms": 1e3 * step_s / max(1, epoch + 1),
         "params": count_params(model),
-        "wall_s": time.perf_counter() - start,
+        "wall_s": wall_before + time.perf_counter() - start,
     }
+    save_checkpoint(path, state(epoch, record))
+    return record
 
 
 def run(cfg: NodeConfig) -> dict[str, Any]:

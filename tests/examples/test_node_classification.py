@@ -22,6 +22,7 @@ from examples.node_classification import (  # noqa: E402
     NodeNet,
     PlainNet,
     Selection,
+    checkpoint_path,
     file_lock,
     graph_for,
     load_dataset,
@@ -32,8 +33,9 @@ from examples.node_classification import (  # noqa: E402
     sparse_csr,
     sparse_dropout,
     split_masks,
+    train_one,
 )
-from examples.training import resolve_data_dir  # noqa: E402
+from examples.training import load_checkpoint, resolve_data_dir  # noqa: E402
 
 
 def _data_dir() -> str:
@@ -278,3 +280,63 @@ def test_roc_auc_matches_scikit_learn():
     )
     with pytest.raises(ValueError, match="needs both classes"):
         roc_auc(scores, torch.zeros(500))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("model", ["gat", "gps"])
+def test_an_interrupted_run_resumes_with_the_uninterrupted_numbers(tmp_path, monkeypatch, model):
+    """A run stopped after epoch 3 (checkpoints every epoch) and started again ends where an
+    uninterrupted run ends, bit for bit: metrics, chosen epoch and weights (dropout, Adam
+    and BatchNorm state, the random streams). A finished run's record is read back, not
+    trained again; ``resume=False`` trains from scratch."""
+    data = load_dataset("Minesweeper", _data_dir(), tmp_path / "data")
+    base = NodeConfig(layers=2, hidden=16, epochs=8, checkpoint_s=0.0, progress=False)
+
+    def cfg(name: str) -> NodeConfig:
+        return settings(replace(base, out_dir=str(tmp_path / name)), "Minesweeper")
+
+    whole = train_one(model, data, "Minesweeper", 1, cfg("whole"))
+    update = Selection.update
+
+    def interrupt(self, epoch, metric, loss):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        return update(self, epoch, metric, loss)
+
+    monkeypatch.setattr(Selection, "update", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_one(model, data, "Minesweeper", 1, cfg("cut"))
+    assert load_checkpoint(checkpoint_path(cfg("cut"), "Minesweeper", model, 1))["epoch"] == 3
+    monkeypatch.setattr(Selection, "update", update)
+    resumed = train_one(model, data, "Minesweeper", 1, cfg("cut"))
+    same = ("test", "val", "best_epoch", "epochs", "params")
+    assert {k: resumed[k] for k in same} == {k: whole[k] for k in same}
+    a, b = (
+        load_checkpoint(checkpoint_path(cfg(n), "Minesweeper", model, 1)) for n in ("whole", "cut")
+    )
+    assert a["epoch"] == b["epoch"] == 7 and a["model"].keys() == b["model"].keys()
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(Selection, "__init__", no_training)
+    assert train_one(model, data, "Minesweeper", 1, cfg("whole")) == whole
+    monkeypatch.undo()
+    again = train_one(model, data, "Minesweeper", 1, replace(cfg("whole"), resume=False))
+    assert again["test"] == whole["test"] and again["wall_s"] != whole["wall_s"]
+
+
+def test_checkpoint_names_follow_the_training_settings(tmp_path):
+    """Settings that change training change the checkpoint's name; where results go, the
+    thread count and the bar do not."""
+    cfg = settings(NodeConfig(out_dir=str(tmp_path)), "Minesweeper")
+    path = checkpoint_path(cfg, "Minesweeper", "gat", 0)
+    assert path.parent == tmp_path / "checkpoints" and path.name.startswith("Minesweeper_gat_run0_")
+    assert checkpoint_path(replace(cfg, hidden=32), "Minesweeper", "gat", 0) != path
+    assert checkpoint_path(replace(cfg, lr=0.02), "Minesweeper", "gat", 0) != path
+    assert checkpoint_path(cfg, "Minesweeper", "gat", 1) != path
+    for same in (replace(cfg, threads=2), replace(cfg, results=None), replace(cfg, progress=False),
+                 replace(cfg, runs=10, first_run=3)):  # fmt: skip
+        assert checkpoint_path(same, "Minesweeper", "gat", 0) == path
