@@ -97,6 +97,17 @@ def test_splits_and_presets(tmp_path):
     assert settings(NodeConfig(), "Minesweeper").stop == "metric"
 
 
+def test_tolokers_changes_its_family_preset():
+    """Tolokers' own changes (chosen on its validation) sit on the heterophilous preset: its
+    default is the README's residual 8-block command, and a flag still overrides them."""
+    tolokers = settings(NodeConfig(), "Tolokers")
+    flags = NodeConfig(layout="residual", heads=4, lr=0.003, layers=8, epochs=400, patience=100)
+    assert tolokers == settings(flags, "Tolokers")
+    assert tolokers.hidden == settings(NodeConfig(), "Minesweeper").hidden == 64
+    assert settings(NodeConfig(layout="classic"), "Tolokers").layout == "classic"
+    assert settings(NodeConfig(), "Minesweeper").layout == "classic"
+
+
 def test_selection_rules():
     """The "metric" rule: the first epoch of the best metric, stop after `patience` epochs
     without a better one; "gat": GAT's rule, patience reset by a val accuracy or loss at
