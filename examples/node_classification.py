@@ -764,7 +764,12 @@ def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeCon
     path = checkpoint_path(cfg, dataset, model_name, run)
     saved = load_checkpoint(path) if cfg.resume and path.exists() else None
     if saved is not None and saved["record"] is not None:
-        return saved["record"]  # finished earlier
+        print(f"{dataset} {model_name} run {run}: finished earlier, read back from {path} "
+              "(--no-resume trains it again)", flush=True)  # fmt: skip
+        return saved["record"]
+    if saved is not None:
+        print(f"{dataset} {model_name} run {run}: resuming after epoch {saved['epoch']} from "
+              f"{path}", flush=True)  # fmt: skip
     seed_everything(run)
     train, val, test = split_masks(data, run)
     binary = dataset in BINARY
