@@ -404,10 +404,7 @@ class ByteClassifier(nn.Module):
     def _logits(self, h: Tensor, mask: Tensor, prior: Tensor | None) -> Tensor:
         w = mask[..., None].to(h.dtype)  # (B, T, 1)
         pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, C): masked mean
-        logits = self.head(self.drop(pooled))  # (B, 2)
-        if prior is None or self.prior_scale is None:
-            return logits
-        return add_prior(logits, prior, self.prior_scale)
+        return with_prior(self.head(self.drop(pooled)), prior, self.prior_scale)  # (B, 2)
 
     def forward(self, ids: Tensor, mask: Tensor, prior: Tensor | None = None) -> Tensor:
         """Logits ``(B, 2)`` for byte ids ``(B, T)`` with mask ``(B, T)`` (True = real) and
@@ -422,6 +419,14 @@ class ByteClassifier(nn.Module):
         """Logits ``(B, 2)`` (as :meth:`forward`) and every layer's attention weights."""
         res = self.body.forward_with_weights(*self._inputs(ids, mask), key_padding_mask=~mask)
         return self._logits(res.out, mask, prior), res.attentions
+
+
+def with_prior(logits: Tensor, prior: Tensor | None, scale: Tensor | None) -> Tensor:
+    """Attention-path logits ``(B, 2)`` plus the naive-Bayes ``prior`` ``(B,)`` times
+    ``scale`` (:func:`add_prior`); unchanged without a prior or a scale (``nb_ngrams=0``)."""
+    if prior is None or scale is None:
+        return logits
+    return add_prior(logits, prior, scale)
 
 
 def add_prior(logits: Tensor, prior: Tensor, scale: Tensor) -> Tensor:
@@ -464,14 +469,6 @@ def ensemble_logits(
     return logits
 
 
-def with_prior(logits: Tensor, split: Split, scale: Tensor | None) -> Tensor:
-    """Attention-path logits ``(S, 2)`` plus the split's naive-Bayes prior (:func:`add_prior`);
-    unchanged without a prior or a scale."""
-    if split.prior is None or scale is None:
-        return logits
-    return add_prior(logits, split.prior, scale)
-
-
 def ensemble_predict(
     models: Sequence[ByteClassifier], split: Split, batch_size: int = 256, use_prior: bool = True
 ) -> Tensor:
@@ -479,7 +476,8 @@ def ensemble_predict(
     naive-Bayes prior added once (:func:`add_prior`); with ``use_prior=False``, of the
     attention paths alone."""
     logits = ensemble_logits(models, split, batch_size)  # (S, 2)
-    return (with_prior(logits, split, models[0].prior_scale) if use_prior else logits).argmax(-1)
+    scale = models[0].prior_scale
+    return (with_prior(logits, split.prior, scale) if use_prior else logits).argmax(-1)
 
 
 def predict(
@@ -494,7 +492,7 @@ def accuracies(models: Sequence[ByteClassifier], split: Split) -> tuple[float, f
     """Accuracy on ``split`` of the models' mean logits with the prior, and of the attention
     paths alone, from one pass over the split."""
     logits = ensemble_logits(models, split)  # (S, 2)
-    combined = with_prior(logits, split, models[0].prior_scale).argmax(-1)  # (S,)
+    combined = with_prior(logits, split.prior, models[0].prior_scale).argmax(-1)  # (S,)
     alone = logits.argmax(-1)  # (S,)
     return (
         float((combined == split.labels).float().mean()),
