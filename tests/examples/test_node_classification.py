@@ -99,9 +99,13 @@ def test_splits_and_presets(tmp_path):
 
 def test_tolokers_changes_its_family_preset():
     """Tolokers' own changes (chosen on its validation) sit on the heterophilous preset: its
-    default is the README's residual 8-block command, and a flag still overrides them."""
+    default is the README's residual 8-block command with dropouts 0.5 / 0.2, and a flag still
+    overrides them."""
     tolokers = settings(NodeConfig(), "Tolokers")
-    flags = NodeConfig(layout="residual", heads=4, lr=0.003, layers=8, epochs=400, patience=100)
+    flags = NodeConfig(
+        layout="residual", heads=4, lr=0.003, layers=8, dropout=0.5, input_dropout=0.2,
+        epochs=1000, patience=200,
+    )  # fmt: skip
     assert tolokers == settings(flags, "Tolokers")
     assert tolokers.hidden == settings(NodeConfig(), "Minesweeper").hidden == 64
     assert settings(NodeConfig(layout="classic"), "Tolokers").layout == "classic"
