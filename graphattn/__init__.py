@@ -64,6 +64,7 @@ from .positional import (
     RotaryEmbedding,
     ShortestPathBias,
     SinusoidalPositionalEncoding,
+    degree_encoding,
     laplacian_eigenpairs,
     laplacian_eigenvector_pe,
     random_walk_pe,
@@ -139,6 +140,7 @@ __all__ = [
     "LaplacianEigenpairs",
     "LaplacianPE",
     "random_walk_pe",
+    "degree_encoding",
     "shortest_path_distance",
     "ShortestPathBias",
     # learned structure (graphattn.plot holds the pictures; it needs matplotlib)

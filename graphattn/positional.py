@@ -5,8 +5,8 @@ Three ways to tell attention where a node is, each of which works on any graph:
 - **absolute** encodings are added to the node features before the layers:
   :func:`sinusoidal_encoding` / :class:`SinusoidalPositionalEncoding`,
   :class:`LearnedPositionalEncoding`, :func:`sinusoidal_2d` for image grids, and the graph
-  encodings :func:`laplacian_eigenvector_pe` (+ :class:`LaplacianPE`) and
-  :func:`random_walk_pe`;
+  encodings :func:`laplacian_eigenvector_pe` (+ :class:`LaplacianPE`),
+  :func:`random_walk_pe` and, for graphs of any size, :func:`degree_encoding`;
 - **rotary** encodings rotate queries and keys so that ``<q_i, k_j>`` depends on the offset
   between positions only: :class:`RotaryEmbedding` (1-D) and :class:`AxialRotaryEmbedding`
   (2-D); pass one as ``rotary=`` to :class:`~graphattn.GraphAttention` or the layers;
@@ -22,7 +22,8 @@ edges, ``H`` heads, ``D`` feature dim, ``Dh`` head dim, ``F`` rotary frequencies
 
 Edges follow the package's convention: ``edge_index[0]`` holds sources ``j``,
 ``edge_index[1]`` targets ``i`` (PyG's). The graph encodings build a dense ``(N, N)``
-adjacency and are meant for graphs of up to a few thousand nodes.
+adjacency and are meant for graphs of up to a few thousand nodes, except
+:func:`degree_encoding`, which counts edges.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "LaplacianEigenpairs",
     "LaplacianPE",
     "random_walk_pe",
+    "degree_encoding",
     "shortest_path_distance",
     "ShortestPathBias",
 ]
@@ -646,8 +648,8 @@ class RelativePositionBias2D(nn.Module):
 # ================================================================== graph encodings
 
 
-def _dense_adjacency(graph: Graph | Tensor, num_nodes: int | None) -> tuple[Tensor, int]:
-    """``A[i, j]`` = number of copies of edge ``i -> j`` (float64, rows = sources)."""
+def _square_edges(graph: Graph | Tensor, num_nodes: int | None) -> tuple[Tensor, Tensor, int]:
+    """Sources, targets and ``N`` of a square graph, checked against ``num_nodes``."""
     if isinstance(graph, Graph):
         if graph.num_dst != graph.num_src:
             raise ValueError(
@@ -664,6 +666,12 @@ def _dense_adjacency(graph: Graph | Tensor, num_nodes: int | None) -> tuple[Tens
     if src.numel() and int(torch.maximum(src.max(), dst.max())) >= num_nodes:
         hi = int(torch.maximum(src.max(), dst.max()))
         raise IndexError(f"edge_index has node {hi}, out of range for num_nodes={num_nodes}")
+    return src, dst, num_nodes
+
+
+def _dense_adjacency(graph: Graph | Tensor, num_nodes: int | None) -> tuple[Tensor, int]:
+    """``A[i, j]`` = number of copies of edge ``i -> j`` (float64, rows = sources)."""
+    src, dst, num_nodes = _square_edges(graph, num_nodes)
     adj = torch.zeros(num_nodes * num_nodes, dtype=torch.float64, device=src.device)
     adj.index_add_(
         0, src * num_nodes + dst, torch.ones(src.numel(), dtype=adj.dtype, device=adj.device)
@@ -821,6 +829,32 @@ def random_walk_pe(graph: Graph | Tensor, num_nodes: int | None = None, k: int =
             power = power @ walk
         out.append(power.diagonal())
     return torch.stack(out, dim=-1).float()  # (N, K)
+
+
+def degree_encoding(graph: Graph | Tensor, num_nodes: int | None = None) -> Tensor:
+    """Degree encoding: each node's ``log(1 + in-degree)``, standardised over the nodes
+    (zero mean, unit standard deviation). Graphormer's centrality encoding (Ying et al.,
+    2021) adds a learned embedding per degree; this is its one-column, any-degree form, to
+    append to the node features. Softmax attention averages a node's messages, so without
+    it a node cannot tell 3 neighbours from 300.
+
+    Counts edges into each target (``edge_index[1]``), without self-loops; a duplicated edge
+    counts as often as it appears. Sparse (``O(E)``), so it suits graphs of any size. When
+    every node has the same in-degree the encoding carries nothing and is all zeros.
+
+    Args:
+        graph: a square :class:`~graphattn.Graph` or an ``edge_index`` ``(2, E)``.
+        num_nodes: ``N`` (default: the graph's, or ``max index + 1``).
+
+    Shapes:
+        - returns ``(N, 1)`` float32
+    """
+    src, dst, num_nodes = _square_edges(graph, num_nodes)
+    deg = torch.bincount(dst[src != dst], minlength=num_nodes)  # (N,) in-degree, no self-loops
+    log_deg = torch.log1p(deg.double())  # (N,)
+    if num_nodes < 2 or bool((log_deg == log_deg[0]).all()):
+        return torch.zeros(num_nodes, 1, device=dst.device)  # nothing to tell the nodes apart
+    return ((log_deg - log_deg.mean()) / log_deg.std()).float()[:, None]  # (N, 1)
 
 
 def shortest_path_distance(

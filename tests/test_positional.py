@@ -26,6 +26,7 @@ from graphattn import (
     RotaryEmbedding,
     ShortestPathBias,
     SinusoidalPositionalEncoding,
+    degree_encoding,
     graph_attention,
     laplacian_eigenpairs,
     laplacian_eigenvector_pe,
@@ -478,6 +479,43 @@ def test_random_walk_pe_matches_pyg(gen):
     ref = AddRandomWalkPE(5)(Data(edge_index=ei, num_nodes=n)).random_walk_pe
     torch.testing.assert_close(random_walk_pe(ei, n, 5), ref, rtol=0, atol=1e-6)
     torch.testing.assert_close(random_walk_pe(Graph.from_edge_index(ei, n), k=5), ref)
+
+
+def test_degree_encoding_is_the_standardised_log_in_degree():
+    """In-degrees 2, 1, 0 (node 0's self-loop not counted) give log(1 + d) standardised over
+    the nodes; a Graph gives the edge list's numbers; a regular graph gets zeros."""
+    ei = torch.tensor([[1, 2, 0, 0], [0, 0, 1, 0]])
+    log_deg = torch.log1p(torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64))
+    want = ((log_deg - log_deg.mean()) / log_deg.std()).float()[:, None]
+    torch.testing.assert_close(degree_encoding(ei, 3), want)
+    torch.testing.assert_close(degree_encoding(Graph.from_edge_index(ei, 3)), want)
+    ring = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    assert degree_encoding(ring).equal(torch.zeros(3, 1))
+    assert degree_encoding(ring[:, :0], 1).equal(torch.zeros(1, 1))
+
+
+def test_degree_encoding_matches_pyg_degree(gen):
+    """PyG's ``utils.degree`` of the targets, self-loops removed, log1p, standardised; a
+    graph of 10^5 nodes stays sparse (no (N, N) matrix)."""
+    from torch_geometric.utils import degree, remove_self_loops
+
+    n = 50
+    ei = torch.randint(0, n, (2, 400), generator=gen)  # duplicates and self-loops included
+    deg = torch.log1p(degree(remove_self_loops(ei)[0][1], n, dtype=torch.float64))
+    want = ((deg - deg.mean()) / deg.std()).float()[:, None]
+    torch.testing.assert_close(degree_encoding(ei, n), want)
+    big = degree_encoding(torch.randint(0, 100_000, (2, 400_000), generator=gen), 100_000)
+    assert big.shape == (100_000, 1) and torch.isfinite(big).all()
+    assert abs(big.mean().item()) < 1e-4 and abs(big.std().item() - 1) < 1e-4
+
+
+def test_degree_encoding_refuses_bad_graphs():
+    with pytest.raises(IndexError, match="node 5, out of range for num_nodes=3"):
+        degree_encoding(torch.tensor([[0], [5]]), 3)
+    with pytest.raises(ValueError, match="num_nodes=4 but the graph has 3 nodes"):
+        degree_encoding(Graph.from_edge_index(torch.tensor([[0], [1]]), 3), 4)
+    with pytest.raises(ValueError, match=r"edge_index must be an integer tensor of shape \(2, E\)"):
+        degree_encoding(torch.zeros(3, 2, dtype=torch.long))
 
 
 def test_shortest_path_distance_path_graph():

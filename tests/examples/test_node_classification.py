@@ -99,16 +99,19 @@ def test_splits_and_presets(tmp_path):
 
 def test_tolokers_changes_its_family_preset():
     """Tolokers' own changes (chosen on its validation) sit on the heterophilous preset: its
-    default is the README's residual 8-block command with dropouts 0.5 / 0.2, and a flag still
-    overrides them."""
+    default is the README's residual 8-block command with dropouts 0.5 / 0.2 and the degree
+    encoding, and a flag still overrides them."""
     tolokers = settings(NodeConfig(), "Tolokers")
     flags = NodeConfig(
         layout="residual", heads=4, lr=0.003, layers=8, dropout=0.5, input_dropout=0.2,
-        epochs=1000, patience=200,
+        epochs=1000, patience=200, degree=True,
     )  # fmt: skip
     assert tolokers == settings(flags, "Tolokers")
     assert tolokers.hidden == settings(NodeConfig(), "Minesweeper").hidden == 64
     assert settings(NodeConfig(layout="classic"), "Tolokers").layout == "classic"
+    assert settings(NodeConfig(degree=False), "Tolokers").degree is False
+    assert settings(NodeConfig(), "Minesweeper").degree is False
+    assert settings(NodeConfig(), "Cora").degree is False
     assert settings(NodeConfig(), "Minesweeper").layout == "classic"
 
 
@@ -256,6 +259,22 @@ def test_sparse_features_give_the_dense_output():
     kept = dropped != 0
     assert (x[kept] * 2 == dropped[kept]).all() and (dropped[x == 0] == 0).all()
     assert sparse_dropout(sparse_csr(x), 0.5, False).to_dense().equal(x)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_degree_flag_feeds_one_more_input_feature(tmp_path):
+    """``--degree`` trains on the features plus the degree column (the input layer is one
+    wider) and names its own checkpoint."""
+    data = load_dataset("Minesweeper", _data_dir(), tmp_path)
+    cfg = settings(NodeConfig(quick=True, degree=True, out_dir=str(tmp_path)), "Minesweeper")
+    record = train_one("gat", data, "Minesweeper", 0, cfg)
+    assert 0.0 <= record["test"] <= 1.0
+    saved = load_checkpoint(checkpoint_path(cfg, "Minesweeper", "gat", 0))
+    first = next(v for k, v in saved["model"].items() if k.endswith("weight") and v.dim() == 2)
+    assert first.shape[1] == data.num_features + 1
+    assert checkpoint_path(cfg, "Minesweeper", "gat", 0) != checkpoint_path(
+        replace(cfg, degree=False), "Minesweeper", "gat", 0
+    )
 
 
 def test_unknown_names_are_refused(tmp_path):
