@@ -64,6 +64,7 @@ from .positional import (
     RotaryEmbedding,
     ShortestPathBias,
     SinusoidalPositionalEncoding,
+    clustering_encoding,
     degree_encoding,
     laplacian_eigenpairs,
     laplacian_eigenvector_pe,
@@ -141,6 +142,7 @@ __all__ = [
     "LaplacianPE",
     "random_walk_pe",
     "degree_encoding",
+    "clustering_encoding",
     "shortest_path_distance",
     "ShortestPathBias",
     # learned structure (graphattn.plot holds the pictures; it needs matplotlib)

@@ -6,7 +6,8 @@ Three ways to tell attention where a node is, each of which works on any graph:
   :func:`sinusoidal_encoding` / :class:`SinusoidalPositionalEncoding`,
   :class:`LearnedPositionalEncoding`, :func:`sinusoidal_2d` for image grids, and the graph
   encodings :func:`laplacian_eigenvector_pe` (+ :class:`LaplacianPE`),
-  :func:`random_walk_pe` and, for graphs of any size, :func:`degree_encoding`;
+  :func:`random_walk_pe` and, for graphs of any size, :func:`degree_encoding` and
+  :func:`clustering_encoding`;
 - **rotary** encodings rotate queries and keys so that ``<q_i, k_j>`` depends on the offset
   between positions only: :class:`RotaryEmbedding` (1-D) and :class:`AxialRotaryEmbedding`
   (2-D); pass one as ``rotary=`` to :class:`~graphattn.GraphAttention` or the layers;
@@ -23,7 +24,8 @@ edges, ``H`` heads, ``D`` feature dim, ``Dh`` head dim, ``F`` rotary frequencies
 Edges follow the package's convention: ``edge_index[0]`` holds sources ``j``,
 ``edge_index[1]`` targets ``i`` (PyG's). The graph encodings build a dense ``(N, N)``
 adjacency and are meant for graphs of up to a few thousand nodes, except
-:func:`degree_encoding`, which counts edges.
+:func:`degree_encoding`, which counts edges, and :func:`clustering_encoding`, which counts
+triangles with a sparse adjacency.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "LaplacianPE",
     "random_walk_pe",
     "degree_encoding",
+    "clustering_encoding",
     "shortest_path_distance",
     "ShortestPathBias",
 ]
@@ -855,6 +858,58 @@ def degree_encoding(graph: Graph | Tensor, num_nodes: int | None = None) -> Tens
     if num_nodes < 2 or bool((log_deg == log_deg[0]).all()):
         return torch.zeros(num_nodes, 1, device=dst.device)  # nothing to tell the nodes apart
     return ((log_deg - log_deg.mean()) / log_deg.std()).float()[:, None]  # (N, 1)
+
+
+def clustering_encoding(
+    graph: Graph | Tensor, num_nodes: int | None = None, *, block: int = 1024
+) -> Tensor:
+    """Clustering encoding: each node's local clustering coefficient, the fraction of pairs
+    of its neighbours that are neighbours themselves (``2 T_i / (d_i (d_i - 1))`` with
+    ``T_i`` the triangles through node ``i``; networkx's ``clustering``). Attention (and any
+    message passing as strong as the 1-WL test) cannot count triangles, so this tells a node
+    in a clique from one whose neighbours do not know each other, which its features and
+    :func:`degree_encoding` cannot.
+
+    The graph is taken as undirected and simple: an edge in either direction joins two
+    nodes, duplicates count once, self-loops are dropped. A node with fewer than two
+    neighbours gets 0. Exact, computed without an ``(N, N)`` matrix: the sparse adjacency
+    times ``block`` of its columns at a time, so memory is ``O(E + N * block)`` and time
+    ``O(E * N)`` multiply-adds (a few seconds for Tolokers' 11,758 nodes and 519,000
+    edges).
+
+    Args:
+        graph: a square :class:`~graphattn.Graph` or an ``edge_index`` ``(2, E)``.
+        num_nodes: ``N`` (default: the graph's, or ``max index + 1``).
+        block: columns of the adjacency per step (memory ``N * block`` floats).
+
+    Shapes:
+        - returns ``(N, 1)`` float32 in ``[0, 1]``
+    """
+    check_int("block", block)
+    src, dst, num_nodes = _square_edges(graph, num_nodes)
+    keep = src != dst
+    pairs = torch.cat([torch.stack([src[keep], dst[keep]]), torch.stack([dst[keep], src[keep]])], 1)
+    pairs = torch.unique(pairs, dim=1)  # (2, E') both directions, once each, no self-loops
+    row, col = pairs[0], pairs[1]
+    n = num_nodes
+    adj = torch.sparse_coo_tensor(
+        pairs,
+        torch.ones(row.numel(), dtype=torch.float64, device=row.device),
+        (n, n),
+        check_invariants=False,  # unique in-range pairs by construction
+    ).coalesce()  # (N, N) symmetric 0/1, float64: exact counts up to 2^53
+    deg = torch.bincount(row, minlength=n).double()  # (N,)
+    closed = torch.zeros(n, dtype=torch.float64, device=row.device)  # (N,) 2 * triangles
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        inside = (col >= start) & (col < stop)
+        cols = torch.zeros(n, stop - start, dtype=torch.float64, device=row.device)
+        cols[row[inside], col[inside] - start] = 1.0  # (N, b) the adjacency's columns
+        paths = torch.sparse.mm(adj, cols)  # (N, b) two-step paths i -> k -> j
+        closed += (paths * cols).sum(1)  # (N,) those whose ends are joined
+    pairs_of_neighbours = deg * (deg - 1)  # (N,)
+    coeff = torch.where(deg > 1, closed / pairs_of_neighbours.clamp(min=1), 0.0)  # (N,)
+    return coeff.float()[:, None]  # (N, 1)
 
 
 def shortest_path_distance(

@@ -26,6 +26,7 @@ from graphattn import (
     RotaryEmbedding,
     ShortestPathBias,
     SinusoidalPositionalEncoding,
+    clustering_encoding,
     degree_encoding,
     graph_attention,
     laplacian_eigenpairs,
@@ -516,6 +517,52 @@ def test_degree_encoding_refuses_bad_graphs():
         degree_encoding(Graph.from_edge_index(torch.tensor([[0], [1]]), 3), 4)
     with pytest.raises(ValueError, match=r"edge_index must be an integer tensor of shape \(2, E\)"):
         degree_encoding(torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_clustering_encoding_hand_computed():
+    """A triangle 0-1-2 with a tail 2-3: nodes 0 and 1 sit in a closed triangle (1), node 2
+    has one joined pair of its three (1/3), node 3 one neighbour (0); direction, duplicates
+    and self-loops do not change it; a Graph gives the edge list's numbers."""
+    ei = torch.tensor([[0, 1, 2, 2, 1, 3, 3], [1, 2, 0, 3, 0, 3, 2]])
+    want = torch.tensor([[1.0], [1.0], [1 / 3], [0.0]])
+    torch.testing.assert_close(clustering_encoding(ei, 4), want)
+    torch.testing.assert_close(clustering_encoding(Graph.from_edge_index(ei, 4)), want)
+    torch.testing.assert_close(clustering_encoding(ei, 6), torch.cat([want, torch.zeros(2, 1)]))
+    assert clustering_encoding(ei[:, :0], 3).equal(torch.zeros(3, 1))
+
+
+@pytest.mark.parametrize("block", [1, 7, 1024])
+def test_clustering_encoding_matches_networkx(gen, block):
+    """networkx's ``clustering`` of the undirected simple graph, for any column block."""
+    n = 60
+    ei = torch.randint(0, n, (2, 500), generator=gen)  # duplicates and self-loops included
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from((a, b) for a, b in ei.T.tolist() if a != b)
+    want = torch.tensor([[nx.clustering(graph, i)] for i in range(n)], dtype=torch.float32)
+    torch.testing.assert_close(clustering_encoding(ei, n, block=block), want)
+
+
+def test_clustering_encoding_stays_sparse(gen):
+    """A graph of 2 * 10^4 nodes (no (N, N) matrix: it would take 3.2 GB in float64): the
+    coefficients lie in [0, 1], and a clique planted in it gets 1 on the nodes it alone
+    joins."""
+    n = 20_000
+    ei = torch.randint(0, n, (2, 100_000), generator=gen)
+    clique = torch.arange(n, n + 5)
+    pairs = torch.cartesian_prod(clique, clique).T  # (2, 25), self-loops dropped
+    cc = clustering_encoding(torch.cat([ei, pairs], 1), n + 5)
+    assert cc.shape == (n + 5, 1) and bool(((cc >= 0) & (cc <= 1)).all())
+    assert cc[n:].equal(torch.ones(5, 1))
+
+
+def test_clustering_encoding_refuses_bad_arguments():
+    with pytest.raises(IndexError, match="node 5, out of range for num_nodes=3"):
+        clustering_encoding(torch.tensor([[0], [5]]), 3)
+    with pytest.raises(ValueError, match="block"):
+        clustering_encoding(torch.tensor([[0], [1]]), 2, block=0)
+    with pytest.raises(ValueError, match="graph encodings need a square graph"):
+        clustering_encoding(Graph.complete(3, 4))
 
 
 def test_shortest_path_distance_path_graph():

@@ -3,8 +3,9 @@ epochs), its ROC-AUC against scikit-learn's, and its argument errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ pytest.importorskip("scipy")  # Planetoid reads the raw files with scipy
 from examples.node_classification import (  # noqa: E402
     GLOBAL,
     MODELS,
+    NOT_TRAINING,
     ClassicNet,
     CompleteAttention,
     DeepNet,
@@ -100,16 +102,19 @@ def test_splits_and_presets(tmp_path):
 def test_tolokers_changes_its_family_preset():
     """Tolokers' own changes (chosen on its validation) sit on the heterophilous preset: its
     default is the README's residual 8-block command with dropouts 0.5 / 0.2 and the degree
-    encoding, and a flag still overrides them."""
+    and clustering encodings, and a flag still overrides them."""
     tolokers = settings(NodeConfig(), "Tolokers")
     flags = NodeConfig(
         layout="residual", heads=4, lr=0.003, layers=8, dropout=0.5, input_dropout=0.2,
-        epochs=1000, patience=200, degree=True,
+        epochs=1000, patience=200, degree=True, clustering=True,
     )  # fmt: skip
     assert tolokers == settings(flags, "Tolokers")
     assert tolokers.hidden == settings(NodeConfig(), "Minesweeper").hidden == 64
     assert settings(NodeConfig(layout="classic"), "Tolokers").layout == "classic"
     assert settings(NodeConfig(degree=False), "Tolokers").degree is False
+    assert settings(NodeConfig(clustering=False), "Tolokers").clustering is False
+    assert settings(NodeConfig(), "Cora").clustering is True
+    assert settings(NodeConfig(), "Minesweeper").clustering is False
     assert settings(NodeConfig(), "Minesweeper").degree is False
     assert settings(NodeConfig(), "Cora").degree is False
     assert settings(NodeConfig(), "Minesweeper").layout == "classic"
@@ -275,6 +280,33 @@ def test_degree_flag_feeds_one_more_input_feature(tmp_path):
     assert checkpoint_path(cfg, "Minesweeper", "gat", 0) != checkpoint_path(
         replace(cfg, degree=False), "Minesweeper", "gat", 0
     )
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_clustering_flag_feeds_one_more_input_feature(tmp_path):
+    """``--clustering`` appends the clustering column (the input layer is one wider, after the
+    degree's when both are on) and names its own checkpoint; left off, it leaves the
+    checkpoint key of every earlier run as it was, so those runs still resume."""
+    data = load_dataset("Minesweeper", _data_dir(), tmp_path)
+    cfg = settings(
+        NodeConfig(quick=True, degree=True, clustering=True, out_dir=str(tmp_path)), "Minesweeper"
+    )
+    record = train_one("gat", data, "Minesweeper", 0, cfg)
+    assert 0.0 <= record["test"] <= 1.0
+    saved = load_checkpoint(checkpoint_path(cfg, "Minesweeper", "gat", 0))
+    first = next(v for k, v in saved["model"].items() if k.endswith("weight") and v.dim() == 2)
+    assert first.shape[1] == data.num_features + 2
+    off = replace(cfg, clustering=False)
+    assert checkpoint_path(cfg, "Minesweeper", "gat", 0) != checkpoint_path(
+        off, "Minesweeper", "gat", 0
+    )
+    # the key of a run with clustering off is the key from before the setting existed
+    key = repr([
+        (f.name, getattr(off, f.name)) for f in fields(off)
+        if f.name not in NOT_TRAINING and f.name != "clustering"
+    ])  # fmt: skip
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    assert checkpoint_path(off, "Minesweeper", "gat", 0).stem.endswith(digest)
 
 
 def test_unknown_names_are_refused(tmp_path):
