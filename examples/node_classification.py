@@ -21,7 +21,10 @@ Models, differing in what a layer attends to:
 The global attention (``--global-attn``) is SGFormer's linear-time attention
 (:class:`graphattn.SGFormerAttention`, the ``linear`` backend), exact softmax attention over
 all ``N^2`` pairs (:class:`CompleteAttention`, the ``dense`` backend, ``--global-dropout``
-on its weights) or FAVOR+'s linear-time estimate of that softmax.
+on its weights) or FAVOR+'s linear-time estimate of that softmax. ``--global-spd D`` (exact
+softmax in the ``plain`` layout) adds Graphormer's spatial encoding to its scores: a learned
+bias per hop distance between the two nodes, distances above ``D`` sharing one and
+unreachable pairs another (:class:`graphattn.ShortestPathBias`; off in the presets).
 
 ``--degree`` appends each node's standardised log in-degree
 (:func:`graphattn.degree_encoding`) to its input features: attention averages its
@@ -104,12 +107,14 @@ from graphattn import (
     GATv2Conv,
     Graph,
     SGFormerAttention,
+    ShortestPathBias,
     TransformerConv,
     clustering_encoding,
     degree_encoding,
     graph_attention,
     kernels,
     scores,
+    shortest_path_distance,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "node_classification.json"
@@ -150,6 +155,8 @@ class NodeConfig:
     # "softmax" (exact, O(N^2)) or "favor" (FAVOR+'s linear estimate of the softmax)
     global_qk: int | None = None  # softmax, favor: query/key width of the global attention
     global_dropout: float | None = None  # softmax: dropout on the global attention weights
+    global_spd: int | None = None  # softmax, plain layout: Graphormer's learned score bias per
+    # hop distance on the global attention, distances up to this many hops (0: none)
     alpha: float | None = None  # deep layout: weight of the initial features in each layer
     lam: float | None = None  # deep layout: identity mapping strength, beta_l = log(lam/l + 1)
     lr: float | None = None  # learning rate
@@ -183,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attn_dropout": 0.8, "sep": False, "degree": False, "clustering": True, "layout": "plain",
         "lr": 0.005, "weight_decay": 5e-4, "epochs": 1000, "patience": 100, "stop": "gat",
         "global_weight": 0.1, "global_in": "hidden", "gps_local": "gatv2", "alpha": 0.1,
-        "global_attn": "softmax", "global_qk": 16, "global_dropout": 0.0,
+        "global_attn": "softmax", "global_qk": 16, "global_dropout": 0.0, "global_spd": 0,
         "lam": 0.5, "layer_weight_decay": 0.01,
     },
     # Luo et al.'s published GAT recipe for Minesweeper (classic layers, BatchNorm), trained
@@ -194,7 +201,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attn_dropout": 0.0, "sep": True, "degree": False, "clustering": False, "layout": "classic",
         "lr": 0.01, "weight_decay": 0.0, "epochs": 4000, "patience": 500, "stop": "metric",
         "global_weight": 1.0, "global_in": "all", "gps_local": "gat", "alpha": 0.1,
-        "global_attn": "sgformer", "global_qk": 16, "global_dropout": 0.0,
+        "global_attn": "sgformer", "global_qk": 16, "global_dropout": 0.0, "global_spd": 0,
         "lam": 0.5, "layer_weight_decay": 0.01,
     },
 }  # fmt: skip
@@ -236,6 +243,13 @@ def settings(cfg: NodeConfig, dataset: str) -> NodeConfig:
         raise ValueError(f"global_attn must be one of {GLOBAL}, got {cfg.global_attn!r}")
     if cfg.gps_local not in LOCAL:
         raise ValueError(f"gps_local must be one of {LOCAL}, got {cfg.gps_local!r}")
+    if cfg.global_spd < 0:
+        raise ValueError(f"global_spd must be >= 0, got {cfg.global_spd}")
+    if cfg.global_spd and (cfg.global_attn != "softmax" or cfg.layout != "plain"):
+        raise ValueError(
+            f"global_spd={cfg.global_spd} needs global_attn='softmax' and layout='plain' (a "
+            f"dense bias on exact attention), got {cfg.global_attn!r} and {cfg.layout!r}"
+        )
     if cfg.stop not in ("metric", "gat"):
         raise ValueError(f"stop must be 'metric' or 'gat', got {cfg.stop!r}")
     if cfg.stop == "gat" and dataset in BINARY:
@@ -450,19 +464,24 @@ class CompleteAttention(nn.Module):
     training step, time ``O(N)``). Queries and keys are ``Dq = qk_channels`` wide, values
     ``out_channels``, with no output projection (SGFormerAttention's interface). ``dropout``
     drops attention weights in training, as GAT's layers do (``softmax`` only: the linear
-    backend never forms the weights).
+    backend never forms the weights). ``spd > 0`` (``softmax`` only) adds Graphormer's
+    spatial encoding (:class:`graphattn.ShortestPathBias`): a learned score bias per hop
+    distance in ``graph``, distances above ``spd`` sharing one, unreachable pairs another;
+    the distances are computed at the first call with a graph and kept while it is the same.
 
     Shapes:
-        - x: ``(B, N, C)``; returns ``(B, N, out_channels)``
+        - x: ``(B, N, C)``; graph: ``N`` nodes; returns ``(B, N, out_channels)``
     """
 
     def __init__(
         self, channels: int, out_channels: int, kind: str, qk_channels: int,
-        favor_features: int = 64, dropout: float = 0.0,
+        favor_features: int = 64, dropout: float = 0.0, spd: int = 0,
     ) -> None:  # fmt: skip
         super().__init__()
         if kind not in ("softmax", "favor"):
             raise ValueError(f"kind must be 'softmax' or 'favor', got {kind!r}")
+        if spd < 0 or (spd and kind != "softmax"):
+            raise ValueError(f"spd must be >= 0, and 0 for 'favor', got {spd} ({kind!r})")
         if not 0.0 <= dropout < 1.0 or (dropout and kind == "favor"):
             raise ValueError(
                 f"dropout must lie in [0, 1), and be 0 for 'favor', got {dropout} ({kind!r})"
@@ -472,15 +491,33 @@ class CompleteAttention(nn.Module):
         self.k = nn.Linear(channels, qk_channels, bias=False)
         self.v = nn.Linear(channels, out_channels, bias=False)
         self.score = global_score(kind, qk_channels, favor_features)
+        self.spd = ShortestPathBias(1, spd) if spd else None
         self._complete: Graph | None = None
+        self._distances: tuple[Graph, Tensor] | None = None  # (graph, its (N, N) hop distances)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def spd_bias(self, graph: Graph | None, n: int) -> Tensor | None:
+        """The ``(1, 1, N, N)`` score bias of the hop distances in ``graph`` (``None``
+        without ``spd``)."""
+        if self.spd is None:
+            return None
+        if graph is None:
+            raise ValueError(f"CompleteAttention(spd={self.spd.max_distance}) needs the graph")
+        if self._distances is None or self._distances[0] is not graph:
+            with torch.no_grad():
+                dist = shortest_path_distance(graph, n, max_distance=self.spd.max_distance)
+            self._distances = (graph, dist)  # (N, N)
+        return self.spd(self._distances[1])[None]  # (1, 1, N, N)
+
+    def forward(self, x: Tensor, graph: Graph | None = None) -> Tensor:
         n = x.shape[1]
         if self._complete is None or self._complete.num_dst != n:
             self._complete = Graph.complete(n, device=x.device)
         q, k, v = (lin(x)[:, None] for lin in (self.q, self.k, self.v))  # (B, 1, N, *)
         p = self.dropout if self.training else 0.0
-        out = graph_attention(q, k, v, self._complete, score=self.score, dropout_p=p)
+        bias = self.spd_bias(graph, n)  # (1, 1, N, N) or None
+        out = graph_attention(
+            q, k, v, self._complete, score=self.score, attn_bias=bias, dropout_p=p
+        )  # (B, 1, N, out_channels)
         return out[:, 0]  # (B, N, out_channels)
 
 
@@ -495,13 +532,21 @@ def global_score(kind: str, head_dim: int, favor_features: int = 64) -> scores.S
     return None
 
 
+def attend(module: nn.Module, x: Tensor, graph: Graph) -> Tensor:
+    """Global attention ``module`` on ``x`` ``(B, N, C)``: :class:`CompleteAttention` also
+    gets the graph (for its hop-distance bias), SGFormer's attention does not need it."""
+    return module(x, graph) if isinstance(module, CompleteAttention) else module(x)
+
+
 def _global(kind: str, channels: int, out_channels: int, cfg: NodeConfig) -> nn.Module:
     """The global attention of ``gps`` and ``global``: ``kind`` is ``cfg.global_attn``;
     exact softmax drops ``cfg.global_dropout`` of its weights in training."""
     if kind == "sgformer":
         return SGFormerAttention(channels, heads=1, head_channels=out_channels)
     p = cfg.global_dropout if kind == "softmax" else 0.0
-    return CompleteAttention(channels, out_channels, kind, cfg.global_qk, dropout=p)
+    return CompleteAttention(
+        channels, out_channels, kind, cfg.global_qk, dropout=p, spd=cfg.global_spd or 0
+    )
 
 
 def local_kind(model: Model, cfg: NodeConfig) -> str | None:
@@ -562,7 +607,8 @@ class PlainNet(nn.Module):
         if self.local:
             out = out + self.local[i](x, graph)
         if self.glob and i in self.global_layers:
-            g = self.glob[i](x[None])[0]  # dropout: 140 labels overfit the global branch
+            # dropout: 140 labels overfit the global branch
+            g = attend(self.glob[i], x[None], graph)[0]  # (N, out)
             out = out + self.w * F.dropout(g, self.p, self.training)
         if self.skip:
             out = out + self.skip[i](x)
@@ -575,8 +621,8 @@ class PlainNet(nn.Module):
             x = F.dropout(x, self.p_in, self.training)
         h = F.elu(self._layer(0, x, graph))  # (N, hidden)
         if self.mid is not None:
-            g = self.mid(F.dropout(h, self.p, self.training)[None])[0]  # (N, hidden)
-            h = h + self.w * F.dropout(g, self.p, self.training)
+            g = attend(self.mid, F.dropout(h, self.p, self.training)[None], graph)  # (1, N, hidden)
+            h = h + self.w * F.dropout(g[0], self.p, self.training)
         return self._layer(1, F.dropout(h, self.p, self.training), graph)  # (N, C)
 
 
@@ -778,7 +824,7 @@ NOT_TRAINING = frozenset(
 
 #: settings added later, left out of the checkpoint key while off, so that runs checkpointed
 #: before they existed still resume
-OFF: dict[str, Any] = {"clustering": False}
+OFF: dict[str, Any] = {"clustering": False, "global_spd": 0}
 
 
 def checkpoint_path(cfg: NodeConfig, dataset: str, model_name: str, run: int) -> Path:
@@ -792,8 +838,34 @@ def checkpoint_path(cfg: NodeConfig, dataset: str, model_name: str, run: int) ->
     return Path(cfg.out_dir) / "checkpoints" / f"{dataset}_{model_name}_run{run}_{digest}.pt"
 
 
-def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeConfig) -> dict:
-    """Train one model on one seed/split, resuming from its checkpoint; the run's record."""
+def input_features(data: Any, cfg: NodeConfig) -> Tensor:
+    """The input features a run trains on: ``data.x``, then the degree column
+    (``cfg.degree``), then the clustering column (``cfg.clustering``).
+
+    Shapes:
+        - returns ``(N, F + cfg.degree + cfg.clustering)``, ``data.x``'s dtype
+    """
+    x = data.x  # (N, F)
+    if cfg.degree:
+        x = torch.cat([x, degree_encoding(data.edge_index, data.num_nodes).to(x)], 1)  # (N, F+1)
+    if cfg.clustering:
+        cc = clustering_encoding(data.edge_index, data.num_nodes)  # (N, 1)
+        x = torch.cat([x, cc.to(x)], 1)  # (N, F+1)
+    return x
+
+
+def train_one(
+    model_name: Model,
+    data: Any,
+    dataset: str,
+    run: int,
+    cfg: NodeConfig,
+    x: Tensor | None = None,
+) -> dict:
+    """Train one model on one seed/split, resuming from its checkpoint; the run's record.
+
+    ``x`` is :func:`input_features` of ``data`` and ``cfg``, computed here when ``None``
+    (:func:`run` computes it once per data set, for all its models and runs)."""
     path = checkpoint_path(cfg, dataset, model_name, run)
     saved = load_checkpoint(path) if cfg.resume and path.exists() else None
     if saved is not None and saved["record"] is not None:
@@ -811,12 +883,7 @@ def train_one(model_name: Model, data: Any, dataset: str, run: int, cfg: NodeCon
     net = {"plain": PlainNet, "deep": DeepNet, "residual": NodeNet, "classic": ClassicNet}[
         cfg.layout
     ]
-    x = data.x  # (N, F)
-    if cfg.degree:
-        x = torch.cat([x, degree_encoding(data.edge_index, data.num_nodes).to(x)], 1)  # (N, F+1)
-    if cfg.clustering:
-        cc = clustering_encoding(data.edge_index, data.num_nodes)  # (N, 1)
-        x = torch.cat([x, cc.to(x)], 1)  # (N, F+1)
+    x = input_features(data, cfg) if x is None else x  # (N, F')
     model = net(model_name, x.shape[1], num_classes, cfg)
     # GAT's two layers on sparse features (Cora's bag of words: 1.3 % non-zero): the first op
     # is a Linear, which multiplies a sparse CSR matrix as such (about 5x faster an epoch);
@@ -915,9 +982,10 @@ def run(cfg: NodeConfig) -> dict[str, Any]:
     for dataset in cfg.datasets:
         data = load_dataset(dataset, cfg.data_dir, cfg.out_dir)
         dcfg = settings(cfg, dataset)
+        x = input_features(data, dcfg)  # (N, F'): once for every model and run
         for model_name in cfg.models:
             for r in range(dcfg.first_run, dcfg.first_run + dcfg.runs):
-                rec = train_one(model_name, data, dataset, r, dcfg)
+                rec = train_one(model_name, data, dataset, r, dcfg, x)
                 rec["settings"] = {f.name: getattr(dcfg, f.name) for f in fields(dcfg)
                                    if f.name in PRESETS["planetoid"]}  # fmt: skip
                 exp.add(

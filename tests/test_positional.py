@@ -12,6 +12,7 @@ import networkx as nx
 import pytest
 import torch
 from conftest import dense_reference
+from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
 
@@ -37,6 +38,7 @@ from graphattn import (
     sinusoidal_encoding,
     t5_relative_position_bucket,
 )
+from graphattn.positional import _BucketLookup
 
 H = 4
 
@@ -615,6 +617,22 @@ def test_shortest_path_bias_buckets(gen):
         spb(spd.float())
     with pytest.raises(ValueError, match="graph has num_dst=4"):
         spb(spd, Graph.complete(4))
+
+
+def test_shortest_path_bias_dense_gradient(gen):
+    """The dense bias's bincount backward (CPU) passes float64 gradcheck and gives
+    ``nn.Embedding``'s gradient, batched or not."""
+    spb = ShortestPathBias(H, max_distance=3).double()
+    spd = torch.randint(-1, 6, (2, 7, 5), generator=gen)
+    table = spb.spatial_bias.weight.detach().clone().requires_grad_(True)
+    lookup = _BucketLookup.apply
+    assert torch.autograd.gradcheck(lambda t: lookup(t, spb.bucket(spd)), (table,))
+    assert torch.autograd.gradcheck(lambda t: lookup(t, spb.bucket(spd[0])), (table,))
+    grad = torch.randn(2, H, 7, 5, generator=gen, dtype=torch.float64)
+    spb(spd).backward(grad)
+    ref = nn.Embedding.from_pretrained(table.detach(), freeze=False)
+    ref(spb.bucket(spd)).movedim(-1, -3).backward(grad)
+    torch.testing.assert_close(spb.spatial_bias.weight.grad, ref.weight.grad)
 
 
 def test_encoding_modules_repr_and_reset():

@@ -27,6 +27,7 @@ from examples.node_classification import (  # noqa: E402
     checkpoint_path,
     file_lock,
     graph_for,
+    input_features,
     load_dataset,
     optimizer,
     roc_auc,
@@ -38,6 +39,7 @@ from examples.node_classification import (  # noqa: E402
     train_one,
 )
 from examples.training import load_checkpoint, resolve_data_dir  # noqa: E402
+from graphattn import clustering_encoding, degree_encoding, shortest_path_distance  # noqa: E402
 
 
 def _data_dir() -> str:
@@ -227,6 +229,55 @@ def test_complete_attention_is_softmax_over_every_node():
     torch.testing.assert_close(dropped.eval()(x), want)
 
 
+def test_complete_attention_hop_distance_bias():
+    """``spd``: softmax(q k^T / sqrt(Dq) + b[hops(i, j)]) v with Graphormer's buckets (hops
+    clipped at ``spd``, unreachable pairs their own); the bias is learned, the distances are
+    computed once per graph, and the bias needs exact softmax and a graph."""
+    torch.manual_seed(0)
+    x, data = _tiny_graph()
+    graph = graph_for(data, sep=False)
+    att = CompleteAttention(x.shape[1], 5, "softmax", qk_channels=8, spd=2)
+    with torch.no_grad():
+        att.spd.spatial_bias.weight.copy_(torch.arange(4.0)[:, None])  # bias = bucket
+    dist = shortest_path_distance(graph, data.num_nodes)  # (N, N)
+    bucket = torch.where(dist < 0, 3, dist.clamp(max=2)).float()
+    q, k, v = att.q(x), att.k(x), att.v(x)
+    want = torch.softmax(q @ k.T / 8**0.5 + bucket, -1) @ v  # (N, 5)
+    out = att(x[None], graph)[0]
+    torch.testing.assert_close(out, want)
+    cached = att._distances[1]
+    out.sum().backward()
+    assert att.spd.spatial_bias.weight.grad.abs().sum() > 0
+    att(x[None], graph)
+    assert att._distances[1] is cached  # the same graph: distances kept
+    with pytest.raises(ValueError, match="needs the graph"):
+        att(x[None])
+    with pytest.raises(ValueError, match="0 for 'favor', got 2"):
+        CompleteAttention(12, 5, "favor", qk_channels=8, spd=2)
+    with pytest.raises(ValueError, match="global_spd=3 needs global_attn='softmax'"):
+        settings(NodeConfig(global_spd=3, global_attn="favor"), "Cora")
+    with pytest.raises(ValueError, match="and layout='plain'"):
+        settings(NodeConfig(global_spd=3), "Tolokers")
+    with pytest.raises(ValueError, match="global_spd must be >= 0, got -1"):
+        settings(NodeConfig(global_spd=-1), "Cora")
+    cfg = settings(NodeConfig(hidden=16, heads=2, global_spd=2), "Cora")
+    net = PlainNet("gps", x.shape[1], 4, cfg)
+    assert net.mid.spd is not None
+    net(x, graph).sum().backward()
+    assert net.mid.spd.spatial_bias.weight.grad is not None
+    assert settings(NodeConfig(), "Cora").global_spd == 0
+    base = settings(NodeConfig(), "Cora")
+    key = repr([
+        (f.name, getattr(base, f.name)) for f in fields(base)
+        if f.name not in NOT_TRAINING and f.name != "global_spd"
+    ])  # fmt: skip
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]  # the key from before the setting
+    assert checkpoint_path(base, "Cora", "gps", 0).stem.endswith(digest)
+    assert checkpoint_path(base, "Cora", "gps", 0) != checkpoint_path(
+        replace(base, global_spd=2), "Cora", "gps", 0
+    )
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("global_attn", GLOBAL)
 def test_every_global_attention_in_every_layout(global_attn):
@@ -303,10 +354,30 @@ def test_clustering_flag_feeds_one_more_input_feature(tmp_path):
     # the key of a run with clustering off is the key from before the setting existed
     key = repr([
         (f.name, getattr(off, f.name)) for f in fields(off)
-        if f.name not in NOT_TRAINING and f.name != "clustering"
+        if f.name not in NOT_TRAINING and f.name not in ("clustering", "global_spd")
     ])  # fmt: skip
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     assert checkpoint_path(off, "Minesweeper", "gat", 0).stem.endswith(digest)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_input_features_append_degree_then_clustering(tmp_path):
+    """``input_features``: ``data.x``, then the degree column, then the clustering column;
+    a run given those features trains exactly as one that computes them itself."""
+    data = load_dataset("Minesweeper", _data_dir(), tmp_path)
+    base = NodeConfig(quick=True, out_dir=str(tmp_path))
+    both = settings(replace(base, degree=True, clustering=True), "Minesweeper")
+    x = input_features(data, both)
+    assert x.shape == (data.num_nodes, data.num_features + 2)
+    assert x[:, : data.num_features].equal(data.x)
+    assert x[:, -2].equal(degree_encoding(data.edge_index, data.num_nodes)[:, 0])
+    assert x[:, -1].equal(clustering_encoding(data.edge_index, data.num_nodes)[:, 0])
+    assert input_features(data, settings(base, "Minesweeper")) is data.x
+    given = train_one("gat", data, "Minesweeper", 0, replace(both, resume=False), x)
+    computed = train_one("gat", data, "Minesweeper", 0, replace(both, resume=False))
+    assert {k: v for k, v in given.items() if k not in ("wall_s", "epoch_ms")} == {
+        k: v for k, v in computed.items() if k not in ("wall_s", "epoch_ms")
+    }
 
 
 def test_unknown_names_are_refused(tmp_path):
