@@ -484,6 +484,28 @@ def test_random_walk_pe_matches_pyg(gen):
     torch.testing.assert_close(random_walk_pe(Graph.from_edge_index(ei, n), k=5), ref)
 
 
+def test_random_walk_pe_blocks_match_dense_powers(gen):
+    """Any column block gives the diagonal of the dense powers of ``P = D_out^-1 A``, on a
+    directed graph with duplicate edges, self-loops and nodes without out-edges."""
+    n = 25
+    ei = torch.randint(0, n, (2, 40), generator=gen)
+    adj = torch.zeros(n, n, dtype=torch.float64).index_put_(
+        (ei[0], ei[1]), torch.ones(40, dtype=torch.float64), accumulate=True
+    )
+    walk = adj / adj.sum(1, keepdim=True).clamp(min=1)
+    assert (adj.sum(1) == 0).any()
+    power, want = torch.eye(n, dtype=torch.float64), []
+    for _ in range(6):
+        power = power @ walk
+        want.append(power.diagonal())
+    want = torch.stack(want, -1).float()  # (N, 6)
+    for block in (None, 1, 7, n, 100):
+        torch.testing.assert_close(random_walk_pe(ei, n, 6, block=block), want)
+    assert random_walk_pe(torch.zeros(2, 0, dtype=torch.long), 0, 3).shape == (0, 3)
+    with pytest.raises(ValueError, match="block"):
+        random_walk_pe(ei, n, 6, block=0)
+
+
 def test_degree_encoding_is_the_standardised_log_in_degree():
     """In-degrees 2, 1, 0 (node 0's self-loop not counted) give log(1 + d) standardised over
     the nodes; a Graph gives the edge list's numbers; a regular graph gets zeros."""
@@ -600,6 +622,25 @@ def test_shortest_path_distance_matches_networkx(gen):
     torch.testing.assert_close(far, (idx[:, None] - idx[None]).abs().clamp(max=4))
 
 
+def test_shortest_path_distance_directed_matches_networkx(gen):
+    """Directed hops on a random digraph with duplicate edges and self-loops, with and
+    without ``max_distance`` (one sparse product per hop, to the diameter)."""
+    n = 30
+    ei = torch.randint(0, n, (2, 45), generator=gen)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(ei.T.tolist())
+    want = torch.full((n, n), -1)
+    for j, lengths in nx.all_pairs_shortest_path_length(graph):  # from source j
+        for i, d in lengths.items():
+            want[i, j] = d
+    assert (want < 0).any() and want.max() > 3
+    torch.testing.assert_close(shortest_path_distance(ei, n, directed=True), want)
+    capped = shortest_path_distance(Graph.from_edge_index(ei, n), directed=True, max_distance=3)
+    torch.testing.assert_close(capped, torch.where(want > 3, 4, want))
+    assert shortest_path_distance(torch.zeros(2, 0, dtype=torch.long), 0).shape == (0, 0)
+
+
 def test_shortest_path_bias_buckets(gen):
     spb = ShortestPathBias(H, max_distance=2)
     spd = torch.tensor([[0, 1, 2], [3, 7, -1], [-1, 2, 1]])
@@ -617,6 +658,14 @@ def test_shortest_path_bias_buckets(gen):
         spb(spd.float())
     with pytest.raises(ValueError, match="graph has num_dst=4"):
         spb(spd, Graph.complete(4))
+    # lookup: forward's dense bias from buckets a caller keeps (no re-bucketing, so the
+    # unreachable bucket 3 stays 3 instead of being clipped to 2)
+    torch.testing.assert_close(spb.lookup(spb.bucket(spd)), dense)
+    torch.testing.assert_close(spb.lookup(spb.bucket(torch.stack([spd, spd]))), batched)
+    with pytest.raises(TypeError, match="buckets must be int64"):
+        spb.lookup(spb.bucket(spd).int())
+    with pytest.raises(ValueError, match=r"buckets must be a tensor of shape \(\[B,\] Nd, Ns\)"):
+        spb.lookup(spb.bucket(spd)[0])
 
 
 def test_shortest_path_bias_dense_gradient(gen):
