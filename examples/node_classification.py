@@ -13,6 +13,10 @@ Models, differing in what a layer attends to:
 - ``gat``, ``gatv2``, ``transformer``: local attention on the graph's edges
   (:class:`graphattn.GATConv`, :class:`graphattn.GATv2Conv`, :class:`graphattn.TransformerConv`
   with the dot-product score);
+- ``gcn``: GCN's fixed weights ``D^-1/2 (A + I) D^-1/2`` on the same edges, no attention
+  (:class:`GCNLayer`; in the deep layout, GCNII's own propagation): a baseline, and the
+  local branch that SGFormer pairs with its global attention (``--models gcn``, or
+  ``--gps-local gcn``; not in the default ``--models``);
 - ``gps``: local (``--gps-local``) and global attention summed (GraphGPS's layout), the
   global part on the complete graph, weighted by ``--global-weight``;
 - ``global``: the learned fully connected graph alone: global attention, no edges; the only
@@ -22,9 +26,10 @@ The global attention (``--global-attn``) is SGFormer's linear-time attention
 (:class:`graphattn.SGFormerAttention`, the ``linear`` backend), exact softmax attention over
 all ``N^2`` pairs (:class:`CompleteAttention`, the ``dense`` backend, ``--global-dropout``
 on its weights) or FAVOR+'s linear-time estimate of that softmax. ``--global-spd D`` (exact
-softmax in the ``plain`` layout) adds Graphormer's spatial encoding to its scores: a learned
-bias per hop distance between the two nodes, distances above ``D`` sharing one and
-unreachable pairs another (:class:`graphattn.ShortestPathBias`; off in the presets).
+softmax; in the ``deep`` layout only with ``--global-in hidden``) adds Graphormer's spatial
+encoding to its scores: a learned bias per hop distance between the two nodes, distances
+above ``D`` sharing one and unreachable pairs another (:class:`graphattn.ShortestPathBias`;
+off in the presets).
 
 ``--degree`` appends each node's standardised log in-degree
 (:func:`graphattn.degree_encoding`) to its input features: attention averages its
@@ -43,10 +48,12 @@ bag-of-words features kept as a sparse CSR tensor (input dropout on its stored v
 previous heterophilous preset), where ``sep`` (Platonov et al., ICLR 2023) mixes a node's own
 features and its messages through one linear map of their concatenation and the local
 layers add no self-loops; ``deep`` is GCNII's network (Chen et al., 2020) with attention in
-place of GCN's propagation, and GCNII's two weight decays (``--layer-weight-decay`` on the
-layers); ``classic`` is the tuned classic GNN of Luo et al. (NeurIPS 2024): post-norm layers
-``ReLU(BatchNorm(messages + Linear(h)))`` with dropout, Adam (:class:`ClassicNet`; the
-heterophilous preset).
+place of GCN's propagation (``gcn``: GCNII itself), and GCNII's two weight decays
+(``--layer-weight-decay`` on the layers), where ``gps`` attends globally once, on the
+initial features that every layer mixes back in (``--global-in hidden``), or in ``all``
+layers or the ``last``; ``classic`` is the tuned classic GNN of Luo et al. (NeurIPS 2024):
+post-norm layers ``ReLU(BatchNorm(messages + Linear(h)))`` with dropout, Adam
+(:class:`ClassicNet`; the heterophilous preset).
 
 Training is full-batch (``--epochs``). ``--stop metric`` reads the test metric at the epoch
 of the best validation metric and stops after ``--patience`` epochs without a better one;
@@ -118,9 +125,11 @@ from graphattn import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "node_classification.json"
-Model = Literal["gat", "gatv2", "transformer", "gps", "global"]
+Model = Literal["gat", "gatv2", "transformer", "gcn", "gps", "global"]
 MODELS: tuple[Model, ...] = get_args(Model)
-LOCAL = ("gat", "gatv2", "transformer")  # the local layers (gps picks one: --gps-local)
+#: the models trained when ``--models`` is not given (``gcn`` is a baseline, asked for by name)
+DEFAULT_MODELS: tuple[Model, ...] = ("gat", "gatv2", "transformer", "gps", "global")
+LOCAL = ("gat", "gatv2", "transformer", "gcn")  # the local layers (gps picks one: --gps-local)
 GLOBAL = ("sgformer", "softmax", "favor")  # the global attentions (--global-attn)
 LAYOUTS = ("plain", "residual", "deep", "classic")  # the networks (--layout)
 PLANETOID = ("Cora", "CiteSeer", "PubMed")
@@ -133,7 +142,7 @@ class NodeConfig:
     """One run of the example. ``None`` fields take the data set's preset (:data:`PRESETS`)."""
 
     datasets: tuple[str, ...] = ("Cora", "Minesweeper", "Tolokers")  # PyG names, in order
-    models: tuple[Model, ...] = MODELS  # which models to train, in this order
+    models: tuple[Model, ...] = DEFAULT_MODELS  # which models to train, in this order
     runs: int = 3  # seeds (Planetoid) or official splits (heterophilous): first_run, ...
     first_run: int = 0  # the first seed or split (to spread splits over processes)
     hidden: int | None = None  # width of every block
@@ -155,7 +164,7 @@ class NodeConfig:
     # "softmax" (exact, O(N^2)) or "favor" (FAVOR+'s linear estimate of the softmax)
     global_qk: int | None = None  # softmax, favor: query/key width of the global attention
     global_dropout: float | None = None  # softmax: dropout on the global attention weights
-    global_spd: int | None = None  # softmax, plain layout: Graphormer's learned score bias per
+    global_spd: int | None = None  # softmax (deep layout: on h0): Graphormer's score bias per
     # hop distance on the global attention, distances up to this many hops (0: none)
     alpha: float | None = None  # deep layout: weight of the initial features in each layer
     lam: float | None = None  # deep layout: identity mapping strength, beta_l = log(lam/l + 1)
@@ -245,10 +254,14 @@ def settings(cfg: NodeConfig, dataset: str) -> NodeConfig:
         raise ValueError(f"gps_local must be one of {LOCAL}, got {cfg.gps_local!r}")
     if cfg.global_spd < 0:
         raise ValueError(f"global_spd must be >= 0, got {cfg.global_spd}")
-    if cfg.global_spd and (cfg.global_attn != "softmax" or cfg.layout != "plain"):
+    # the global attentions that take the graph: CompleteAttention in every layout but the
+    # deep one, whose global attention in its layers is Propagate's (its one on h0 takes it)
+    spd_ok = cfg.layout != "deep" or cfg.global_in == "hidden"
+    if cfg.global_spd and (cfg.global_attn != "softmax" or not spd_ok):
         raise ValueError(
-            f"global_spd={cfg.global_spd} needs global_attn='softmax' and layout='plain' (a "
-            f"dense bias on exact attention), got {cfg.global_attn!r} and {cfg.layout!r}"
+            f"global_spd={cfg.global_spd} needs global_attn='softmax' (a dense bias on exact "
+            "attention), and global_in='hidden' in the deep layout, got "
+            f"{cfg.global_attn!r}, {cfg.layout!r} and {cfg.global_in!r}"
         )
     if cfg.stop not in ("metric", "gat"):
         raise ValueError(f"stop must be 'metric' or 'gat', got {cfg.stop!r}")
@@ -350,7 +363,7 @@ def messages(
     """
     parts = [] if local is None else [local(h, graph)]
     if glob is not None:
-        parts.append(w * glob(h[None])[0])
+        parts.append(w * attend(glob, h[None], graph)[0])
     return sum(parts[1:], parts[0])
 
 
@@ -467,7 +480,8 @@ class CompleteAttention(nn.Module):
     backend never forms the weights). ``spd > 0`` (``softmax`` only) adds Graphormer's
     spatial encoding (:class:`graphattn.ShortestPathBias`): a learned score bias per hop
     distance in ``graph``, distances above ``spd`` sharing one, unreachable pairs another;
-    the distances are computed at the first call with a graph and kept while it is the same.
+    the distances are computed (and bucketed) at the first call with a graph and kept while it
+    is the same.
 
     Shapes:
         - x: ``(B, N, C)``; graph: ``N`` nodes; returns ``(B, N, out_channels)``
@@ -493,7 +507,7 @@ class CompleteAttention(nn.Module):
         self.score = global_score(kind, qk_channels, favor_features)
         self.spd = ShortestPathBias(1, spd) if spd else None
         self._complete: Graph | None = None
-        self._distances: tuple[Graph, Tensor] | None = None  # (graph, its (N, N) hop distances)
+        self._buckets: tuple[Graph, Tensor] | None = None  # (graph, its (N, N) distance buckets)
 
     def spd_bias(self, graph: Graph | None, n: int) -> Tensor | None:
         """The ``(1, 1, N, N)`` score bias of the hop distances in ``graph`` (``None``
@@ -502,11 +516,11 @@ class CompleteAttention(nn.Module):
             return None
         if graph is None:
             raise ValueError(f"CompleteAttention(spd={self.spd.max_distance}) needs the graph")
-        if self._distances is None or self._distances[0] is not graph:
+        if self._buckets is None or self._buckets[0] is not graph:
             with torch.no_grad():
                 dist = shortest_path_distance(graph, n, max_distance=self.spd.max_distance)
-            self._distances = (graph, dist)  # (N, N)
-        return self.spd(self._distances[1])[None]  # (1, 1, N, N)
+            self._buckets = (graph, self.spd.bucket(dist))  # (N, N) int64
+        return self.spd.lookup(self._buckets[1])[None]  # (1, 1, N, N)
 
     def forward(self, x: Tensor, graph: Graph | None = None) -> Tensor:
         n = x.shape[1]
@@ -556,12 +570,93 @@ def local_kind(model: Model, cfg: NodeConfig) -> str | None:
 
 
 def _local(kind: str, fin: int, fout: int, heads: int, concat: bool, p: float) -> nn.Module:
-    """A local attention layer: ``kind`` is ``"gat"``, ``"gatv2"`` or ``"transformer"``."""
+    """A local layer: ``kind`` is ``"gat"``, ``"gatv2"``, ``"transformer"`` (attention,
+    ``heads`` heads of ``fout``, dropout ``p`` on the weights) or ``"gcn"`` (:class:`GCNLayer`,
+    ``heads * fout`` wide if ``concat``)."""
+    if kind == "gcn":
+        return GCNLayer(fin, fout * heads if concat else fout)
     if kind == "gat":
         return GATConv(fin, fout, heads=heads, concat=concat, dropout=p, add_self_loops=False)
     if kind == "gatv2":
         return GATv2Conv(fin, fout, heads=heads, concat=concat, dropout=p, add_self_loops=False)
     return TransformerConv(fin, fout, heads=heads, concat=concat, dropout=p, root_weight=False)
+
+
+def gcn_adjacency(graph: Graph, dtype: torch.dtype = torch.float32) -> Tensor:
+    """GCN's propagation matrix ``D^-1/2 A D^-1/2`` of ``graph``'s edges as they are
+    (:func:`graph_for` adds a self-loop per node unless ``sep``), with ``D`` the in-degrees;
+    a node without in-edges gets a zero row.
+
+    Shapes:
+        - returns ``(N, N)`` sparse CSR, ``dtype``: row ``i`` holds the weights of ``i``'s sources
+    """
+    src, dst = graph.edge_index()  # (E,), (E,)
+    deg = graph.in_degree().double()  # (N,)
+    inv = torch.where(deg > 0, deg.clamp(min=1).rsqrt(), torch.zeros_like(deg))  # (N,)
+    w = (inv[dst] * inv[src]).to(dtype)  # (E,)
+    n = graph.num_dst
+    adj = torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n, n), check_invariants=True)
+    return sparse_csr(adj.coalesce())
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``adj @ h`` for a constant sparse ``adj`` whose transpose ``adj_t`` is given: the
+    backward is ``adj_t @ grad`` (torch's own backward transposes the CSR matrix every call,
+    a sort over the edges).
+
+    Shapes:
+        - adj, adj_t: ``(N, M)``, ``(M, N)`` sparse CSR; h: ``(M, C)``; returns ``(N, C)``
+    """
+
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, adj_t: Tensor, h: Tensor) -> Tensor:
+        ctx.adj_t = adj_t
+        return adj @ h
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
+        return None, None, ctx.adj_t @ grad
+
+
+class GCNPropagation(nn.Module):
+    """``A_hat h`` with ``A_hat`` :func:`gcn_adjacency` of the graph, built (with its
+    transpose, for the backward) at the first call with a graph and kept while it is the same
+    graph and dtype; no parameters.
+
+    Shapes:
+        - h: ``(N, C)``; returns ``(N, C)``
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._adj: tuple[Graph, Tensor, Tensor] | None = None  # (graph, A_hat, A_hat^T)
+
+    def forward(self, h: Tensor, graph: Graph) -> Tensor:
+        if self._adj is None or self._adj[0] is not graph or self._adj[1].dtype != h.dtype:
+            adj = gcn_adjacency(graph, h.dtype).to(h.device)  # (N, N)
+            with no_csr_beta_warning():
+                adj_t = adj.to_sparse_coo().t().coalesce().to_sparse_csr()  # (N, N)
+            self._adj = (graph, adj, adj_t)
+        return _SparseMatmul.apply(self._adj[1], self._adj[2], h)  # (N, C)
+
+
+class GCNLayer(nn.Module):
+    """GCN's layer (Kipf & Welling, ICLR 2017) as message passing with fixed weights:
+    ``out = A_hat (x W) + b`` with ``A_hat`` :func:`gcn_adjacency` (no attention: the local
+    branch SGFormer pairs with its global attention, and GCNII's propagation).
+
+    Shapes:
+        - x: ``(N, fin)`` dense or sparse CSR; returns ``(N, fout)``
+    """
+
+    def __init__(self, fin: int, fout: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(fin, fout, bias=False)
+        self.bias = nn.Parameter(torch.zeros(fout))
+        self.propagate = GCNPropagation()
+
+    def forward(self, x: Tensor, graph: Graph) -> Tensor:
+        return self.propagate(self.lin(x), graph) + self.bias  # (N, fout)
 
 
 class PlainNet(nn.Module):
@@ -657,23 +752,40 @@ def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape)
 
 
+def mask_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``F.dropout``'s distribution (kept values scaled by ``1 / (1 - p)``) from a uniform
+    mask: on CPU 0.75 against 2.0 ms for a ``(2708, 64)`` tensor (one thread), where
+    ``F.dropout``'s Bernoulli sampling was the largest cost of the deep layout's 64 layers.
+
+    Shapes:
+        - x: any; returns the same shape
+    """
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return torch.zeros_like(x)
+    return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
+
+
 class Propagate(nn.Module):
     """Attention-weighted sums of the features themselves (no value projection): per head,
-    ``out_i = sum_j alpha_ij h_j`` over the graph's edges (local models), over every node
-    with ``--global-attn`` (``global``), or both (``gps``).
+    ``out_i = sum_j alpha_ij h_j`` over the graph's edges (local models; ``gcn``: GCN's
+    fixed weights, :class:`GCNPropagation`), over every node (``glob``: ``--global-attn``),
+    or both (``gps``).
 
     Shapes:
         - h: ``(N, hidden)``; returns ``(N, hidden)``
     """
 
-    def __init__(self, model: Model, cfg: NodeConfig) -> None:
+    def __init__(self, model: Model, cfg: NodeConfig, glob: bool) -> None:
         super().__init__()
         hidden, heads = cfg.hidden, cfg.heads
         self.heads, self.p, self.gp = heads, cfg.attn_dropout, cfg.global_dropout
         self.w = cfg.global_weight if model == "gps" else 1.0
         kind = local_kind(model, cfg)
-        self.local = kind is not None
-        self.glob = model in ("gps", "global")
+        self.gcn = GCNPropagation() if kind == "gcn" else None
+        self.local = kind is not None and kind != "gcn"
+        self.glob = glob
         # GAT: one scalar per node and head; GATv2 and dot product: hidden // heads
         dq = 1 if kind == "gat" else hidden // heads
         self.att = (
@@ -695,26 +807,33 @@ class Propagate(nn.Module):
         return x.view(x.shape[0], self.heads, -1).transpose(0, 1)[None]  # (1, H, N, C/H)
 
     def forward(self, h: Tensor, graph: Graph, complete: Graph) -> Tensor:
-        v = self._heads(h)
-        out = torch.zeros_like(v)
+        out = self.gcn(h, graph) if self.gcn is not None else torch.zeros_like(h)  # (N, hidden)
+        if not (self.local or self.glob):
+            return out
+        v = self._heads(h)  # (1, H, N, hidden/H)
+        per_head = torch.zeros_like(v)
         if self.local:
             score = scores.GATv2(self.att) if self.att is not None else self.score
             p = self.p if self.training else 0.0
             q, k = self._heads(self.q(h)), self._heads(self.k(h))
-            out = out + graph_attention(q, k, v, graph, score=score, dropout_p=p)
+            per_head = per_head + graph_attention(q, k, v, graph, score=score, dropout_p=p)
         if self.glob:
             q, k = self._heads(self.gq(h)), self._heads(self.gk(h))
             p = self.gp if self.training and self.gscore is None else 0.0  # kernels: no weights
             g = graph_attention(q, k, v, complete, score=self.gscore, dropout_p=p)
-            out = out + self.w * g
-        return out[0].transpose(0, 1).reshape(h.shape)
+            per_head = per_head + self.w * g
+        return out + per_head[0].transpose(0, 1).reshape(h.shape)  # (N, hidden)
 
 
 class DeepNet(nn.Module):
-    """GCNII's deep network (Chen et al., 2020) with attention in place of GCN's fixed
-    propagation: ``h0 = ReLU(Linear(x))``, then per layer ``l``
+    """GCNII's deep network (Chen et al., 2020) with attention (or, ``gcn``, GCN's own
+    weights) as its propagation: ``h0 = ReLU(Linear(x))``, then per layer ``l``
     ``s = (1 - alpha) Propagate(h) + alpha h0`` and ``h = ReLU((1 - beta_l) s + beta_l W_l s)``
     with ``beta_l = log(lam / l + 1)``, then ``Linear(h)``; dropout before every layer.
+    ``global`` attends over every node in every layer; ``gps`` adds global attention to the
+    local propagation of every layer (``--global-in all``), of the last one (``last``), or,
+    ``hidden``, once: ``h0 = h0 + global_weight * global(h0)`` (:func:`_global`, one head, as
+    in the plain layout), which the initial residual then carries into every layer.
 
     Shapes:
         - x: ``(N, F)``; returns logits ``(N, C)``
@@ -722,19 +841,36 @@ class DeepNet(nn.Module):
 
     def __init__(self, model: Model, num_features: int, num_classes: int, cfg: NodeConfig):
         super().__init__()
-        h = cfg.hidden
+        h, n = cfg.hidden, cfg.layers
+        where = cfg.global_in if model == "gps" else "all" if model == "global" else None
+        in_layer = {"all": [True] * n, "last": [False] * (n - 1) + [True]}.get(where, [False] * n)
+        if cfg.global_spd and where not in (None, "hidden"):
+            raise ValueError(
+                f"global_spd={cfg.global_spd}: the deep layout's {model!r} attends globally in "
+                f"{where!r} layers, without the hop distances; only gps with "
+                "global_in='hidden' takes them"
+            )
         self.inp = nn.Linear(num_features, h)
-        self.props = nn.ModuleList(Propagate(model, cfg) for _ in range(cfg.layers))
-        self.weights = nn.ModuleList(nn.Linear(h, h, bias=False) for _ in range(cfg.layers))
+        self.props = nn.ModuleList(Propagate(model, cfg, g) for g in in_layer)
+        self.weights = nn.ModuleList(nn.Linear(h, h, bias=False) for _ in range(n))
         self.out = nn.Linear(h, num_classes)
+        self.mid = _global(cfg.global_attn, h, h, cfg) if where == "hidden" else None
         self.p, self.alpha, self.lam = cfg.dropout, cfg.alpha, cfg.lam
+        self.w = cfg.global_weight if model == "gps" else 1.0
         self._complete: Graph | None = None
 
     def forward(self, x: Tensor, graph: Graph) -> Tensor:
         if self._complete is None or self._complete.num_dst != x.shape[0]:
             self._complete = Graph.complete(x.shape[0], device=x.device)
-        drop = F.dropout
-        h0 = F.relu(self.inp(drop(x, self.p, self.training)))
+        drop = mask_dropout
+        if x.layout == torch.sparse_csr:
+            x = sparse_dropout(x, self.p, self.training)  # (N, F), sparse CSR
+        else:
+            x = drop(x, self.p, self.training)
+        h0 = F.relu(self.inp(x))  # (N, hidden)
+        if self.mid is not None:
+            g = attend(self.mid, drop(h0, self.p, self.training)[None], graph)[0]  # (N, hidden)
+            h0 = h0 + self.w * drop(g, self.p, self.training)
         h = h0
         for i, (prop, lin) in enumerate(zip(self.props, self.weights, strict=True), start=1):
             beta = math.log(self.lam / i + 1)
@@ -885,14 +1021,12 @@ def train_one(
     ]
     x = input_features(data, cfg) if x is None else x  # (N, F')
     model = net(model_name, x.shape[1], num_classes, cfg)
-    # GAT's two layers on sparse features (Cora's bag of words: 1.3 % non-zero): the first op
-    # is a Linear, which multiplies a sparse CSR matrix as such (about 5x faster an epoch);
-    # not where global attention reads the input features
+    # GAT's two layers and GCNII's network on sparse features (Cora's bag of words: 1.3 %
+    # non-zero): the first op is a Linear, which multiplies a sparse CSR matrix as such (about
+    # 5x faster an epoch); not where global attention reads the input features
     sparse = (
-        isinstance(model, PlainNet)
-        and not model.dense_input
-        and (x != 0).float().mean().item() < 0.1
-    )
+        isinstance(model, DeepNet) or isinstance(model, PlainNet) and not model.dense_input
+    ) and (x != 0).float().mean().item() < 0.1
     x = sparse_csr(x) if sparse else x  # (N, F)
     opt = optimizer(model, cfg)
     selection = Selection(cfg.stop, cfg.patience)

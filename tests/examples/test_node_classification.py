@@ -14,21 +14,25 @@ pytest.importorskip("torch_geometric")
 pytest.importorskip("scipy")  # Planetoid reads the raw files with scipy
 
 from examples.node_classification import (  # noqa: E402
+    DEFAULT_MODELS,
     GLOBAL,
     MODELS,
     NOT_TRAINING,
     ClassicNet,
     CompleteAttention,
     DeepNet,
+    GCNLayer,
     NodeConfig,
     NodeNet,
     PlainNet,
     Selection,
     checkpoint_path,
     file_lock,
+    gcn_adjacency,
     graph_for,
     input_features,
     load_dataset,
+    mask_dropout,
     optimizer,
     roc_auc,
     run,
@@ -39,7 +43,12 @@ from examples.node_classification import (  # noqa: E402
     train_one,
 )
 from examples.training import load_checkpoint, resolve_data_dir  # noqa: E402
-from graphattn import clustering_encoding, degree_encoding, shortest_path_distance  # noqa: E402
+from graphattn import (  # noqa: E402
+    Graph,
+    clustering_encoding,
+    degree_encoding,
+    shortest_path_distance,
+)
 
 
 def _data_dir() -> str:
@@ -63,7 +72,7 @@ def test_every_model_trains_on_cora_and_minesweeper(tmp_path):
     )
     result = run(cfg)
     seen = {(r["dataset"], r["model"]) for r in result["runs"]}
-    assert seen == {(d, m) for d in cfg.datasets for m in MODELS}
+    assert seen == {(d, m) for d in cfg.datasets for m in DEFAULT_MODELS}
     for r in result["runs"]:
         assert r["metric"] == ("accuracy" if r["dataset"] == "Cora" else "roc_auc")
         assert 0.0 <= r["test"] <= 1.0 and r["epoch_ms"] > 0 and r["epochs"] == 5, r
@@ -90,7 +99,7 @@ def test_splits_and_presets(tmp_path):
     ):
         settings(NodeConfig(global_in="first"), "Cora")
     with pytest.raises(ValueError, match="gps_local must be one of"):
-        settings(NodeConfig(gps_local="gcn"), "Cora")
+        settings(NodeConfig(gps_local="gin"), "Cora")
     with pytest.raises(ValueError, match="global_attn must be one of .*, got 'linear'"):
         settings(NodeConfig(global_attn="linear"), "Cora")
     with pytest.raises(ValueError, match="stop must be 'metric' or 'gat', got 'loss'"):
@@ -172,6 +181,23 @@ def test_deep_layout_runs_every_model(model):
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("model", MODELS)
+def test_plain_and_residual_layouts_run_every_model(model):
+    """GAT's two layers and the pre-norm residual blocks (with and without ``sep``) with each
+    model: finite logits of the right shape and a gradient for every parameter."""
+    x, data = _tiny_graph()
+    for layout, net_cls, sep in (("plain", PlainNet, False), ("residual", NodeNet, False),
+                                 ("residual", NodeNet, True)):  # fmt: skip
+        cfg = settings(NodeConfig(layout=layout, layers=2, hidden=16, heads=2, sep=sep), "Cora")
+        net = net_cls(model, x.shape[1], 4, cfg)
+        logits = net(x, graph_for(data, sep=sep))
+        assert logits.shape == (30, 4) and torch.isfinite(logits).all(), (layout, sep)
+        logits.sum().backward()
+        unused = [n for n, p in net.named_parameters() if p.grad is None]
+        assert not unused, (layout, sep, unused)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("model", MODELS)
 def test_classic_layout_runs_every_model(model):
     """Luo et al.'s classic layers with each model's messages: logits of the right shape, a
     gradient for every parameter, Adam with one weight decay; and, in evaluation, one layer
@@ -245,19 +271,19 @@ def test_complete_attention_hop_distance_bias():
     want = torch.softmax(q @ k.T / 8**0.5 + bucket, -1) @ v  # (N, 5)
     out = att(x[None], graph)[0]
     torch.testing.assert_close(out, want)
-    cached = att._distances[1]
+    cached = att._buckets[1]
     out.sum().backward()
     assert att.spd.spatial_bias.weight.grad.abs().sum() > 0
     att(x[None], graph)
-    assert att._distances[1] is cached  # the same graph: distances kept
+    assert att._buckets[1] is cached  # the same graph: its bucketed distances kept
     with pytest.raises(ValueError, match="needs the graph"):
         att(x[None])
     with pytest.raises(ValueError, match="0 for 'favor', got 2"):
         CompleteAttention(12, 5, "favor", qk_channels=8, spd=2)
     with pytest.raises(ValueError, match="global_spd=3 needs global_attn='softmax'"):
         settings(NodeConfig(global_spd=3, global_attn="favor"), "Cora")
-    with pytest.raises(ValueError, match="and layout='plain'"):
-        settings(NodeConfig(global_spd=3), "Tolokers")
+    with pytest.raises(ValueError, match="global_spd=3 needs global_attn='softmax'"):
+        settings(NodeConfig(global_spd=3), "Tolokers")  # its preset: SGFormer's attention
     with pytest.raises(ValueError, match="global_spd must be >= 0, got -1"):
         settings(NodeConfig(global_spd=-1), "Cora")
     cfg = settings(NodeConfig(hidden=16, heads=2, global_spd=2), "Cora")
@@ -265,6 +291,21 @@ def test_complete_attention_hop_distance_bias():
     assert net.mid.spd is not None
     net(x, graph).sum().backward()
     assert net.mid.spd.spatial_bias.weight.grad is not None
+    deep = settings(NodeConfig(hidden=16, heads=2, global_spd=2, layout="deep", layers=2), "Cora")
+    net = DeepNet("gps", x.shape[1], 4, deep)  # the deep layout's one global attention, on h0
+    net(x, graph).sum().backward()
+    assert net.mid.spd.spatial_bias.weight.grad is not None
+    with pytest.raises(ValueError, match="deep layout's 'global' attends globally in 'all'"):
+        DeepNet("global", x.shape[1], 4, deep)  # every layer: no hop distances there
+    for layout, net_cls in (("residual", NodeNet), ("classic", ClassicNet)):
+        other = settings(replace(deep, layout=layout, global_in="all"), "Cora")
+        net = net_cls("gps", x.shape[1], 4, other)
+        bias = [m.spd for m in net.modules() if isinstance(m, CompleteAttention)]
+        assert bias and all(b is not None for b in bias), layout
+        net(x, graph).sum().backward()
+        assert all(b.spatial_bias.weight.grad is not None for b in bias), layout
+    with pytest.raises(ValueError, match="global_in='hidden' in the deep layout.*'deep' and 'all'"):
+        settings(replace(deep, global_in="all"), "Cora")
     assert settings(NodeConfig(), "Cora").global_spd == 0
     base = settings(NodeConfig(), "Cora")
     key = repr([
@@ -301,12 +342,93 @@ def test_every_global_attention_in_every_layout(global_attn):
             assert not unused, (layout, model, unused)
 
 
+def test_gcn_layer_is_pygs_gcnconv():
+    """``gcn``: GCN's fixed weights ``D^-1/2 (A + I) D^-1/2`` on :func:`graph_for`'s graph
+    (one self-loop per node, duplicate edges counted twice) give PyG's ``GCNConv`` output and
+    gradient with the same weights; a node without in-edges gets a zero row."""
+    from torch_geometric.nn import GCNConv
+
+    x, data = _tiny_graph()
+    graph = graph_for(data, sep=False)
+    torch.manual_seed(0)
+    ref = GCNConv(x.shape[1], 5)
+    ref.bias.data.normal_()
+    ours = GCNLayer(x.shape[1], 5)
+    ours.lin.weight.data.copy_(ref.lin.weight)
+    ours.bias.data.copy_(ref.bias)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(xa, graph), ref(xb, data.edge_index)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    torch.testing.assert_close(ours(sparse_csr(x), graph), expected)  # the sparse input path
+    lonely = Graph.from_edge_index(torch.tensor([[0, 1, 0], [1, 0, 2]]), 4)  # 3: no in-edges
+    adj = gcn_adjacency(lonely).to_dense()  # (4, 4)
+    expected = torch.zeros(4, 4)
+    expected[1, 0], expected[0, 1], expected[2, 0] = 1.0, 1.0, 1.0  # degrees 1, 1, 1
+    torch.testing.assert_close(adj, expected)
+
+
+def test_gcn_propagation_gradient_is_exact():
+    """The deep layout's ``gcn`` propagation (a sparse product whose backward uses the kept
+    transpose): float64 gradcheck through a whole GCNII network, directed edges included."""
+    x, data = _tiny_graph(n=12, f=5)
+    cfg = settings(NodeConfig(layout="deep", layers=2, hidden=4, heads=2, dropout=0.0), "Cora")
+    net = DeepNet("gcn", 5, 3, cfg).double().eval()
+    graph = graph_for(data, sep=False)
+    x = x.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: net(v, graph), (x,))
+    a = gcn_adjacency(graph).to_dense()
+    assert not torch.equal(a, a.T)  # the random edges are directed: the transpose matters
+
+
+def test_mask_dropout_has_dropouts_distribution():
+    """The deep layout's dropout: zeros a share ``p`` of the entries and scales the rest by
+    ``1 / (1 - p)``, the mean unchanged; the identity in evaluation; all zeros at ``p = 1``."""
+    torch.manual_seed(0)
+    x = torch.rand(400, 500) + 1.0
+    y = mask_dropout(x, 0.6, True)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.4)
+    assert abs(kept.float().mean().item() - 0.4) < 0.01
+    assert abs(y.mean().item() / x.mean().item() - 1.0) < 0.01
+    assert mask_dropout(x, 0.6, False) is x and mask_dropout(x, 0.0, True) is x
+    assert (mask_dropout(x, 1.0, True) == 0).all()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_deep_layout_places_the_global_attention():
+    """The deep layout's ``gps``: global attention in every layer (``all``), the last one
+    (``last``), or once on ``h0`` (``hidden``), where it is ``h0 + w * global(h0)``; sparse CSR
+    input gives the dense input's logits."""
+    x, data = _tiny_graph()
+    graph = graph_for(data, sep=False)
+    base = NodeConfig(layout="deep", layers=3, hidden=16, heads=2, gps_local="gcn")
+    for where, in_layer in (("all", [True] * 3), ("last", [False, False, True]),
+                            ("hidden", [False] * 3)):  # fmt: skip
+        net = DeepNet("gps", x.shape[1], 4, settings(replace(base, global_in=where), "Cora"))
+        assert [p.glob for p in net.props] == in_layer and (net.mid is not None) == (
+            where == "hidden"
+        )
+    net = DeepNet("gps", x.shape[1], 4, settings(replace(base, global_in="hidden"), "Cora"))
+    net.eval()
+    zero = DeepNet("gcn", x.shape[1], 4, settings(base, "Cora")).eval()
+    zero.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("mid.")})
+    with torch.no_grad():
+        net.mid.v.weight.zero_()  # a zero global branch: the gcn network's logits
+        torch.testing.assert_close(net(x, graph), zero(x, graph))
+        net.mid.v.weight.normal_()
+        assert not torch.allclose(net(x, graph), zero(x, graph))
+        torch.testing.assert_close(net(sparse_csr(x), graph), net(x, graph))
+
+
 def test_sparse_features_give_the_dense_output():
     """The plain network on sparse CSR features: the dense features' logits in eval mode;
     sparse dropout keeps zeros and scales kept values by 1 / (1 - p)."""
     x, data = _tiny_graph()
     graph = graph_for(data, sep=False)
-    for model in ("gat", "gatv2", "transformer", "gps"):
+    for model in ("gat", "gatv2", "transformer", "gcn", "gps"):
         torch.manual_seed(0)
         net = PlainNet(model, x.shape[1], 4, settings(NodeConfig(hidden=16, heads=2), "Cora"))
         net.eval()
@@ -383,8 +505,8 @@ def test_input_features_append_degree_then_clustering(tmp_path):
 def test_unknown_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="datasets: unknown name 'Coraa'"):
         load_dataset("Coraa", None, tmp_path)
-    with pytest.raises(ValueError, match="models: unknown model 'gcn'"):
-        run(NodeConfig(models=("gcn",), out_dir=str(tmp_path), results=None))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="models: unknown model 'gin'"):
+        run(NodeConfig(models=("gin",), out_dir=str(tmp_path), results=None))  # type: ignore[arg-type]
 
 
 def test_file_lock_is_exclusive(tmp_path):
