@@ -824,7 +824,8 @@ def random_walk_pe(
         graph: a square :class:`~graphattn.Graph` or an ``edge_index`` ``(2, E)``.
         num_nodes: ``N`` (default: the graph's, or ``max index + 1``).
         k: number of steps ``K``.
-        block: columns per product (default: as many as fit in 128 MB of float64).
+        block: columns per product (default: as many as keep one ``(N, block)`` float64
+            buffer within 128 MB; a product holds two).
 
     Shapes:
         - returns ``(N, K)`` float32: column ``t - 1`` is the diagonal of ``P^t``,
