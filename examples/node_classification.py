@@ -634,8 +634,7 @@ class GCNPropagation(nn.Module):
     def forward(self, h: Tensor, graph: Graph) -> Tensor:
         if self._adj is None or self._adj[0] is not graph or self._adj[1].dtype != h.dtype:
             adj = gcn_adjacency(graph, h.dtype).to(h.device)  # (N, N)
-            with no_csr_beta_warning():
-                adj_t = adj.to_sparse_coo().t().coalesce().to_sparse_csr()  # (N, N)
+            adj_t = sparse_csr(adj.to_sparse_coo().t().coalesce())  # (N, N)
             self._adj = (graph, adj, adj_t)
         return _SparseMatmul.apply(self._adj[1], self._adj[2], h)  # (N, C)
 
@@ -777,13 +776,16 @@ class Propagate(nn.Module):
         - h: ``(N, hidden)``; returns ``(N, hidden)``
     """
 
-    def __init__(self, model: Model, cfg: NodeConfig, glob: bool) -> None:
+    def __init__(
+        self, model: Model, cfg: NodeConfig, glob: bool, gcn: GCNPropagation | None = None
+    ) -> None:
         super().__init__()
         hidden, heads = cfg.hidden, cfg.heads
         self.heads, self.p, self.gp = heads, cfg.attn_dropout, cfg.global_dropout
         self.w = cfg.global_weight if model == "gps" else 1.0
         kind = local_kind(model, cfg)
-        self.gcn = GCNPropagation() if kind == "gcn" else None
+        # gcn: the network's one propagation (its A_hat built once, not once per layer)
+        self.gcn = (gcn or GCNPropagation()) if kind == "gcn" else None
         self.local = kind is not None and kind != "gcn"
         self.glob = glob
         # GAT: one scalar per node and head; GATv2 and dot product: hidden // heads
@@ -851,7 +853,8 @@ class DeepNet(nn.Module):
                 "global_in='hidden' takes them"
             )
         self.inp = nn.Linear(num_features, h)
-        self.props = nn.ModuleList(Propagate(model, cfg, g) for g in in_layer)
+        gcn = GCNPropagation() if local_kind(model, cfg) == "gcn" else None  # shared by layers
+        self.props = nn.ModuleList(Propagate(model, cfg, g, gcn) for g in in_layer)
         self.weights = nn.ModuleList(nn.Linear(h, h, bias=False) for _ in range(n))
         self.out = nn.Linear(h, num_classes)
         self.mid = _global(cfg.global_attn, h, h, cfg) if where == "hidden" else None

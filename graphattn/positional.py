@@ -672,6 +672,19 @@ def _square_edges(graph: Graph | Tensor, num_nodes: int | None) -> tuple[Tensor,
     return src, dst, num_nodes
 
 
+def _square_csr(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> Tensor:
+    """The sparse CSR ``(N, N)`` matrix with ``values`` at ``(rows, cols)``, duplicates
+    summed (without torch's "sparse CSR support is in beta" warning).
+
+    Shapes:
+        - rows, cols, values: ``(E,)``; returns ``(N, N)``, ``values``' dtype
+    """
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return coo.coalesce().to_sparse_csr()
+
+
 def _dense_adjacency(graph: Graph | Tensor, num_nodes: int | None) -> tuple[Tensor, int]:
     """``A[i, j]`` = number of copies of edge ``i -> j`` (float64, rows = sources)."""
     src, dst, num_nodes = _square_edges(graph, num_nodes)
@@ -839,10 +852,7 @@ def random_walk_pe(
         return out.float()
     out_degree = torch.bincount(src, minlength=n).clamp(min=1).double()  # (N,)
     w = 1.0 / out_degree[src]  # (E,) P[i, j]: the chance of the step i -> j
-    walk = torch.sparse_coo_tensor(torch.stack([src, dst]), w, (n, n), check_invariants=True)
-    with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        walk = walk.coalesce().to_sparse_csr()  # (N, N), duplicates summed
+    walk = _square_csr(src, dst, w, n)  # (N, N), duplicates summed
     for start in range(0, n, block):
         cols = torch.arange(start, min(n, start + block), device=src.device)  # (B,)
         at = torch.arange(cols.numel(), device=src.device)  # (B,)
@@ -964,10 +974,7 @@ def shortest_path_distance(
         return dist
     rows, cols = (dst, src) if directed else (torch.cat([dst, src]), torch.cat([src, dst]))
     ones = torch.ones(rows.numel(), device=src.device)
-    step = torch.sparse_coo_tensor(torch.stack([rows, cols]), ones, (n, n), check_invariants=True)
-    with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        step = step.coalesce().to_sparse_csr()  # (N, N) step[i, m]: an edge m -> i
+    step = _square_csr(rows, cols, ones, n)  # (N, N) step[i, m]: an edge m -> i
     reach = torch.eye(n, dtype=torch.bool, device=src.device)  # reach[i, j]: j ->* i
     dist[reach] = 0
     frontier = reach.float()  # (N, N) pairs first reached at the previous hop

@@ -376,6 +376,7 @@ def test_gcn_propagation_gradient_is_exact():
     x, data = _tiny_graph(n=12, f=5)
     cfg = settings(NodeConfig(layout="deep", layers=2, hidden=4, heads=2, dropout=0.0), "Cora")
     net = DeepNet("gcn", 5, 3, cfg).double().eval()
+    assert net.props[0].gcn is net.props[1].gcn  # one A_hat for all layers
     graph = graph_for(data, sep=False)
     x = x.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda v: net(v, graph), (x,))
