@@ -10,7 +10,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 
 LINT_DIRS := $(wildcard graphattn modalities tests benchmarks examples docs)
 
-.PHONY: venv lint test docs demo core-demo bench bench-finite bench-compile bench-fused examples format clean
+.PHONY: venv lint test docs demo core-demo bench bench-finite bench-compile bench-fused bench-limits examples format clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,13 @@ bench-finite: $(STAMP)
 # bandwidth bound, at N=100k and 1M, and on small graphs (~8 min; benchmarks/results/fused_cpu.json).
 bench-fused: $(STAMP)
 	$(PY) -m benchmarks.bench_fused_cpu
+
+# The node-classification example's hot paths on Cora (GCNII's step, its products, sparse
+# propagations and dropouts; the hop-distance bias, search and random-walk encoding) against
+# the GEMM, copy and random-draw rates measured in the same run (~1 min;
+# benchmarks/results/node_limits_cpu.json).
+bench-limits: $(STAMP)
+	$(PY) -m benchmarks.bench_node_limits
 
 # torch.compile against eager on the dense, edge and GAT paths, and the recompiles of a
 # changing graph (~6 min; results in benchmarks/results/compile_cpu.json).

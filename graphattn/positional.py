@@ -942,18 +942,42 @@ def clustering_encoding(
     return coeff.float()[:, None]  # (N, 1)
 
 
+def _components(rows: Tensor, cols: Tensor, n: int) -> Tensor:
+    """Connected-component labels of an undirected graph whose edge list holds both
+    directions: each node ends with the smallest node index of its component (label
+    propagation with pointer jumping, ``O(E)`` a round).
+
+    Shapes:
+        - rows, cols: ``(E,)``; returns ``(N,)`` int64
+    """
+    label = torch.arange(n, device=rows.device)  # (N,)
+    while True:
+        new = label.scatter_reduce(0, rows, label[cols], reduce="amin")  # (N,)
+        new = new[new]  # a label's own label is in the same component: jump to it
+        if torch.equal(new, label):
+            return label
+        label = new
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def shortest_path_distance(
     graph: Graph | Tensor,
     num_nodes: int | None = None,
     *,
     directed: bool = False,
     max_distance: int | None = None,
+    dtype: torch.dtype = torch.long,
 ) -> Tensor:
     """Hop distances between all node pairs, by breadth-first expansion from every node at
     once: one sparse ``(N, N)`` adjacency times dense ``(N, N)`` frontier product per hop,
-    ``O(E N)`` time each, up to the graph's diameter; ``O(N^2)`` memory (the output). Cora
-    (2708 nodes, diameter 19, ``max_distance=5``): 0.8 s on one core, against 5.8 s with dense
-    products.
+    ``O(E N)`` time each; ``O(N^2)`` memory (the output). Undirected with ``max_distance``,
+    the search stops after ``max_distance`` hops and the connected components (``O(E)`` a
+    round) tell the farther pairs from the unreachable ones; otherwise it runs to the
+    graph's diameter. Cora (2708 nodes, diameter 19, ``max_distance=5``): 0.37 s on one core,
+    against 1.2 s searching to the diameter (measured in one run; an earlier version's dense
+    products took 5.8 s).
 
     Args:
         graph: a square :class:`~graphattn.Graph` or an ``edge_index`` ``(2, E)``.
@@ -961,15 +985,26 @@ def shortest_path_distance(
         directed: follow edges from source to target only (default: ignore directions).
         max_distance: pairs farther apart than this (but connected) get
             ``max_distance + 1``; all :class:`ShortestPathBias` needs.
+        dtype: a signed integer dtype for the output (``torch.int8`` takes an eighth of the
+            default's memory: 8 bytes a pair for int64); a distance it cannot hold raises a
+            ``ValueError``.
 
     Shapes:
-        - returns ``(N, N)`` int64 in the attention layout: ``dist[i, j]`` is the number of
-          hops from source ``j`` to target ``i``, 0 on the diagonal, -1 if unreachable.
+        - returns ``(N, N)`` ``dtype`` in the attention layout: ``dist[i, j]`` is the number
+          of hops from source ``j`` to target ``i``, 0 on the diagonal, -1 if unreachable.
     """
+    if dtype not in _INT_DTYPES:
+        raise TypeError(f"dtype must be one of {_INT_DTYPES}, got {dtype}")
     src, dst, n = _square_edges(graph, num_nodes)
+    top = torch.iinfo(dtype).max
     if max_distance is not None:
         check_int("max_distance", max_distance)
-    dist = torch.full((n, n), -1, dtype=torch.long, device=src.device)
+        if max_distance + 1 > top:
+            raise ValueError(
+                f"max_distance={max_distance}: dtype={dtype} holds distances up to {top}, "
+                f"and farther pairs get max_distance + 1; pass a wider dtype"
+            )
+    dist = torch.full((n, n), -1, dtype=dtype, device=src.device)
     if n == 0:
         return dist
     rows, cols = (dst, src) if directed else (torch.cat([dst, src]), torch.cat([src, dst]))
@@ -982,9 +1017,18 @@ def shortest_path_distance(
     hop = 0
     while True:
         hop += 1
+        if hop == cap and not directed:  # every pair left in a component is farther
+            comp = _components(rows, cols, n)  # (N,)
+            dist[(comp[:, None] == comp[None, :]) & ~reach] = cap
+            return dist
         new = ((step @ frontier) > 0) & ~reach  # (N, N) first reached at this hop
         if not bool(new.any()):
             return dist
+        if min(hop, cap) > top:
+            raise ValueError(
+                f"dtype={dtype} holds distances up to {top}, and the graph has pairs "
+                f"{hop} hops apart; pass max_distance or a wider dtype"
+            )
         dist[new] = min(hop, cap)
         reach |= new
         frontier = new.float()

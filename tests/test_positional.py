@@ -622,6 +622,49 @@ def test_shortest_path_distance_matches_networkx(gen):
     torch.testing.assert_close(far, (idx[:, None] - idx[None]).abs().clamp(max=4))
 
 
+@pytest.mark.parametrize("max_distance", [1, 2, 3, 6, 50])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int64])
+def test_shortest_path_distance_stops_at_max_distance(gen, max_distance, dtype):
+    """Undirected with ``max_distance``, the search stops there and the connected components
+    tell farther pairs (``max_distance + 1``) from unreachable ones (-1): the same as the
+    full search, capped, on a graph of several components (a long path, a random part,
+    isolated nodes), in any integer dtype."""
+    idx = torch.arange(12)
+    path = torch.stack([idx[:-1], idx[1:]])  # nodes 0-11, diameter 11
+    rand = torch.randint(12, 30, (2, 25), generator=gen)  # nodes 12-29, maybe split
+    ei = torch.cat([path, rand], 1)  # nodes 30-33 have no edges
+    n = 34
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(ei.T.tolist())
+    want = torch.full((n, n), -1)
+    for j, lengths in nx.all_pairs_shortest_path_length(graph):
+        for i, d in lengths.items():
+            want[i, j] = d
+    got = shortest_path_distance(ei, n, max_distance=max_distance, dtype=dtype)
+    assert got.dtype == dtype
+    capped = torch.where(want > max_distance, max_distance + 1, want)
+    torch.testing.assert_close(got.long(), capped)
+
+
+def test_shortest_path_distance_dtype_errors():
+    idx = torch.arange(200)
+    path = torch.stack([idx[:-1], idx[1:]])  # 199 hops end to end
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        shortest_path_distance(path, 200, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"max_distance=127: dtype=torch.int8 holds .* 127"):
+        shortest_path_distance(path, 200, max_distance=127, dtype=torch.int8)
+    with pytest.raises(ValueError, match="128 hops apart; pass max_distance or a wider"):
+        shortest_path_distance(path, 200, dtype=torch.int8)
+    for directed in (False, True):  # directed: the search runs on, capped at 101
+        got = shortest_path_distance(path, 200, max_distance=100, dtype=torch.int8,
+                                     directed=directed)  # fmt: skip
+        hops = idx[:, None] - idx[None]  # [i, j]: from j to i
+        want = (hops.abs() if not directed else torch.where(hops >= 0, hops, -1)).clamp(max=101)
+        torch.testing.assert_close(got.long(), want)
+    assert shortest_path_distance(path, 200, dtype=torch.int16).max() == 199
+
+
 def test_shortest_path_distance_directed_matches_networkx(gen):
     """Directed hops on a random digraph with duplicate edges and self-loops, with and
     without ``max_distance`` (one sparse product per hop, to the diameter)."""
