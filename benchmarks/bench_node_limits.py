@@ -10,9 +10,9 @@ First the limits, in this process and at this thread count:
 - **random draws**: ``torch.rand_like`` of an ``(N, 64)`` tensor, uniform floats per second
   (torch's CPU generator draws one number at a time: no dropout mask is drawn faster).
 
-Then each path of ``examples.node_classification`` and ``graphattn.positional`` that an
-earlier note left without a limit, timed with :func:`benchmarks.timing.time_alternating`,
-and its bound: the time its arithmetic takes at the GEMM rate, or its bytes at the copy rate.
+Then the paths of ``examples.node_classification`` and ``graphattn.positional`` whose
+speed the docs quote, timed with :func:`benchmarks.timing.time_alternating`, each with its
+bound: the time its arithmetic takes at the GEMM rate, or its bytes at the copy rate.
 
 - ``gcnii step``: one training step of ``--layout deep --layers 64`` ``gcn`` (forward,
   cross-entropy, backward, Adam; sparse bag of words, as the example trains it). Its bound
@@ -138,7 +138,14 @@ def cora_like(n: int, seed: int = 0) -> Any:
     return SimpleNamespace(x=x, y=y, edge_index=edge_index, num_nodes=n, train_mask=train)
 
 
-def _step_fn(model: torch.nn.Module, x: Tensor, graph: Graph, data: Any, cfg: NodeConfig):
+def _step_fn(
+    model: torch.nn.Module, x: Tensor, graph: Graph, data: Any, cfg: NodeConfig
+) -> Callable[[], None]:
+    """One training step of ``model`` as ``examples.node_classification.train_one`` runs it.
+
+    Shapes:
+        - x: ``(N, F)`` dense or sparse CSR; ``data.y``, ``data.train_mask``: ``(N,)``
+    """
     opt = optimizer(model, cfg)
     train = data.train_mask
 
