@@ -59,7 +59,7 @@ from torch import Tensor
 
 from benchmarks._harness import fmt, format_table, run_info, write_json_atomic
 from benchmarks.bench_core import copy_bandwidth, load_cora_for_bench
-from benchmarks.timing import time_alternating
+from benchmarks.timing import Timing, time_alternating
 from examples.node_classification import (
     DeepNet,
     GCNPropagation,
@@ -158,6 +158,13 @@ def _step_fn(
     return step
 
 
+def _row(name: str, timing: Timing, bound_s: float, work: str, limit: str) -> dict[str, Any]:
+    """One table row: ``name``'s median time from ``timing`` against its bound."""
+    ms, bound_ms = timing.median_ms[name], 1e3 * bound_s
+    return {"path": name, "median_ms": ms, "samples_ms": timing.times_ms[name], "work": work,
+            "limit": limit, "bound_ms": bound_ms, "x_bound": ms / bound_ms}  # fmt: skip
+
+
 def gcnii_rows(data: Any, layers: int, limits: Limits, args: argparse.Namespace) -> list[dict]:
     """The GCNII step and its three kinds of work, each with its bound."""
     cfg = settings(NodeConfig(layout="deep", layers=layers, lr=0.01), "Cora")
@@ -205,14 +212,7 @@ def gcnii_rows(data: Any, layers: int, limits: Limits, args: argparse.Namespace)
     parts = [f"{layers} x gemm", f"{layers} x spmm", f"{layers + 1} x mask_dropout"]
     step_bound = sum(bounds[k][0] for k in parts)
     bounds["gcnii step"] = (step_bound, "the sum of the next three", "sum")
-    rows = []
-    for name in fns:
-        bound_s, work, limit = bounds[name]
-        ms = t.median_ms[name]
-        rows.append({"path": name, "median_ms": ms, "samples_ms": t.times_ms[name],
-                     "work": work, "limit": limit, "bound_ms": 1e3 * bound_s,
-                     "x_bound": ms / (1e3 * bound_s)})  # fmt: skip
-    return rows
+    return [_row(name, t, *bounds[name]) for name in fns]
 
 
 def positional_rows(data: Any, limits: Limits, args: argparse.Namespace) -> list[dict]:
@@ -244,12 +244,10 @@ def positional_rows(data: Any, limits: Limits, args: argparse.Namespace) -> list
         "  to the diameter": 28 * (diameter + 1) * pair,
         "random_walk_pe": 16 * 8 * pair,
     }
-    rows = []
-    for name in fns:
-        ms, bound_ms = t.median_ms[name], 1e3 * work[name] / limits.copy_memory
-        rows.append({"path": name, "median_ms": ms, "samples_ms": t.times_ms[name],
-                     "work": f"{work[name] / 1e6:.0f} MB", "limit": "memory",
-                     "bound_ms": bound_ms, "x_bound": ms / bound_ms})  # fmt: skip
+    rows = [
+        _row(name, t, work[name] / limits.copy_memory, f"{work[name] / 1e6:.0f} MB", "memory")
+        for name in fns
+    ]
     rows[1]["products"], rows[2]["products"] = products, diameter + 1
     return rows
 

@@ -589,6 +589,23 @@ def test_clustering_encoding_refuses_bad_arguments():
         clustering_encoding(Graph.complete(3, 4))
 
 
+def _networkx_hops(ei: torch.Tensor, n: int, directed: bool = False) -> torch.Tensor:
+    """networkx's all-pairs hop counts in the attention layout: ``[i, j]`` is the number of
+    hops from source ``j`` to target ``i``, -1 if unreachable.
+
+    Shapes:
+        - ei: ``(2, E)``; returns ``(N, N)`` int64
+    """
+    graph = nx.DiGraph() if directed else nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(ei.T.tolist())
+    want = torch.full((n, n), -1)
+    for j, lengths in nx.all_pairs_shortest_path_length(graph):  # from source j
+        for i, d in lengths.items():
+            want[i, j] = d
+    return want
+
+
 def test_shortest_path_distance_path_graph():
     n = 6
     ei = torch.stack([torch.arange(n - 1), torch.arange(1, n)])  # 0 -> 1 -> ... -> 5
@@ -604,13 +621,7 @@ def test_shortest_path_distance_matches_networkx(gen):
     ei, n = _spd_setup()
     ei = torch.cat([ei, torch.randint(0, 5, (2, 4), generator=gen)], dim=1)
     spd = shortest_path_distance(ei, n)
-    graph = nx.Graph()
-    graph.add_nodes_from(range(n))
-    graph.add_edges_from(ei.T.tolist())
-    want = torch.full((n, n), -1)
-    for j, lengths in nx.all_pairs_shortest_path_length(graph):
-        for i, d in lengths.items():
-            want[i, j] = d
+    want = _networkx_hops(ei, n)
     torch.testing.assert_close(spd, want)
     assert spd[8, 0] == -1 and spd[8, 8] == 0
     # max_distance: farther connected pairs get max_distance + 1, unreachable stays -1
@@ -634,13 +645,7 @@ def test_shortest_path_distance_stops_at_max_distance(gen, max_distance, dtype):
     rand = torch.randint(12, 30, (2, 25), generator=gen)  # nodes 12-29, maybe split
     ei = torch.cat([path, rand], 1)  # nodes 30-33 have no edges
     n = 34
-    graph = nx.Graph()
-    graph.add_nodes_from(range(n))
-    graph.add_edges_from(ei.T.tolist())
-    want = torch.full((n, n), -1)
-    for j, lengths in nx.all_pairs_shortest_path_length(graph):
-        for i, d in lengths.items():
-            want[i, j] = d
+    want = _networkx_hops(ei, n)
     got = shortest_path_distance(ei, n, max_distance=max_distance, dtype=dtype)
     assert got.dtype == dtype
     capped = torch.where(want > max_distance, max_distance + 1, want)
@@ -670,13 +675,7 @@ def test_shortest_path_distance_directed_matches_networkx(gen):
     without ``max_distance`` (one sparse product per hop, to the diameter)."""
     n = 30
     ei = torch.randint(0, n, (2, 45), generator=gen)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(n))
-    graph.add_edges_from(ei.T.tolist())
-    want = torch.full((n, n), -1)
-    for j, lengths in nx.all_pairs_shortest_path_length(graph):  # from source j
-        for i, d in lengths.items():
-            want[i, j] = d
+    want = _networkx_hops(ei, n, directed=True)
     assert (want < 0).any() and want.max() > 3
     torch.testing.assert_close(shortest_path_distance(ei, n, directed=True), want)
     capped = shortest_path_distance(Graph.from_edge_index(ei, n), directed=True, max_distance=3)
