@@ -33,10 +33,17 @@ bound: the time its arithmetic takes at the GEMM rate, or its bytes at the copy 
   buckets read twice, the float32 bias written and its gradient read (24 bytes a pair), at
   the main-memory copy rate.
 - ``shortest_path_distance`` (``max_distance=5``) and ``random_walk_pe`` (``k=8``): the bytes
-  the implementation itself moves (28 bytes a pair a hop, for 5 hops, and 6 for the
-  component fill; 16 bytes a float64 entry a walk step), at the main-memory copy rate: how
-  far each is from being limited by its own traffic. Then the same search without
-  ``max_distance``, which runs to the graph's diameter (one more hop finds nothing).
+  the implementation itself moves, at the main-memory copy rate: how far each is from being
+  limited by its own traffic. A hop of the search moves ``26 + 2c`` bytes a pair, ``c`` the
+  width of its hop counter (1 byte up to ``max_distance`` 126; otherwise the narrowest
+  integer that holds ``N``): the float product written (4), read and compared (4 + 1),
+  masked with the unreached pairs (3), tested for any new pair (1), the counter bumped
+  (``2c + 1``), the unreached pairs updated (3) and the next frontier written (1 + 4). The
+  setup moves ``7 + c``, and the final fill ``9 + 3c`` (-1 for the unreached pairs, then the
+  widening to int64); with ``max_distance``, the component test and its fill ``5 + 2c``
+  more. ``random_walk_pe`` moves 16 bytes a float64 entry a walk step.
+  Then the same search without ``max_distance``, which runs to the graph's diameter (its
+  last hop, which finds nothing, moves 17 bytes a pair).
 
 ``--quick`` runs every row on a random Cora-shaped graph of 400 nodes with 8 layers (a smoke
 run of seconds). Results go to ``benchmarks/results/node_limits_cpu.json``.
@@ -238,10 +245,16 @@ def positional_rows(data: Any, limits: Limits, args: argparse.Namespace) -> list
     }
     t = time_alternating(fns, repeats=args.repeats, budget_s=args.budget)
     pair = n * n
+    c = next(b for b in (1, 2, 4, 8) if n <= 2 ** (8 * b - 1) - 1)  # the full search's counter
+
+    def search(hops: int, c: int, last: int, components: bool) -> int:
+        """Bytes a pair: setup, ``hops`` hops, the last one's test, the fill(s)."""
+        return 7 + c + (26 + 2 * c) * hops + last + 9 + 3 * c + (5 + 2 * c) * components
+
     work = {
         "spd lookup": 24 * pair,
-        "shortest_path_distance": (28 * products + 6) * pair,
-        "  to the diameter": 28 * (diameter + 1) * pair,
+        "shortest_path_distance": search(products, 1, 0, True) * pair,  # a 1-byte counter
+        "  to the diameter": search(diameter, c, 17, False) * pair,
         "random_walk_pe": 16 * 8 * pair,
     }
     rows = [

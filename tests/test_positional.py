@@ -668,6 +668,8 @@ def test_shortest_path_distance_dtype_errors():
         want = (hops.abs() if not directed else torch.where(hops >= 0, hops, -1)).clamp(max=101)
         torch.testing.assert_close(got.long(), want)
     assert shortest_path_distance(path, 200, dtype=torch.int16).max() == 199
+    # the search counts hops in the narrowest integer that holds N (int16 here), then widens
+    torch.testing.assert_close(shortest_path_distance(path, 200), (idx[:, None] - idx[None]).abs())
 
 
 def test_shortest_path_distance_directed_matches_networkx(gen):
