@@ -159,7 +159,7 @@ class NodeConfig:
     global_weight: float | None = None  # gps: messages = local + global_weight * global
     global_in: str | None = None  # plain gps: global attention in "all", the "last" layer, or
     # on the "hidden" features between the layers (a residual branch)
-    gps_local: str | None = None  # gps: its local layer, "gat", "gatv2" or "transformer"
+    gps_local: str | None = None  # gps: its local layer, "gat", "gatv2", "transformer" or "gcn"
     global_attn: str | None = None  # gps, global: "sgformer" (SGFormer's linear attention),
     # "softmax" (exact, O(N^2)) or "favor" (FAVOR+'s linear estimate of the softmax)
     global_qk: int | None = None  # softmax, favor: query/key width of the global attention
