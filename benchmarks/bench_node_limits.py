@@ -79,7 +79,12 @@ from examples.node_classification import (
     sparse_csr,
 )
 from graphattn import Graph
-from graphattn.positional import ShortestPathBias, random_walk_pe, shortest_path_distance
+from graphattn.positional import (
+    ShortestPathBias,
+    _narrowest_int,
+    random_walk_pe,
+    shortest_path_distance,
+)
 
 HIDDEN = 64
 
@@ -245,16 +250,17 @@ def positional_rows(data: Any, limits: Limits, args: argparse.Namespace) -> list
     }
     t = time_alternating(fns, repeats=args.repeats, budget_s=args.budget)
     pair = n * n
-    c = next(b for b in (1, 2, 4, 8) if n <= 2 ** (8 * b - 1) - 1)  # the full search's counter
 
-    def search(hops: int, c: int, last: int, components: bool) -> int:
-        """Bytes a pair: setup, ``hops`` hops, the last one's test, the fill(s)."""
+    def search(hops: int, cap: int, last: int, components: bool) -> int:
+        """Bytes a pair: setup, ``hops`` hops, the last one's test, the fill(s); the hop
+        counter is as wide as the search makes it for ``cap``."""
+        c = _narrowest_int(cap).itemsize
         return 7 + c + (26 + 2 * c) * hops + last + 9 + 3 * c + (5 + 2 * c) * components
 
     work = {
         "spd lookup": 24 * pair,
-        "shortest_path_distance": search(products, 1, 0, True) * pair,  # a 1-byte counter
-        "  to the diameter": search(diameter, c, 17, False) * pair,
+        "shortest_path_distance": search(products, 5 + 1, 0, True) * pair,
+        "  to the diameter": search(diameter, n, 17, False) * pair,
         "random_walk_pe": 16 * 8 * pair,
     }
     rows = [
